@@ -1,0 +1,3 @@
+from mmkgrec.cli import main
+
+main()

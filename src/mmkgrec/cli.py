@@ -1,0 +1,183 @@
+"""The ``mmkgrec`` command line: a thin layer over the Python API.
+
+Every command calls a plain function of :mod:`mmkgrec.data` (and later models / train / serve).
+Failures the user can fix exit with code 2 and a one-paragraph message, never a traceback
+(set ``MMKGREC_DEBUG=1`` to see one).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from mmkgrec import __version__
+from mmkgrec.errors import MMKGRecError
+
+app = typer.Typer(
+    help="mmkgrec: music recommendation from multi-modal knowledge graphs (MKGCN and peers).",
+    no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
+)
+data_app = typer.Typer(help="Datasets: statistics, conversion, download, splits.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+console = Console()
+
+SOURCE_OPTION = typer.Option(None, "--source", help="Directory holding the dataset folders "
+                             "(default: $MMKGREC_DATA, ../shared/data, then the download cache).")
+SEED_OPTION = typer.Option(0, "--seed", help="Seed (synthetic generator, splits).")
+
+
+class TargetFormat(str, Enum):
+    native = "native"
+    recbole = "recbole"
+
+
+class Protocol(str, Enum):
+    ctr = "ctr"
+    topk = "topk"
+
+
+@app.command()
+def version() -> None:
+    """Print the installed version."""
+    console.print(f"mmkgrec {__version__}")
+
+
+@data_app.command("list")
+def data_list() -> None:
+    """List the named datasets and where their files were found."""
+    from mmkgrec.data.registry import DATASETS, locate
+    from mmkgrec.data.synthetic import PRESETS
+
+    table = Table(title="datasets")
+    for column in ("name", "description", "files"):
+        table.add_column(column)
+    for spec in DATASETS.values():
+        try:
+            where = ", ".join(str(locate(folder)) for folder in spec.needs)
+        except MMKGRecError:
+            where = f"not found (mmkgrec data fetch {' '.join(spec.needs)})"
+        table.add_row(spec.name, spec.description, where)
+    for preset in PRESETS:
+        table.add_row(f"synthetic-{preset}", "embedded synthetic music MMKG", "generated")
+    console.print(table)
+
+
+@data_app.command("stats")
+def data_stats(
+    name: str = typer.Argument(..., help="Dataset name (see `mmkgrec data list`) or directory."),
+    source: Optional[Path] = SOURCE_OPTION,
+    seed: int = SEED_OPTION,
+) -> None:
+    """Print the counts of a dataset: users, items, entities, relations, triples, positives."""
+    from mmkgrec.data import load
+
+    with console.status(f"loading {name}"):
+        dataset = load(name, source=source, seed=seed)
+    table = Table(title=f"{dataset.name}")
+    table.add_column("quantity")
+    table.add_column("value", justify="right")
+    for key, value in dataset.summary().items():
+        text = f"{value:,}" if isinstance(value, int) else (
+            f"{value:.6g}" if isinstance(value, float) else str(value))
+        table.add_row(key, text)
+    console.print(table)
+    for note in dataset.notes:
+        console.print(f"[dim]note:[/] {note}")
+    for record in dataset.provenance:
+        console.print(f"[dim]source ({record['role']}):[/] {record['file']} sha256 "
+                      f"{record['sha256'][:12]}…", soft_wrap=True, highlight=False)
+
+
+@data_app.command("convert")
+def data_convert(
+    src: str = typer.Argument(..., help="Dataset name or directory (any supported format)."),
+    dst: Path = typer.Argument(..., help="Output directory."),
+    to: TargetFormat = typer.Option(..., "--to", help="Output format."),
+    source: Optional[Path] = SOURCE_OPTION,
+    seed: int = SEED_OPTION,
+) -> None:
+    """Convert a dataset to the native Parquet format or to RecBole atomic files."""
+    from mmkgrec.data import load
+    from mmkgrec.data.formats import convert
+
+    with console.status(f"reading {src}"):
+        dataset = load(src, source=source, seed=seed)
+    out = convert(dataset, dst, to.value)
+    console.print(f"wrote {dataset.name} ({dataset.n_users:,} users, {dataset.n_items:,} items, "
+                  f"{len(dataset.triples):,} triples) as {to.value} to {out}")
+
+
+@data_app.command("fetch")
+def data_fetch(
+    name: str = typer.Argument(..., help="lastfm-kgcn, music-d or hetrec-lastfm-2k."),
+    dest: Optional[Path] = typer.Option(None, "--dest", help="Target folder (default: the cache)."),
+    mirror: Optional[str] = typer.Option(None, "--mirror", help="Base URL replacing the original."),
+) -> None:
+    """Download a public dataset's original files, verifying their pinned sha256."""
+    from mmkgrec.data.registry import fetch
+
+    with console.status(f"fetching {name}"):
+        path = fetch(name, dest=dest, base_url=mirror)
+    console.print(f"{name}: files verified in {path}")
+
+
+@data_app.command("split")
+def data_split(
+    name: str = typer.Argument(..., help="Dataset name or directory."),
+    out: Path = typer.Option(..., "--out", help="Directory to write the split to."),
+    protocol: Protocol = typer.Option(Protocol.topk, "--protocol", help="ctr (6:2:2 with negatives) "
+                                      "or topk (per-user 8:1:1 of positives)."),
+    presplit: Optional[Path] = typer.Option(None, "--presplit", help="Folder with train/valid/test.tsv "
+                                            "to apply instead of splitting."),
+    temporal: bool = typer.Option(False, "--temporal", help="topk: latest positives go to test."),
+    source: Optional[Path] = SOURCE_OPTION,
+    seed: int = SEED_OPTION,
+) -> None:
+    """Split a dataset under a leak-free protocol and save the split."""
+    from mmkgrec.data import load
+    from mmkgrec.data.split import apply_presplit, split
+
+    dataset = load(name, source=source, seed=seed)
+    parts = (apply_presplit(dataset, presplit) if presplit is not None
+             else split(dataset, protocol=protocol.value, seed=seed, temporal=temporal))
+    parts.save(out)
+    table = Table(title=f"{dataset.name}: {parts.protocol} split")
+    for column in ("part", "rows", "users"):
+        table.add_column(column, justify="right")
+    for part in ("train", "valid", "test"):
+        frame = getattr(parts, part)
+        table.add_row(part, f"{len(frame):,}", f"{frame['user'].nunique():,}")
+    console.print(table)
+    for note in parts.notes:
+        console.print(f"[dim]note:[/] {note}")
+    console.print(f"saved to {out}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point: exit code 2 with a one-paragraph message on any user error.
+
+    Usage errors are typer's own (also exit code 2); our errors, I/O and value errors are caught
+    here so that no traceback reaches the user unless MMKGREC_DEBUG is set.
+    """
+    try:
+        app(args=argv, prog_name="mmkgrec")
+    except (MMKGRecError, OSError, ValueError) as error:
+        if os.environ.get("MMKGREC_DEBUG"):
+            raise
+        Console(stderr=True).print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except Exception as error:  # a bug: still one paragraph, and a way to get the traceback
+        if os.environ.get("MMKGREC_DEBUG"):
+            raise
+        Console(stderr=True).print(
+            f"[bold red]internal error:[/] {type(error).__name__}: {error}. This is a bug in "
+            f"mmkgrec; rerun with MMKGREC_DEBUG=1 for the traceback and report it.",
+            highlight=False, soft_wrap=True)
+        sys.exit(2)

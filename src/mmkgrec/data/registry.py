@@ -1,0 +1,239 @@
+"""Named datasets: where their files are found, how they are read, and how they are fetched.
+
+Resolution order for the files of a named dataset: an explicit ``source`` directory, then
+``$MMKGREC_DATA``, then ``../shared/data`` (relative to the working directory) when it exists,
+then the download cache (``$MMKGREC_CACHE`` or ``~/.cache/mmkgrec``) filled by :func:`fetch`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import tempfile
+import urllib.request
+import zipfile
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Callable
+
+from mmkgrec.data.dataset import MMKG
+from mmkgrec.data.formats.hetrec import attach_hetrec_text, read_hetrec
+from mmkgrec.data.formats.kgcn import read_kgcn
+from mmkgrec.data.formats.mkgcn import read_mkgcn
+from mmkgrec.data.textio import sha256_of
+from mmkgrec.errors import ChecksumError, DatasetNotFoundError, MMKGRecError
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a dataset's original public files come from."""
+
+    folder: str  # folder name under the data root
+    files: tuple[str, ...]
+    url: str  # a file's URL is url + file name, or a .zip archive holding the files
+    citation: str = ""
+
+
+SOURCES: dict[str, Source] = {
+    "lastfm-kgcn": Source(
+        "lastfm-kgcn", ("user_artists.dat", "item_index2entity_id.txt", "kg.txt"),
+        "https://github.com/hwwang55/KGCN/raw/2363ca2d/data/music/",
+        citation="Wang et al., KGCN, WWW 2019 (code MIT; Last.FM data from HetRec 2011)"),
+    "music-d": Source(
+        "music-d", ("userID2itemID4ratings.tsv", "itemID2entityID.txt", "kg.txt"),
+        "https://github.com/QuXiaolong0812/mkgcn/raw/4112ddd5/data/music-d/",
+        citation="Cui et al., MKGCN, Electronics 2023 (Apache-2.0)"),
+    "hetrec-lastfm-2k": Source(
+        "hetrec-lastfm-2k",
+        ("artists.dat", "tags.dat", "user_artists.dat", "user_taggedartists.dat", "user_friends.dat"),
+        "https://files.grouplens.org/datasets/hetrec2011/hetrec2011-lastfm-2k.zip",
+        citation="Cantador et al., HetRec 2011, RecSys 2011 (research use)"),
+}
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A named dataset: the sources it needs and how to build it from their folders."""
+
+    name: str
+    needs: tuple[str, ...]
+    build: Callable[[list[Path]], MMKG]
+    description: str
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    spec.name: spec for spec in (
+        DatasetSpec("lastfm-kgcn", ("lastfm-kgcn",), lambda d: read_kgcn(d[0]),
+                    "KGCN's Last.FM with the Satori KG (all plays positive)"),
+        DatasetSpec("music-d", ("music-d",), lambda d: read_mkgcn(d[0]),
+                    "MKGCN's Music4All subset (plays >= 5 positive, one relation)"),
+        DatasetSpec("hetrec-lastfm-2k", ("hetrec-lastfm-2k",), lambda d: read_hetrec(d[0]),
+                    "HetRec 2011 Last.FM 2K; tags as KG entities, names and tags as text"),
+        DatasetSpec("lastfm-kgcn-tags", ("lastfm-kgcn", "hetrec-lastfm-2k"),
+                    lambda d: _renamed(attach_hetrec_text(read_kgcn(d[0]), d[1]), "lastfm-kgcn-tags"),
+                    "lastfm-kgcn joined with HetRec artist names and tag texts"),
+    )
+}
+
+
+def _renamed(dataset: MMKG, name: str) -> MMKG:
+    dataset.name = name
+    return dataset
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("MMKGREC_CACHE", Path.home() / ".cache" / "mmkgrec")) / "data"
+
+
+def data_roots(source: str | Path | None = None) -> list[Path]:
+    """The directories searched for dataset folders, in order."""
+    if source is not None:
+        return [Path(source)]
+    roots = []
+    if os.environ.get("MMKGREC_DATA"):
+        roots.append(Path(os.environ["MMKGREC_DATA"]))
+    roots += [Path("../shared/data"), cache_dir()]
+    return roots
+
+
+def locate(folder: str, source: str | Path | None = None) -> Path:
+    """The directory holding a source folder's files (``source`` may be the folder itself)."""
+    files = SOURCES[folder].files
+    for root in data_roots(source):
+        for candidate in (root / folder, root):
+            if all((candidate / f).is_file() for f in files):
+                return candidate
+    searched = ", ".join(str(r) for r in data_roots(source))
+    raise DatasetNotFoundError(
+        f"the files of {folder!r} ({', '.join(files)}) were not found under {searched}. "
+        f"Pass --source DIR, set MMKGREC_DATA, or download them with `mmkgrec data fetch {folder}`."
+    )
+
+
+def available_names() -> list[str]:
+    from mmkgrec.data.synthetic import PRESETS
+
+    return list(DATASETS) + ["synthetic"] + [f"synthetic-{p}" for p in PRESETS]
+
+
+def load(name: str | Path, *, source: str | Path | None = None, seed: int = 0) -> MMKG:
+    """Load a dataset by name or from a directory.
+
+    Args:
+        name: a registry name (``lastfm-kgcn``, ``music-d``, ``hetrec-lastfm-2k``,
+            ``lastfm-kgcn-tags``), ``synthetic`` / ``synthetic-<preset>``, or a directory in any
+            supported format (native, RecBole atomic, KGCN, MKGCN, HetRec; detected from its files).
+        source: directory holding the named dataset's folder (see module docstring).
+        seed: seed of the synthetic generator.
+
+    Example:
+        >>> ds = load("synthetic-tiny")
+        >>> ds.n_items > 0
+        True
+    """
+    key = str(name)
+    if key == "synthetic" or key.startswith("synthetic-"):
+        from mmkgrec.data.synthetic import PRESETS, generate
+
+        preset = "small" if key == "synthetic" else key.removeprefix("synthetic-")
+        if preset not in PRESETS:
+            raise DatasetNotFoundError(
+                f"unknown synthetic preset {preset!r}; choose one of {', '.join(PRESETS)}")
+        return generate(preset, seed=seed)
+    if key in DATASETS:
+        spec = DATASETS[key]
+        return spec.build([locate(folder, source) for folder in spec.needs])
+    path = Path(key)
+    if path.is_dir():
+        return read_directory(path)
+    raise DatasetNotFoundError(
+        f"{key!r} is neither a dataset name ({', '.join(available_names())}) nor a directory")
+
+
+def detect_format(directory: Path) -> str:
+    """Name the format of a dataset directory from the files it holds."""
+    if (directory / "dataset.json").is_file():
+        return "native"
+    if any(directory.glob("*.inter")):
+        return "recbole"
+    for folder, fmt in (("music-d", "mkgcn"), ("lastfm-kgcn", "kgcn"), ("hetrec-lastfm-2k", "hetrec")):
+        if all((directory / f).is_file() for f in SOURCES[folder].files):
+            return fmt
+    raise DatasetNotFoundError(
+        f"{directory}: no known dataset format (expected dataset.json, *.inter, or the raw "
+        f"KGCN / MKGCN / HetRec files)")
+
+
+def read_directory(directory: str | Path) -> MMKG:
+    """Read a dataset directory in whatever supported format it holds."""
+    directory = Path(directory)
+    fmt = detect_format(directory)
+    if fmt == "native":
+        from mmkgrec.data.formats.native import read_native
+
+        return read_native(directory)
+    if fmt == "recbole":
+        from mmkgrec.data.formats.recbole import read_recbole
+
+        return read_recbole(directory)
+    reader = {"mkgcn": read_mkgcn, "kgcn": read_kgcn, "hetrec": read_hetrec}[fmt]
+    return reader(directory, name=directory.name)
+
+
+# ---- fetching ------------------------------------------------------------------------------------
+def pinned_checksums() -> dict[str, str]:
+    """``folder/file`` -> sha256 of every file :func:`fetch` accepts."""
+    text = resources.files("mmkgrec.data").joinpath("checksums.json").read_text()
+    return json.loads(text)
+
+
+def fetch(folder: str, *, dest: str | Path | None = None, base_url: str | None = None) -> Path:
+    """Download a source's original public files into ``dest`` (default: the cache), verifying
+    each file's sha256 against the pinned table. Files already present and valid are kept.
+
+    ``base_url`` replaces the source URL (a mirror; ``file://`` works, which the tests use).
+    Raises :class:`ChecksumError` and leaves nothing behind when a file does not match.
+    """
+    if folder not in SOURCES:
+        raise DatasetNotFoundError(f"nothing to fetch for {folder!r}; fetchable: {', '.join(SOURCES)}")
+    spec = SOURCES[folder]
+    target = Path(dest) if dest is not None else cache_dir() / folder
+    target.mkdir(parents=True, exist_ok=True)
+    sums = pinned_checksums()
+    missing = [f for f in spec.files
+               if not (target / f).is_file() or sha256_of(target / f) != sums[f"{folder}/{f}"]]
+    if not missing:
+        return target
+    url = base_url or spec.url
+    with tempfile.TemporaryDirectory(dir=target) as tmp:
+        staged = Path(tmp)
+        if url.endswith(".zip"):
+            archive = zipfile.ZipFile(io.BytesIO(_download(url)))
+            by_name = {Path(n).name: n for n in archive.namelist()}
+            for f in missing:
+                if f not in by_name:
+                    raise ChecksumError(f"{url}: the archive has no {f}")
+                (staged / f).write_bytes(archive.read(by_name[f]))
+        else:
+            for f in missing:
+                (staged / f).write_bytes(_download(url.rstrip("/") + "/" + f))
+        for f in missing:
+            got, want = sha256_of(staged / f), sums[f"{folder}/{f}"]
+            if got != want:
+                raise ChecksumError(
+                    f"{folder}/{f} from {url}: sha256 {got} does not match the pinned {want}; "
+                    f"nothing was written")
+        for f in missing:
+            shutil.move(str(staged / f), target / f)
+    return target
+
+
+def _download(url: str) -> bytes:
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response:  # noqa: S310 (pinned https/file)
+            return response.read()
+    except OSError as error:
+        raise MMKGRecError(f"download of {url} failed: {error}") from error

@@ -1,0 +1,48 @@
+"""Shared fixtures. Real data is read from $MMKGREC_DATA or ../shared/data; tests that need it
+skip with the reason when it is absent. Nothing is ever downloaded."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def data_root() -> Path:
+    return Path(os.environ.get("MMKGREC_DATA", REPO.parent / "shared" / "data"))
+
+
+def requires_data(*folders: str):
+    """Skip unless every named folder exists under the data root."""
+    root = data_root()
+    missing = [f for f in folders if not (root / f).is_dir()]
+    return pytest.mark.skipif(
+        bool(missing),
+        reason=f"real data {', '.join(missing)} not found under {root} (set MMKGREC_DATA)",
+    )
+
+
+@pytest.fixture(scope="session")
+def real_root() -> Path:
+    return data_root()
+
+
+@pytest.fixture(scope="session")
+def lastfm(real_root):
+    if not (real_root / "lastfm-kgcn").is_dir():
+        pytest.skip(f"lastfm-kgcn not found under {real_root}")
+    from mmkgrec.data.formats.kgcn import read_kgcn
+
+    return read_kgcn(real_root / "lastfm-kgcn")
+
+
+@pytest.fixture(scope="session")
+def musicd(real_root):
+    if not (real_root / "music-d").is_dir():
+        pytest.skip(f"music-d not found under {real_root}")
+    from mmkgrec.data.formats.mkgcn import read_mkgcn
+
+    return read_mkgcn(real_root / "music-d")
