@@ -1,0 +1,190 @@
+"""KGCN and MKGCN: shapes, gradients, the two aggregation orders agree, masking, leak-freedom."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mmkgrec.data import load
+from mmkgrec.data.split import split
+from mmkgrec.errors import ConfigError
+from mmkgrec.models import KGCN, MKGCN, default_config, model_class
+from mmkgrec.models.layers import MultiModalFusion, UserAggregator
+from mmkgrec.models.mkgcn import sample_history
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    ds = load("synthetic-tiny")
+    return ds, split(ds, protocol="topk", seed=0)
+
+
+def build(name, tiny, **overrides):
+    ds, sp = tiny
+    cls = model_class(name)
+    config = cls.Config(**{**default_config(name)["model"], **overrides})
+    torch.manual_seed(0)
+    return cls(ds, sp, config, seed=0)
+
+
+def all_pairs(n_users, n_items):
+    users = torch.arange(n_users).repeat_interleave(n_items)
+    return users, torch.arange(n_items).repeat(n_users)
+
+
+@pytest.mark.parametrize("name", ["kgcn", "mkgcn"])
+@pytest.mark.parametrize("aggregator", ["sum", "concat", "neighbor"])
+@pytest.mark.parametrize("n_hops", [0, 1, 2, 3])
+def test_pair_scores_equal_full_ranking_scores(tiny, name, aggregator, n_hops):
+    """The receptive-field tree (training) and the all-items program (ranking) agree exactly."""
+    model = build(name, tiny, aggregator=aggregator, n_hops=n_hops, n_neighbors=3,
+                  **({"eval_history_size": 8} if name == "mkgcn" else {}))
+    model.eval()
+    users = torch.arange(6)
+    with torch.no_grad():
+        full = model.score_users(users)  # [6, I]
+        assert full.shape == (6, model.n_items)
+        if name == "mkgcn":  # pairs must use the same (evaluation) histories as ranking
+            _, table, valid = model._ranking_cache
+            model.history, model.history_valid = table, valid
+        u, i = all_pairs(6, model.n_items)
+        pairs = model(u, i).reshape(6, -1)
+    torch.testing.assert_close(pairs, full, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["kgcn", "mkgcn"])
+@pytest.mark.parametrize("aggregator", ["sum", "concat", "neighbor"])
+def test_gradients_reach_every_trained_part(tiny, name, aggregator):
+    model = build(name, tiny, aggregator=aggregator, n_hops=2)
+    model.train()
+    users, items = torch.tensor([0, 1, 2, 3]), torch.tensor([5, 6, 7, 8])
+    logits = model(users, items)
+    assert logits.shape == (4,)
+    (logits.sum() + model.regularization(users, items)).backward()
+    for key, param in model.named_parameters():
+        if "empty_user" in key:
+            continue  # only used by users with no history
+        assert param.grad is not None and torch.isfinite(param.grad).all(), key
+    if name == "mkgcn":
+        assert any(p.grad.abs().sum() > 0 for k, p in model.named_parameters() if "fusion" in k)
+
+
+@pytest.mark.parametrize("fusion", ["sum", "mean", "max", "concat", "residual"])
+def test_masked_modalities_are_ignored(fusion):
+    torch.manual_seed(0)
+    layer = MultiModalFusion(4, {"audio": 3, "text": 5}, fusion)
+    ids = torch.randn(2, 4)
+    audio, text = torch.randn(2, 3), torch.randn(2, 5)
+    masks = [torch.tensor([True, False]), torch.tensor([True, True])]
+    out = layer(ids, [audio, text], masks)
+    changed = audio.clone()
+    changed[1] = 1e3  # item 1's audio is absent: changing it must change nothing
+    out2 = layer(ids, [changed, text], masks)
+    torch.testing.assert_close(out[1], out2[1])
+    changed[0] = 1e3  # item 0's audio is present: it must matter
+    assert not torch.allclose(layer(ids, [changed, text], masks)[0], out[0])
+
+
+def test_different_items_get_different_fused_vectors(tiny):
+    model = build("mkgcn", tiny)
+    with torch.no_grad():
+        fused = model.base_vectors(torch.arange(model.n_items))  # [I, d]
+    assert torch.unique(fused, dim=0).shape[0] == model.n_items
+    # The content part alone (same ID embedding for all) still separates items.
+    with torch.no_grad():
+        model.backbone.entity_emb.weight.zero_()
+        content = model.base_vectors(torch.arange(model.n_items))
+    assert torch.unique(content.round(decimals=5), dim=0).shape[0] > 0.9 * model.n_items
+
+
+def test_pca_projection_is_fitted_on_train_items(tiny):
+    model = build("mkgcn", tiny, projection="pca")
+    assert not any("projections" in k for k, _ in model.named_parameters())
+    assert model.fusion.pca_basis_0.shape == (40, model.config.dim)
+
+
+def test_user_history_holds_only_train_items(tiny):
+    ds, sp = tiny
+    model = build("mkgcn", tiny, history_size=50)
+    train = set(map(tuple, sp.train_positives()[["user", "item"]].to_numpy()))
+    held_out = set(map(tuple, np.vstack([sp.valid[["user", "item"]], sp.test[["user", "item"]]])))
+    for table, valid in (
+        (model.history, model.history_valid),
+        (*sample_history(model.history_indptr, model.history_items, np.arange(ds.n_users), 99,
+                         np.random.default_rng(1)),),
+    ):
+        table, valid = np.asarray(table), np.asarray(valid)
+        users = np.repeat(np.arange(ds.n_users), table.shape[1])
+        pairs = set(zip(users[valid.ravel()], table.ravel()[valid.ravel()]))
+        assert pairs <= train and not pairs & held_out
+    # With a large enough sample every train positive appears exactly once.
+    assert model.history_valid.sum().item() == min(len(train), model.history_valid.sum().item())
+
+
+def test_sample_history_is_without_replacement_and_padded():
+    indptr, items = np.array([0, 3, 3, 10]), np.arange(10)
+    table, valid = sample_history(indptr, items, np.array([0, 1, 2]), 5, np.random.default_rng(0))
+    assert valid.sum(1).tolist() == [3, 0, 5]
+    assert sorted(table[0][valid[0]]) == [0, 1, 2]
+    assert len(set(table[2][valid[2]])) == 5 and set(table[2][valid[2]]) <= set(range(3, 10))
+
+
+def test_target_item_is_masked_out_of_its_own_history(tiny):
+    model = build("mkgcn", tiny, history_size=50)
+    user = int(np.flatnonzero(np.diff(model.history_indptr) >= 2)[0])
+    liked = int(model.history[user][model.history_valid[user]][0])
+    model.train()
+    seen = {}
+
+    def grab(module, args, output):
+        seen["valid"] = args[1].clone()
+    handle = model.users.register_forward_hook(grab)
+    model(torch.tensor([user]), torch.tensor([liked]))
+    handle.remove()
+    row = model.history[user]
+    assert not seen["valid"][0][row == liked].any()
+
+
+def test_new_user_is_scored_from_liked_items_without_retraining(tiny):
+    model = build("mkgcn", tiny)
+    model.eval()
+    liked = torch.tensor([[3, 7, 11, 0]])
+    valid = torch.tensor([[True, True, True, False]])
+    with torch.no_grad():
+        scores = model.score_histories(liked, valid)
+        again = model.score_histories(torch.tensor([[11, 3, 7, 0]]), valid)
+        other = model.score_histories(torch.tensor([[50, 60, 70, 0]]), valid)
+    assert scores.shape == (1, model.n_items)
+    torch.testing.assert_close(scores, again, rtol=1e-5, atol=1e-5)  # order does not matter
+    assert not torch.allclose(scores, other)
+
+
+@pytest.mark.parametrize("pooling", ["multi-head", "mean-pool", "max-pool"])
+def test_user_aggregator_options(pooling):
+    layer = UserAggregator(8, pooling, n_heads=2)
+    history = torch.randn(3, 4, 8, requires_grad=True)
+    valid = torch.tensor([[True, True, False, False], [False] * 4, [True] * 4])
+    out = layer(history, valid)
+    assert out.shape == (3, 8) and torch.isfinite(out).all()
+    torch.testing.assert_close(out[1], layer.empty_user)
+    out.sum().backward()
+    assert history.grad[0, 2:].abs().sum() == 0  # padding receives no gradient
+
+
+def test_invalid_configs_are_rejected(tiny):
+    with pytest.raises(ValueError, match="divisible"):
+        MKGCN.Config(dim=10, n_heads=4)
+    with pytest.raises(ValueError):
+        KGCN.Config(aggregator="mean")
+    with pytest.raises(ValueError):
+        KGCN.Config(not_an_option=1)
+    with pytest.raises(ConfigError, match="unknown modalities"):
+        build("mkgcn", tiny, modalities=["smell"])
+    with pytest.raises(ConfigError, match="unknown model"):
+        model_class("nope")
+
+
+def test_kg_only_mkgcn_has_no_fusion_parameters(tiny):
+    model = build("mkgcn", tiny, modalities=[])
+    assert not any("fusion" in k for k, _ in model.named_parameters())
