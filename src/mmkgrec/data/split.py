@@ -1,0 +1,617 @@
+"""Leak-free evaluation protocols: which interactions a model may see, and which it is judged on.
+
+Two protocols, both seeded (numpy ``Generator``) and vectorised:
+
+``ctr`` -- the KGCN / MKGCN lineage. Each unique positive (user, item) pair gets ``neg_ratio``
+    negatives drawn uniformly, without replacement within a user, from the items the user never
+    interacted with (no interaction row at all, whatever its value -- as KGCN excludes them).
+    A user with too few unseen items gets all of them (recorded in ``notes``). All labelled rows
+    are shuffled and cut 6:2:2 (``ratios``): valid = floor(r_v N), test = floor(r_t N),
+    train = the rest. Parts: ``user``, ``item`` int64 and ``label`` float32 (1.0 / 0.0, ready as a
+    BCE target).
+``topk`` -- per-user split of the unique positives, 8:1:1 by default, at random or by time
+    (``temporal=True``: each user's latest positives go to test, the ones before to valid; equal
+    timestamps keep dataset row order, so the seed plays no part). Parts: ``user``, ``item``
+    int64, all positives. Sizes per user with n positives follow RecBole
+    (``Dataset._calcu_split_ids``): valid = floor(r_v n), test = floor(r_t n), train = the rest;
+    then, test first and valid second, a part with 0 < r n < 1 takes one item from train while
+    train still holds more than one. With 8:1:1: n=1 -> 1/0/0, 2 -> 1/0/1, 3 -> 1/1/1,
+    5 -> 3/1/1, 10 -> 8/1/1, 11 -> 9/1/1.
+
+Everything a model may see comes from :class:`Split`: ``train_positives``, ``user_history`` (the
+MKGCN user aggregator's input) and ``item_popularity`` use train rows only (ctr: label 1);
+``ranking_exclusions`` masks what is known before a stage; ``ground_truth`` is the stage's
+positives. Parts are sorted by (user, item), so equal splits have equal fingerprints.
+
+Fixed benchmark splits (``train.tsv`` / ``valid.tsv`` / ``test.tsv`` with original ids) enter via
+:func:`apply_presplit`. :meth:`Split.save` writes three Parquet files plus ``split.json`` holding
+the dataset fingerprint; :meth:`Split.load` checks it against a given dataset.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
+from pydantic import field_validator, model_validator
+
+from mmkgrec.data.dataset import MMKG
+from mmkgrec.data.textio import Column, read_table
+from mmkgrec.errors import ConfigError, DataFormatError, MMKGRecError
+
+Protocol = Literal["ctr", "topk"]
+Stage = Literal["valid", "test"]
+PARTS = ("train", "valid", "test")
+DEFAULT_RATIOS = {"ctr": (0.6, 0.2, 0.2), "topk": (0.8, 0.1, 0.1)}
+MANIFEST = "split.json"
+_FORMAT = "mmkgrec-split/1"
+_MAX_REJECTION_ROUNDS = 64  # slots still empty after this are filled by ranking
+_RANK_BLOCK = 1 << 24  # elements of one [users, n_items] block of random scores
+
+
+class SplitConfig(BaseModel):
+    """Options of :func:`split`. Invalid values raise :class:`~mmkgrec.errors.ConfigError`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    protocol: Protocol = "topk"
+    seed: StrictInt = Field(0, ge=0)
+    ratios: tuple[float, float, float] | None = None  # train, valid, test; None: protocol default
+    temporal: StrictBool = False  # topk only
+    neg_ratio: StrictInt = Field(1, ge=1)  # ctr only: negatives per positive
+
+    @field_validator("ratios")
+    @classmethod
+    def _check_ratios(cls, ratios):
+        if ratios is None:
+            return ratios
+        if not all(math.isfinite(r) and r > 0 for r in ratios):
+            raise ValueError(f"train, valid and test ratios must all be > 0, got {list(ratios)}")
+        if abs(sum(ratios) - 1.0) > 1e-6:
+            raise ValueError(f"ratios must sum to 1, got {list(ratios)} (sum {sum(ratios):g})")
+        return ratios
+
+    @model_validator(mode="after")
+    def _check_protocol(self):
+        if self.protocol == "ctr" and self.temporal:
+            raise ValueError("temporal=True applies to the topk protocol only")
+        if self.protocol == "topk" and self.neg_ratio != 1:
+            raise ValueError("neg_ratio applies to the ctr protocol only")
+        return self
+
+    @classmethod
+    def parse(cls, **options) -> SplitConfig:
+        """Validate ``options``; raise ConfigError naming each bad option."""
+        try:
+            return cls(**options)
+        except ValidationError as err:
+            problems = "; ".join(
+                f"{'.'.join(map(str, e['loc'])) or 'options'}: {e['msg']}" for e in err.errors()
+            )
+            raise ConfigError(f"invalid split options: {problems}") from None
+
+    def part_ratios(self) -> tuple[float, float, float]:
+        """(train, valid, test) ratios, normalised to sum exactly 1 (as RecBole does)."""
+        ratios = self.ratios or DEFAULT_RATIOS[self.protocol]
+        total = sum(ratios)
+        return (ratios[0] / total, ratios[1] / total, ratios[2] / total)
+
+
+@dataclass
+class Split:
+    """A train / valid / test split of one dataset. See the module docstring.
+
+    ``train``/``valid``/``test``: ``user``, ``item`` int64 (plus ``label`` float32 for ctr), sorted
+    by (user, item), pairwise disjoint.
+    """
+
+    protocol: Protocol
+    n_users: int
+    n_items: int
+    train: pd.DataFrame
+    valid: pd.DataFrame
+    test: pd.DataFrame
+    seed: int | None = None  # None for a pre-split
+    notes: list[str] = field(default_factory=list)
+    options: dict = field(default_factory=dict)  # the SplitConfig, or the pre-split's source
+    dataset_name: str = ""
+    dataset_fingerprint: str = ""
+
+    # ---- views (what models may see) ---------------------------------------------------------
+    def part(self, name: str) -> pd.DataFrame:
+        """The ``train``, ``valid`` or ``test`` frame."""
+        if name not in PARTS:
+            raise ConfigError(f"unknown split part {name!r}; expected one of {list(PARTS)}")
+        return getattr(self, name)
+
+    def positives(self, name: str) -> pd.DataFrame:
+        """(user, item) positives of one part (ctr: rows with label 1)."""
+        frame = self.part(name)
+        if "label" in frame.columns:
+            frame = frame[frame["label"].to_numpy() == 1]
+        return frame[["user", "item"]].reset_index(drop=True)
+
+    def train_positives(self) -> pd.DataFrame:
+        """(user, item) positives of train only."""
+        return self.positives("train")
+
+    def user_history(self) -> tuple[np.ndarray, np.ndarray]:
+        """CSR of train positives: ``indptr`` [n_users + 1], ``items`` [nnz] sorted per user."""
+        train = self.train_positives()
+        return _csr(train["user"].to_numpy(), train["item"].to_numpy(), self.n_users)
+
+    def item_popularity(self) -> np.ndarray:
+        """[n_items] int64: number of train positives of each item."""
+        items = self.train_positives()["item"].to_numpy()
+        return np.bincount(items, minlength=self.n_items).astype(np.int64)
+
+    def ranking_exclusions(self, stage: Stage) -> tuple[np.ndarray, np.ndarray]:
+        """CSR (``indptr`` [n_users + 1], ``items``) of items to mask when ranking for ``stage``.
+
+        valid: the train positives; test: train + valid positives. Never the stage's own items.
+        """
+        known = [self.positives(name) for name in PARTS[: PARTS.index(_check_stage(stage))]]
+        frame = pd.concat(known, ignore_index=True)
+        return _csr(frame["user"].to_numpy(), frame["item"].to_numpy(), self.n_users)
+
+    def ground_truth(self, stage: Stage) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The stage's positives for full-ranking metrics.
+
+        Returns:
+            ``users`` [n_eval] (ascending, each with >= 1 target), ``indptr`` [n_eval + 1] and
+            ``items`` [nnz] sorted per user: user ``users[k]`` has ``items[indptr[k]:indptr[k+1]]``.
+        """
+        frame = self.positives(_check_stage(stage))
+        users = frame["user"].to_numpy()
+        indptr, items = _csr(users, frame["item"].to_numpy(), self.n_users)
+        eval_users = np.flatnonzero(np.diff(indptr)).astype(np.int64)  # [n_eval]
+        counts = np.diff(indptr)[eval_users]
+        return eval_users, np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), items
+
+    # ---- identity, checks, files -------------------------------------------------------------
+    def fingerprint(self) -> str:
+        """sha256 over protocol, sizes and the three parts: identifies the exact split."""
+        digest = hashlib.sha256(f"{self.protocol}|{self.n_users}|{self.n_items}".encode())
+        for name in PARTS:
+            frame = self.part(name)
+            digest.update(f"|{name}:{len(frame)}".encode())
+            for column in frame.columns:
+                digest.update(column.encode())
+                digest.update(np.ascontiguousarray(frame[column].to_numpy()).tobytes())
+        return digest.hexdigest()
+
+    def validate(self) -> None:
+        """Check columns, dtypes, id ranges and that no (user, item) pair is in two parts."""
+        columns = ["user", "item", "label"] if self.protocol == "ctr" else ["user", "item"]
+        keys = []
+        for name in PARTS:
+            frame = self.part(name)
+            if list(frame.columns) != columns:
+                raise MMKGRecError(
+                    f"split part {name}: columns {list(frame.columns)}, expected {columns}")
+            for column, size in (("user", self.n_users), ("item", self.n_items)):
+                ids = frame[column].to_numpy()
+                if ids.dtype != np.int64 or (len(ids) and (ids.min() < 0 or ids.max() >= size)):
+                    raise MMKGRecError(
+                        f"split part {name}: {column} ids must be int64 in [0, {size})")
+            if self.protocol == "ctr":
+                labels = frame["label"].to_numpy()
+                if labels.dtype != np.float32 or not np.isin(labels, (0.0, 1.0)).all():
+                    raise MMKGRecError(f"split part {name}: labels must be float32 0.0 / 1.0")
+            keys.append(frame["user"].to_numpy() * self.n_items + frame["item"].to_numpy())
+        keys = np.concatenate(keys)
+        if not _first_occurrence(keys).all():
+            raise MMKGRecError("split parts overlap: a (user, item) pair is in two parts or twice")
+
+    def save(self, directory: str | Path) -> Path:
+        """Write ``{train,valid,test}.parquet`` and ``split.json`` into ``directory``.
+
+        Returns:
+            the manifest path.
+        """
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        for name in PARTS:
+            self.part(name).to_parquet(directory / f"{name}.parquet", index=False)
+        manifest = {
+            "format": _FORMAT,
+            "protocol": self.protocol,
+            "n_users": self.n_users,
+            "n_items": self.n_items,
+            "seed": self.seed,
+            "options": self.options,
+            "notes": self.notes,
+            "rows": {name: len(self.part(name)) for name in PARTS},
+            "dataset": {"name": self.dataset_name, "fingerprint": self.dataset_fingerprint},
+            "fingerprint": self.fingerprint(),
+        }
+        path = directory / MANIFEST
+        path.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        return path
+
+    @classmethod
+    def load(cls, directory: str | Path, ds: MMKG | None = None) -> Split:
+        """Read a split written by :meth:`save`.
+
+        Args:
+            directory: the folder holding ``split.json`` and the Parquet parts.
+            ds: when given, the split must have been made from exactly this dataset.
+
+        Raises:
+            DataFormatError: missing or corrupt files, parts changed since saving, or a split
+                made from another dataset than ``ds``.
+        """
+        directory = Path(directory)
+        path = directory / MANIFEST
+        if not path.is_file():
+            raise DataFormatError(path, "file not found (not a saved split)")
+        try:
+            manifest = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise DataFormatError(path, f"not valid JSON: {err.msg}", err.lineno) from None
+        except UnicodeDecodeError:
+            raise DataFormatError(path, "not UTF-8 text") from None
+        needed = ("format", "protocol", "n_users", "n_items", "seed", "dataset", "fingerprint")
+        missing = [key for key in needed if not isinstance(manifest, dict) or key not in manifest]
+        if missing or manifest["format"] != _FORMAT:
+            raise DataFormatError(path, f"not a {_FORMAT} manifest (missing {missing or 'format'})")
+        parts = {}
+        for name in PARTS:
+            part_path = directory / f"{name}.parquet"
+            try:
+                frame = pd.read_parquet(part_path)
+                dtypes = {"user": np.int64, "item": np.int64, "label": np.float32}
+                parts[name] = frame.astype({c: dtypes[c] for c in frame.columns if c in dtypes})
+            except (OSError, ValueError, KeyError) as err:
+                raise DataFormatError(part_path, f"cannot read the split part: {err}") from None
+        split_ = cls(
+            protocol=manifest["protocol"], n_users=int(manifest["n_users"]),
+            n_items=int(manifest["n_items"]), seed=manifest["seed"],
+            notes=list(manifest.get("notes", [])), options=dict(manifest.get("options", {})),
+            dataset_name=manifest["dataset"].get("name", ""),
+            dataset_fingerprint=manifest["dataset"].get("fingerprint", ""), **parts,
+        )
+        try:
+            split_.validate()
+        except MMKGRecError as err:
+            raise DataFormatError(directory, str(err)) from None
+        if split_.fingerprint() != manifest["fingerprint"]:
+            raise DataFormatError(path, "the Parquet parts changed since the split was saved "
+                                        "(fingerprint mismatch)")
+        if ds is not None and ds.fingerprint() != split_.dataset_fingerprint:
+            raise DataFormatError(
+                path, f"this split was made from dataset {split_.dataset_name!r} "
+                      f"(fingerprint {split_.dataset_fingerprint[:12]}...), not from {ds.name!r} "
+                      f"({ds.fingerprint()[:12]}...)")
+        return split_
+
+
+# ---- protocols -------------------------------------------------------------------------------
+def split(
+    ds: MMKG,
+    protocol: Protocol = "topk",
+    *,
+    seed: int = 0,
+    ratios: tuple[float, float, float] | list[float] | None = None,
+    temporal: bool = False,
+    neg_ratio: int = 1,
+) -> Split:
+    """Split ``ds`` by ``protocol`` (see the module docstring).
+
+    Args:
+        ds: the dataset; its unique positives (``ds.positives()``) are split.
+        protocol: ``"ctr"`` (labelled rows with sampled negatives, shuffled 6:2:2) or ``"topk"``
+            (per-user 8:1:1 split of the positives).
+        seed: seed of the numpy Generator; the same seed gives the same split.
+        ratios: (train, valid, test), each > 0, summing to 1; default by protocol.
+        temporal: topk only: latest positives of each user to test (needs timestamps).
+        neg_ratio: ctr only: negatives per positive.
+
+    Raises:
+        ConfigError: invalid options, or ``temporal`` on a dataset without timestamps.
+        MMKGRecError: the dataset has no positives.
+    """
+    config = SplitConfig.parse(protocol=protocol, seed=seed, ratios=ratios, temporal=temporal,
+                               neg_ratio=neg_ratio)
+    if config.temporal and not ds.has_timestamps:
+        raise ConfigError(f"temporal split needs timestamps; dataset {ds.name!r} has none")
+    positives = ds.positives()
+    if positives.empty:
+        raise MMKGRecError(f"dataset {ds.name!r} has no positives (value >= {ds.threshold}): "
+                           "nothing to split")
+    rng = np.random.default_rng(config.seed)
+    splitter = _split_ctr if config.protocol == "ctr" else _split_topk
+    (train, valid, test), notes = splitter(ds, positives, config, rng)
+    result = Split(
+        protocol=config.protocol, n_users=ds.n_users, n_items=ds.n_items,
+        train=train, valid=valid, test=test, seed=config.seed, notes=notes,
+        options=config.model_dump(mode="json"), dataset_name=ds.name,
+        dataset_fingerprint=ds.fingerprint(),
+    )
+    result.validate()
+    return result
+
+
+def recbole_part_sizes(
+    counts: np.ndarray, ratios: tuple[float, float, float]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-user (train, valid, test) sizes of RecBole's ratio split (see the module docstring).
+
+    Args:
+        counts: [n_users] number of positives of each user.
+        ratios: (train, valid, test), normalised.
+
+    Returns:
+        three [n_users] int64 arrays summing to ``counts``.
+    """
+    counts = np.asarray(counts, dtype=np.int64)
+    n = counts.astype(np.float64)
+    _, r_valid, r_test = ratios
+    valid = np.floor(r_valid * n).astype(np.int64)  # int(ratio * tot), as RecBole
+    test = np.floor(r_test * n).astype(np.int64)
+    train = counts - valid - test
+    for ratio, part in ((r_test, test), (r_valid, valid)):  # test first, then valid
+        move = (train > 1) & (ratio * n > 0) & (ratio * n < 1)
+        part += move
+        train -= move
+    return train, valid, test
+
+
+def _split_topk(ds: MMKG, positives: pd.DataFrame, config: SplitConfig,
+                rng: np.random.Generator) -> tuple[list[pd.DataFrame], list[str]]:
+    users = positives["user"].to_numpy()  # [n]
+    items = positives["item"].to_numpy()  # [n]
+    n = len(users)
+    if config.temporal:
+        times = positives["timestamp"].to_numpy()
+        if np.isnan(times).any():
+            raise MMKGRecError(f"dataset {ds.name!r}: {int(np.isnan(times).sum())} positives "
+                               "have no timestamp; a temporal split cannot place them")
+        order = np.lexsort((np.arange(n), times, users))  # by user, time, then row order
+    else:
+        order = np.lexsort((rng.random(n), users))  # by user, random within a user
+    users, items = users[order], items[order]
+    counts = np.bincount(users, minlength=ds.n_users)  # [n_users]
+    n_train, n_valid, _ = recbole_part_sizes(counts, config.part_ratios())
+    rank = np.arange(n) - (np.cumsum(counts) - counts)[users]  # [n] position within the user
+    part = (rank >= n_train[users]).astype(np.int8) + (rank >= (n_train + n_valid)[users])
+    frames = [_pairs(users[part == k], items[part == k]) for k in range(3)]
+    kind = "temporal (latest to test)" if config.temporal else "random"
+    notes = [
+        f"topk {kind} per-user split {_ratio_text(config)} of {n} positives of "
+        f"{int((counts > 0).sum())} users: {_sizes_text(frames)} (RecBole size rule)",
+    ]
+    n_single = int((counts == 1).sum())
+    if n_single:
+        notes.append(f"{n_single} users have a single positive: train only, never evaluated")
+    return frames, notes
+
+
+def _split_ctr(ds: MMKG, positives: pd.DataFrame, config: SplitConfig,
+               rng: np.random.Generator) -> tuple[list[pd.DataFrame], list[str]]:
+    n_items = ds.n_items
+    pos_users = positives["user"].to_numpy()  # [n_pos]
+    pos_items = positives["item"].to_numpy()  # [n_pos]
+    interactions = ds.interactions
+    seen = _sorted_unique(interactions["user"].to_numpy() * n_items
+                          + interactions["item"].to_numpy())  # [n_seen] keys, any value
+    need = np.bincount(pos_users, minlength=ds.n_users) * config.neg_ratio  # [n_users]
+    negatives, notes = _sample_unseen(seen, need, n_items, rng)  # [n_neg] keys
+    users = np.concatenate([pos_users, negatives // n_items])  # [n]
+    items = np.concatenate([pos_items, negatives % n_items])  # [n]
+    labels = np.concatenate([np.ones(len(pos_users), np.float32),
+                             np.zeros(len(negatives), np.float32)])
+    n = len(users)
+    _, r_valid, r_test = config.part_ratios()
+    n_valid, n_test = math.floor(n * r_valid), math.floor(n * r_test)
+    n_train = n - n_valid - n_test
+    perm = rng.permutation(n)  # [n] shuffled labelled rows, as KGCN
+    cuts = (perm[:n_train], perm[n_train:n_train + n_valid], perm[n_train + n_valid:])
+    frames = [_pairs(users[rows], items[rows], labels[rows]) for rows in cuts]
+    notes.insert(0, f"ctr split {_ratio_text(config)} of {len(pos_users)} positives + "
+                    f"{len(negatives)} negatives ({config.neg_ratio} per positive, drawn from "
+                    f"never-interacted items): {_sizes_text(frames)}")
+    return frames, notes
+
+
+def _sample_unseen(seen: np.ndarray, need: np.ndarray, n_items: int,
+                   rng: np.random.Generator) -> tuple[np.ndarray, list[str]]:
+    """Draw ``need[u]`` distinct items per user outside the sorted ``seen`` keys.
+
+    Rejection sampling on keys ``user * n_items + item``, redrawing only rejected slots. Users who
+    need at least half their unseen items (and slots still empty after the round cap) are filled
+    by ranking random scores over all items instead, which is exact and cheap for them.
+
+    Returns:
+        the negative keys [n_neg] (grouped by method, unshuffled) and notes on users who
+        got fewer than asked.
+    """
+    n_users = len(need)
+    unseen = n_items - np.bincount(seen // n_items, minlength=n_users)  # [n_users]
+    take = np.minimum(need, unseen)  # [n_users]
+    notes = []
+    short = need > take
+    if short.any():
+        notes.append(
+            f"{int(short.sum())} users have fewer never-interacted items than the negatives "
+            f"asked: they got all of theirs ({int((need - take).sum())} negatives missing, "
+            "so labels are not exactly balanced)")
+    by_rank = take * 2 > unseen  # [n_users]
+    pending = np.repeat(np.arange(n_users), np.where(by_rank, 0, take))  # [n_slots] slot owners
+    accepted = np.empty(0, dtype=np.int64)  # sorted keys
+    for _ in range(_MAX_REJECTION_ROUNDS):
+        if not pending.size:
+            break
+        keys = pending * n_items + rng.integers(0, n_items, pending.size)  # [n_pending]
+        ok = ~_in_sorted(keys, seen) & ~_in_sorted(keys, accepted) & _first_occurrence(keys)
+        # both runs sorted: the stable sort (timsort) merges them in linear time
+        accepted = np.sort(np.concatenate([accepted, np.sort(keys[ok])]), kind="stable")
+        pending = pending[~ok]
+    rest = np.where(by_rank, take, 0) + np.bincount(pending, minlength=n_users)  # [n_users]
+    excluded = np.sort(np.concatenate([seen, accepted]), kind="stable")
+    ranked = _sample_by_rank(rest, excluded, n_items, rng)
+    return np.concatenate([accepted, ranked]), notes
+
+
+def _sample_by_rank(count: np.ndarray, excluded: np.ndarray, n_items: int,
+                    rng: np.random.Generator) -> np.ndarray:
+    """Per user u, the ``count[u]`` items of lowest random score outside the sorted ``excluded``."""
+    users = np.flatnonzero(count)
+    block = max(1, _RANK_BLOCK // max(n_items, 1))
+    out = [np.empty(0, dtype=np.int64)]
+    for start in range(0, users.size, block):  # a few blocks of users, bounded memory
+        rows = users[start:start + block]  # [b] ascending
+        scores = rng.random((rows.size, n_items))  # [b, n_items]
+        lo, hi = np.searchsorted(excluded, [rows[0] * n_items, (rows[-1] + 1) * n_items])
+        keys = excluded[lo:hi]  # excluded keys of users rows[0]..rows[-1]
+        row = np.searchsorted(rows, keys // n_items)
+        hit = rows[np.minimum(row, rows.size - 1)] == keys // n_items
+        scores[row[hit], keys[hit] % n_items] = 2.0  # ranked after every allowed item
+        ranked = np.argsort(scores, axis=1)  # [b, n_items]
+        keep = np.arange(n_items)[None, :] < count[rows][:, None]  # [b, n_items]
+        out.append((rows[:, None] * n_items + ranked)[keep])
+    return np.concatenate(out).astype(np.int64)
+
+
+# ---- fixed benchmark splits -------------------------------------------------------------------
+def apply_presplit(ds: MMKG, directory: str | Path) -> Split:
+    """A topk split read from ``train.tsv``, ``valid.tsv``, ``test.tsv`` in ``directory``.
+
+    Each file: tab-separated ``user_id  item_id  rating`` (header optional), ORIGINAL ids. The
+    dataset, not the file's rating, decides what a positive is.
+
+    Raises:
+        DataFormatError: naming file and line, for an unknown user or item id, a pair that is not
+            an interaction of ``ds`` or not a positive of it, or a pair listed twice (in one file
+            or two). Positives of ``ds`` that no file lists are counted in ``notes``.
+    """
+    directory = Path(directory)
+    columns = [Column("user_id"), Column("item_id"), Column("rating", "float")]
+    user_index, item_index = pd.Index(ds.users), pd.Index(ds.items)
+    n_items = ds.n_items
+    positives = ds.positives()
+    positive_keys = np.sort(positives["user"].to_numpy() * n_items + positives["item"].to_numpy())
+    inter = ds.interactions
+    seen = _sorted_unique(inter["user"].to_numpy() * n_items + inter["item"].to_numpy())
+
+    keys, where = [], []  # per file: [rows] keys, (path, [rows] lines)
+    for name in PARTS:  # three files
+        path = directory / f"{name}.tsv"
+        table = read_table(path, columns, header="optional")
+        lines = table["_line"].to_numpy()
+        raw_users, raw_items = table["user_id"].to_numpy(), table["item_id"].to_numpy()
+        users = user_index.get_indexer(pd.Index(raw_users))  # [rows], -1 when unknown
+        items = item_index.get_indexer(pd.Index(raw_items))
+        for kind, coded, raw in (("user", users, raw_users), ("item", items, raw_items)):
+            if (coded < 0).any():
+                i = int(np.argmax(coded < 0))
+                raise DataFormatError(path, f"unknown {kind} id {raw[i]!r}: not in dataset "
+                                            f"{ds.name!r}", int(lines[i]))
+        part_keys = users.astype(np.int64) * n_items + items
+        for problem, bad in (
+            ("is not an interaction of the dataset (a pre-split must not invent data)",
+             ~_in_sorted(part_keys, seen)),
+            (f"is not a positive of the dataset (its value is below {ds.threshold:g})",
+             ~_in_sorted(part_keys, positive_keys)),
+        ):
+            if bad.any():
+                i = int(np.argmax(bad))
+                raise DataFormatError(path, f"user {raw_users[i]!r}, item {raw_items[i]!r} "
+                                            f"{problem}", int(lines[i]))
+        keys.append(part_keys)
+        where.append((path, lines))
+
+    all_keys = np.concatenate(keys)
+    repeated = ~_first_occurrence(all_keys)
+    if repeated.any():
+        i = int(np.argmax(repeated))
+        first = int(np.argmax(all_keys == all_keys[i]))
+        (path, line), (first_path, first_line) = _locate(where, i), _locate(where, first)
+        user, item = ds.users[all_keys[i] // n_items], ds.items[all_keys[i] % n_items]
+        raise DataFormatError(path, f"user {user!r}, item {item!r} is listed twice (first in "
+                                    f"{first_path.name}, line {first_line})", line)
+
+    frames = [_pairs(k // n_items, k % n_items) for k in keys]
+    omitted = len(positive_keys) - len(all_keys)
+    notes = [f"pre-split {directory}: {_sizes_text(frames)}; "
+             + (f"it omits {omitted} of {len(positive_keys)} dataset positives (in no part)"
+                if omitted else f"it covers all {len(positive_keys)} dataset positives")]
+    result = Split(
+        protocol="topk", n_users=ds.n_users, n_items=n_items, train=frames[0], valid=frames[1],
+        test=frames[2], seed=None, notes=notes,
+        options={"protocol": "topk", "presplit": str(directory)}, dataset_name=ds.name,
+        dataset_fingerprint=ds.fingerprint(),
+    )
+    result.validate()
+    return result
+
+
+# ---- helpers ----------------------------------------------------------------------------------
+def _check_stage(stage: str) -> str:
+    if stage not in ("valid", "test"):
+        raise ConfigError(f"unknown evaluation stage {stage!r}; expected 'valid' or 'test'")
+    return stage
+
+
+def _pairs(users: np.ndarray, items: np.ndarray, labels: np.ndarray | None = None) -> pd.DataFrame:
+    """A part frame sorted by (user, item)."""
+    order = np.lexsort((items, users))
+    frame = pd.DataFrame({"user": users[order].astype(np.int64),
+                          "item": items[order].astype(np.int64)})
+    if labels is not None:
+        frame["label"] = labels[order].astype(np.float32)
+    return frame
+
+
+def _csr(users: np.ndarray, items: np.ndarray, n_rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """(indptr [n_rows + 1], items [nnz] sorted by user then item)."""
+    order = np.lexsort((items, users))
+    indptr = np.zeros(n_rows + 1, dtype=np.int64)
+    np.cumsum(np.bincount(users, minlength=n_rows), out=indptr[1:])
+    return indptr, np.asarray(items, dtype=np.int64)[order]
+
+
+def _in_sorted(keys: np.ndarray, sorted_keys: np.ndarray) -> np.ndarray:
+    """[len(keys)] bool: whether each key is in the sorted array ``sorted_keys``."""
+    if not sorted_keys.size:
+        return np.zeros(keys.shape, dtype=bool)
+    at = np.minimum(np.searchsorted(sorted_keys, keys), sorted_keys.size - 1)
+    return sorted_keys[at] == keys
+
+
+def _sorted_unique(keys: np.ndarray) -> np.ndarray:
+    """Sorted distinct values (sort-based; faster than np.unique's hashing on int64 keys)."""
+    keys = np.sort(keys)
+    return keys[np.concatenate([[True], keys[1:] != keys[:-1]])] if keys.size else keys
+
+
+def _first_occurrence(keys: np.ndarray) -> np.ndarray:
+    """[len(keys)] bool: True at the first occurrence of each value."""
+    order = np.argsort(keys, kind="stable")
+    ranked = keys[order]
+    first = np.empty(keys.shape, dtype=bool)
+    first[order] = np.concatenate([[True], ranked[1:] != ranked[:-1]]) if keys.size else []
+    return first
+
+
+def _locate(where: list[tuple[Path, np.ndarray]], index: int) -> tuple[Path, int]:
+    """(file, line) of row ``index`` of the concatenated pre-split files."""
+    ends = np.cumsum([len(lines) for _, lines in where])  # [n_files]
+    k = int(np.searchsorted(ends, index, side="right"))
+    path, lines = where[k]
+    return path, int(lines[index - (ends[k] - len(lines))])
+
+
+def _sizes_text(frames: list[pd.DataFrame]) -> str:
+    return " / ".join(f"{len(f)} {name}" for f, name in zip(frames, PARTS))
+
+
+def _ratio_text(config: SplitConfig) -> str:
+    return ":".join(f"{r:g}" for r in (config.ratios or DEFAULT_RATIOS[config.protocol]))
