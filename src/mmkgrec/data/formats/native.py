@@ -1,0 +1,286 @@
+"""mmkgrec's native format: a directory of Parquet files plus a ``dataset.json`` manifest.
+
+It holds any valid MMKG exactly, with its provenance, notes and meta. Files (pyarrow, one row per id
+in id order):
+
+- ``users.parquet``, ``items.parquet``, ``entities.parquet``: ``id`` string (original ids).
+- ``relations.parquet``: ``name`` string.
+- ``interactions.parquet``: the interactions table as stored (``user`` int64, ``item`` int64,
+  ``value`` float64[, ``timestamp`` float64]).
+- ``triples.parquet``: ``head``, ``relation``, ``tail`` int64.
+- ``item_attrs.parquet`` (only with item attributes): one string column per attribute.
+- ``modality_<k>.parquet`` for the k-th modality of the manifest: ``vector``
+  fixed_size_list<float32>[d] (left out when d = 0) and ``present`` bool.
+
+``dataset.json``::
+
+    {"format": "mmkgrec-native", "schema_version": 1, "name", "counts": {users, items, entities,
+     relations, interactions, triples}, "threshold", "modalities": {name: d}, "has_timestamps",
+     "item_attr_columns": [..] or null, "provenance", "notes", "meta",
+     "files": {file: sha256}, "fingerprint": MMKG.fingerprint()}
+
+Reading checks, in order: the manifest's schema, each file's sha256, each file's columns, types and
+row count against ``counts`` / ``modalities``, the dataset invariants, then the fingerprint. Every
+failure is a :class:`~mmkgrec.errors.DataFormatError` naming the file.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import BaseModel, ConfigDict, NonNegativeInt, ValidationError
+
+from mmkgrec.data.dataset import MMKG
+from mmkgrec.data.textio import sha256_of
+from mmkgrec.errors import DataFormatError, MMKGRecError
+
+MANIFEST = "dataset.json"
+FORMAT = "mmkgrec-native"
+SCHEMA_VERSION = 1
+
+
+class Counts(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    users: NonNegativeInt
+    items: NonNegativeInt
+    entities: NonNegativeInt
+    relations: NonNegativeInt
+    interactions: NonNegativeInt
+    triples: NonNegativeInt
+
+
+class Manifest(BaseModel):
+    """The schema of ``dataset.json`` (version 1)."""
+
+    format: Literal["mmkgrec-native"]
+    schema_version: Literal[1]
+    name: str
+    counts: Counts
+    threshold: float
+    modalities: dict[str, NonNegativeInt]
+    has_timestamps: bool
+    item_attr_columns: list[str] | None
+    provenance: list[dict]
+    notes: list[str]
+    meta: dict[str, int | float | str]
+    files: dict[str, str]
+    fingerprint: str
+
+
+# ---- writing ---------------------------------------------------------------------------------
+def write_native(dataset: MMKG, directory: str | Path) -> Path:
+    """Write ``dataset`` in the native format (see the module docstring).
+
+    Args:
+        dataset: a valid dataset.
+        directory: created if needed; an earlier native dataset there is replaced.
+
+    Returns:
+        The directory.
+    """
+    dataset.validate()
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / MANIFEST).unlink(missing_ok=True)  # a half-written directory must not read as valid
+    t = dataset.triples  # [n_triples, 3]
+    tables = {
+        "users.parquet": pa.table({"id": _strings(dataset.users)}),
+        "items.parquet": pa.table({"id": _strings(dataset.items)}),
+        "entities.parquet": pa.table({"id": _strings(dataset.entities)}),
+        "relations.parquet": pa.table({"name": _strings(dataset.relations)}),
+        "interactions.parquet": pa.Table.from_pandas(dataset.interactions, preserve_index=False),
+        "triples.parquet": pa.table({c: np.ascontiguousarray(t[:, j], dtype=np.int64)
+                                     for j, c in enumerate(("head", "relation", "tail"))}),
+    }
+    attrs = dataset.item_attrs
+    if attrs is not None and len(attrs.columns):
+        if not all(isinstance(c, str) for c in attrs.columns):
+            raise MMKGRecError(f"item_attrs column names must be strings, got {list(attrs.columns)}")
+        tables["item_attrs.parquet"] = pa.table({c: _strings(attrs[c].astype(str).to_numpy())
+                                                 for c in attrs.columns})
+    for k, (name, matrix) in enumerate(dataset.modalities.items()):
+        columns = {"present": pa.array(dataset.modality_masks[name])}
+        if matrix.shape[1]:
+            flat = pa.array(np.ascontiguousarray(matrix, dtype=np.float32).ravel())  # [n_items * d]
+            columns = {"vector": pa.FixedSizeListArray.from_arrays(flat, matrix.shape[1]), **columns}
+        tables[f"modality_{k}.parquet"] = pa.table(columns)
+    for file, table in tables.items():
+        pq.write_table(table, directory / file)
+
+    manifest = {
+        "format": FORMAT, "schema_version": SCHEMA_VERSION, "name": dataset.name,
+        "counts": _counts(dataset), "threshold": float(dataset.threshold),
+        "modalities": dataset.modality_dims(), "has_timestamps": dataset.has_timestamps,
+        "item_attr_columns": None if attrs is None else list(attrs.columns),
+        "provenance": dataset.provenance, "notes": dataset.notes, "meta": dataset.meta,
+        "files": {file: sha256_of(directory / file) for file in tables},
+        "fingerprint": dataset.fingerprint(),
+    }
+    try:
+        text = json.dumps(manifest, indent=2, default=_json_scalar)
+    except (TypeError, ValueError) as error:
+        raise MMKGRecError(f"dataset {dataset.name!r}: provenance / notes / meta are not JSON: {error}")
+    (directory / MANIFEST).write_text(text + "\n", encoding="utf-8")
+    return directory
+
+
+def _strings(values: np.ndarray) -> pa.Array:
+    return pa.array(np.asarray(values).astype(str), type=pa.string())
+
+
+def _json_scalar(value: object) -> object:
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} {value!r} is not JSON serialisable")
+
+
+def _counts(dataset: MMKG) -> dict[str, int]:
+    return {"users": dataset.n_users, "items": dataset.n_items, "entities": dataset.n_entities,
+            "relations": dataset.n_relations, "interactions": len(dataset.interactions),
+            "triples": len(dataset.triples)}
+
+
+# ---- reading ---------------------------------------------------------------------------------
+def read_native(directory: str | Path) -> MMKG:
+    """Read a native-format directory, checking it against its manifest.
+
+    Args:
+        directory: a directory written by :func:`write_native`.
+
+    Returns:
+        The dataset, identical to the one written (``equals``), with provenance, notes and meta.
+
+    Raises:
+        DataFormatError: an unknown schema version, a missing / changed / malformed file (naming it).
+    """
+    directory = Path(directory)
+    manifest_path = directory / MANIFEST
+    m = read_manifest(manifest_path)
+    for file, digest in m.files.items():
+        path = directory / file
+        if not path.is_file():
+            raise DataFormatError(path, "file not found (listed in dataset.json)")
+        if sha256_of(path) != digest:
+            raise DataFormatError(path, "files changed since written: sha256 differs from dataset.json")
+    counts = m.counts
+
+    def ids(file: str, column: str, rows: int) -> np.ndarray:
+        table = _read_parquet(directory / file, {column: pa.types.is_string}, rows)
+        return table.column(column).to_numpy(zero_copy_only=False).astype(str)
+
+    users = ids("users.parquet", "id", counts.users)
+    items = ids("items.parquet", "id", counts.items)
+    entities = ids("entities.parquet", "id", counts.entities)
+    relations = ids("relations.parquet", "name", counts.relations)
+    is_int64 = lambda t: t == pa.int64()  # noqa: E731
+    is_float64 = lambda t: t == pa.float64()  # noqa: E731
+    interaction_types = {"user": is_int64, "item": is_int64, "value": is_float64}
+    if m.has_timestamps:
+        interaction_types["timestamp"] = is_float64
+    interactions = _read_parquet(directory / "interactions.parquet", interaction_types,
+                                 counts.interactions).to_pandas()
+    if list(interactions.columns[:3]) != ["user", "item", "value"]:
+        raise DataFormatError(directory / "interactions.parquet", "columns must begin user, item, value")
+    if ("timestamp" in interactions.columns) != m.has_timestamps:
+        raise DataFormatError(directory / "interactions.parquet", "timestamp column disagrees with dataset.json")
+    table = _read_parquet(directory / "triples.parquet",
+                          {"head": is_int64, "relation": is_int64, "tail": is_int64}, counts.triples)
+    triples = np.column_stack([table.column(c).to_numpy() for c in ("head", "relation", "tail")]
+                              ).astype(np.int64).reshape(-1, 3)  # [n_triples, 3]
+
+    item_attrs = None
+    if m.item_attr_columns is not None:
+        item_attrs = pd.DataFrame(index=pd.RangeIndex(counts.items))
+        if m.item_attr_columns:
+            table = _read_parquet(directory / "item_attrs.parquet",
+                                  {c: pa.types.is_string for c in m.item_attr_columns}, counts.items)
+            for column in m.item_attr_columns:
+                item_attrs[column] = table.column(column).to_numpy(zero_copy_only=False)
+            item_attrs = item_attrs.astype(str)
+
+    modalities, masks = {}, {}
+    for k, (name, dim) in enumerate(m.modalities.items()):
+        path = directory / f"modality_{k}.parquet"
+        want = {"present": pa.types.is_boolean}
+        if dim:
+            want["vector"] = lambda t, d=dim: (pa.types.is_fixed_size_list(t) and t.list_size == d
+                                               and t.value_type == pa.float32())
+        table = _read_parquet(path, want, counts.items)
+        masks[name] = table.column("present").to_numpy().astype(bool)  # [n_items]
+        if dim:
+            vectors = table.column("vector").combine_chunks()
+            modalities[name] = vectors.flatten().to_numpy().astype(np.float32).reshape(-1, dim)
+        else:
+            modalities[name] = np.zeros((counts.items, 0), dtype=np.float32)
+
+    dataset = MMKG(
+        name=m.name, users=users, items=items, entities=entities, relations=relations,
+        interactions=interactions, threshold=m.threshold, triples=triples, modalities=modalities,
+        modality_masks=masks, item_attrs=item_attrs, provenance=m.provenance, notes=m.notes,
+        meta=m.meta,
+    )
+    try:
+        dataset.validate()
+    except MMKGRecError as error:
+        raise DataFormatError(directory, str(error)) from None
+    if dataset.fingerprint() != m.fingerprint:
+        raise DataFormatError(manifest_path, "files changed since written: the data's fingerprint "
+                                             "differs from the one recorded")
+    return dataset
+
+
+def read_manifest(path: Path) -> Manifest:
+    """Read and check ``dataset.json``; errors name the line of the offending key when found."""
+    if not path.is_file():
+        raise DataFormatError(path, "file not found")
+    text = path.read_text(encoding="utf-8", errors="replace")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise DataFormatError(path, f"invalid JSON: {error.msg}", error.lineno) from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise DataFormatError(path, f"not a {FORMAT} manifest (\"format\" must be {FORMAT!r})",
+                              _line_of(text, "format"))
+    if data.get("schema_version") != SCHEMA_VERSION:
+        raise DataFormatError(path, f"unknown schema_version {data.get('schema_version')!r} "
+                                    f"(this mmkgrec reads {SCHEMA_VERSION})",
+                              _line_of(text, "schema_version"))
+    try:
+        return Manifest.model_validate(data)
+    except ValidationError as error:
+        first = error.errors()[0]
+        key = str(first["loc"][0]) if first["loc"] else ""
+        where = ".".join(map(str, first["loc"]))
+        raise DataFormatError(path, f"{where}: {first['msg']}", _line_of(text, key)) from None
+
+
+def _line_of(text: str, key: str) -> int | None:
+    at = text.find(f'"{key}"')
+    return text.count("\n", 0, at) + 1 if at >= 0 else None
+
+
+def _read_parquet(path: Path, want: dict, rows: int) -> pa.Table:
+    """Read a Parquet file and check its columns (name -> type predicate), nulls and row count."""
+    if not path.is_file():
+        raise DataFormatError(path, "file not found")
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as error:
+        raise DataFormatError(path, f"not a readable Parquet file: {error}") from None
+    for column, type_ok in want.items():
+        if column not in table.column_names:
+            raise DataFormatError(path, f"missing column {column!r}")
+        if not type_ok(table.schema.field(column).type):
+            found = table.schema.field(column).type
+            raise DataFormatError(path, f"column {column!r} has unexpected type {found}")
+        if table.column(column).null_count:
+            raise DataFormatError(path, f"column {column!r} has missing values")
+    if table.num_rows != rows:
+        raise DataFormatError(path, f"has {table.num_rows} rows but dataset.json says {rows}")
+    return table
