@@ -16,3 +16,7 @@ from mmkgrec.evaluate.metrics import (
 )
 
 __all__ = ["TOPK_METRICS", "ctr_metrics", "per_user_topk_metrics", "rank_topk", "topk_metrics"]
+
+from mmkgrec.evaluate.ranking import evaluate_ctr, evaluate_topk, time_full_ranking
+
+__all__ += ["evaluate_ctr", "evaluate_topk", "time_full_ranking"]

@@ -14,13 +14,14 @@ from mmkgrec.errors import ConfigError
 from mmkgrec.models.base import ModelConfig, Recommender
 from mmkgrec.models.kgcn import KGCN
 from mmkgrec.models.mkgcn import MKGCN
+from mmkgrec.models.pop import Pop
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-MODELS: dict[str, type[Recommender]] = {model.name: model for model in (MKGCN, KGCN)}
+MODELS: dict[str, type[Recommender]] = {model.name: model for model in (MKGCN, KGCN, Pop)}
 
 
 def model_class(name: str) -> type[Recommender]:
@@ -33,7 +34,8 @@ def model_class(name: str) -> type[Recommender]:
 def default_config(name: str, dataset: str | None = None) -> dict[str, dict]:
     """``{"model": {...}, "train": {...}}`` from ``configs/<name>.toml`` (dataset overrides applied)."""
     model_class(name)
-    text = resources.files("mmkgrec.models").joinpath("configs", f"{name}.toml").read_text()
+    path = resources.files("mmkgrec.models").joinpath("configs", f"{name}.toml")
+    text = path.read_text() if path.is_file() else ""
     raw = tomllib.loads(text)
     config = {"model": dict(raw.get("model", {})), "train": dict(raw.get("train", {}))}
     overrides = raw.get("dataset", {}).get(dataset or "", {})
@@ -42,4 +44,4 @@ def default_config(name: str, dataset: str | None = None) -> dict[str, dict]:
     return config
 
 
-__all__ = ["KGCN", "MKGCN", "MODELS", "ModelConfig", "Recommender", "default_config", "model_class"]
+__all__ = ["KGCN", "MKGCN", "Pop", "MODELS", "ModelConfig", "Recommender", "default_config", "model_class"]

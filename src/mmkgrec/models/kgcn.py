@@ -31,6 +31,9 @@ class KGConfig(ModelConfig):
     inner_activation: Activation = "relu"
     kg_mode: Literal["undirected", "inverse", "directed"] = "undirected"
     resample_neighbors: bool = False  # False: sampled once, as KGCN does
+    # "all": lambda/2 * ||all parameters||^2 each step (the KGCN paper's and code's regulariser);
+    # "batch": only the embeddings the batch used (cheaper, weaker).
+    l2_scope: Literal["all", "batch"] = "all"
 
 
 class KGBackbone(nn.Module):
@@ -69,6 +72,11 @@ class KGBackbone(nn.Module):
                                                  self.neighbors, self.neighbor_relations, self.n_items)
 
 
+def all_parameters_l2(module: nn.Module) -> Tensor:
+    """0.5 * sum of squares of every parameter (TensorFlow's l2_loss, as KGCN uses)."""
+    return 0.5 * sum(p.pow(2).sum() for p in module.parameters())
+
+
 class KGCN(Recommender):
     """KGCN: score(u, i) = <e_u, v_i(u)>, v_i(u) aggregated over i's KG neighbourhood."""
 
@@ -91,7 +99,10 @@ class KGCN(Recommender):
         return (u * v).sum(-1)
 
     def regularization(self, users: Tensor, items: Tensor) -> Tensor:
-        """Mean over the batch of ||e_u||^2 + ||e_i||^2, halved."""
+        """``l2_scope`` all: half the squared norm of every parameter; batch: mean over the batch
+        of ||e_u||^2 + ||e_i||^2, halved."""
+        if self.config.l2_scope == "all":
+            return all_parameters_l2(self)
         u, e = self.user_emb(users), self.backbone.entity_emb(items)
         return 0.5 * (u.pow(2).sum() + e.pow(2).sum()) / len(users)
 

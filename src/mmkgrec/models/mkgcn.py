@@ -27,7 +27,7 @@ from mmkgrec.data.dataset import MMKG
 from mmkgrec.data.split import Split
 from mmkgrec.errors import ConfigError
 from mmkgrec.models.base import Recommender
-from mmkgrec.models.kgcn import KGBackbone, KGConfig
+from mmkgrec.models.kgcn import KGBackbone, KGConfig, all_parameters_l2
 from mmkgrec.models.layers import Fusion, MultiModalFusion, UserAggregator, UserPooling
 
 
@@ -165,7 +165,10 @@ class MKGCN(Recommender):
         return (u * v).sum(-1)
 
     def regularization(self, users: Tensor, items: Tensor) -> Tensor:
-        """Mean over the batch of the squared ID embeddings of the items and history used."""
+        """``l2_scope`` all: half the squared norm of every parameter; batch: mean over the batch
+        of the squared ID embeddings of the items and history used, halved."""
+        if self.config.l2_scope == "all":
+            return all_parameters_l2(self)
         history, valid = self.history[users], self.history_valid[users]
         target = self.backbone.entity_emb(items).pow(2).sum()
         context = (self.backbone.entity_emb(history).pow(2).sum(-1) * valid).sum()

@@ -1,0 +1,453 @@
+"""One Trainer for every model: negatives, minibatches, Adam, early stopping, checkpoints, resume.
+
+Per epoch: ``model.start_epoch(epoch, rng)``; the sampler builds the epoch's rows (BCE: train
+positives + sampled negatives; BPR: (user, positive, negative) triples); ``torch.randperm`` cuts
+them into minibatches; loss = BCE-with-logits or BPR ``-log sigmoid(s_pos - s_neg)``, plus
+``l2 * model.regularization(users, items)`` (Adam's weight decay stays 0). Every ``eval_every``
+epochs (and after the last one) the model is validated: ctr split -> AUC over all valid rows;
+topk split -> NDCG@20 of the full ranking. The best weights are kept (in memory and in
+``out_dir/best/``); ``patience`` evaluations without improvement stop training. TEST is
+evaluated once, at the end, with the best weights.
+
+``out_dir`` layout::
+
+    log.jsonl       one JSON record per epoch: epoch (1-based), loss, seconds, valid metrics
+    curve.png       loss and the validation metric vs epoch
+    metrics.json    the result of fit()
+    best/           checkpoint of the best weights (see mmkgrec.train.checkpoint)
+    last/           resumable state after the latest epoch: weights, Adam state, RNG states,
+                    best-so-far metric / epoch / weights, patience counter, log
+
+``fit(resume=True)`` continues from ``last/`` and gives the same metrics as an uninterrupted run
+(same machine, device and thread count).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from torch import Tensor, nn
+
+from mmkgrec.data.dataset import MMKG
+from mmkgrec.data.split import Split
+from mmkgrec.errors import ConfigError, MMKGRecError
+from mmkgrec.evaluate.ranking import evaluate_ctr, evaluate_topk
+from mmkgrec.train.checkpoint import (
+    EXTRA_PREFIX,
+    WEIGHTS,
+    CheckpointError,
+    latest_complete,
+    load_checkpoint,
+    load_model_state,
+    load_optimizer,
+    load_rng_state,
+    load_tensors,
+    replace_directory,
+    save_checkpoint,
+    save_optimizer,
+    save_rng_state,
+)
+from mmkgrec.train.sampler import NegativeSampler
+
+MONITOR_K = 20  # topk early stopping watches NDCG@20
+BEST_IN_LAST = "best.safetensors"  # the best weights, kept inside last/ so resume is consistent
+RESUMABLE_CHANGES = {"epochs", "max_train_seconds", "device", "eval_batch_users"}
+
+
+class TrainConfig(BaseModel):
+    """Training options shared by every model. Unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(1024, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    l2: float = Field(1e-4, ge=0)  # weight of model.regularization(users, items)
+    loss: Literal["bce", "bpr"] = "bce"
+    negatives: Literal["fixed", "uniform", "ratio"] = "uniform"
+    alpha: float = 0.75  # ratio sampling: P(item) ∝ (train popularity + 1) ** alpha
+    n_negatives: int = Field(1, ge=1)  # per train positive
+    patience: int | None = Field(5, ge=1)  # evaluations without improvement; None: no early stop
+    eval_every: int = Field(1, ge=1)  # epochs
+    seed: int = Field(0, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    eval_batch_users: int = Field(256, ge=1)
+    ks: list[int] = Field(default_factory=lambda: [5, 10, 20, 50])
+    max_train_seconds: float | None = Field(None, gt=0)  # checked after each epoch
+
+    @field_validator("ks")
+    @classmethod
+    def _check_ks(cls, ks):
+        if not ks or min(ks) < 1:
+            raise ValueError(f"cut-offs must be positive integers, got {ks}")
+        return sorted(set(ks))
+
+    @field_validator("alpha")
+    @classmethod
+    def _check_alpha(cls, alpha):
+        if not math.isfinite(alpha):
+            raise ValueError("alpha must be finite")
+        return alpha
+
+    @classmethod
+    def parse(cls, **options) -> TrainConfig:
+        """Validate ``options``; raise ConfigError naming each bad option."""
+        try:
+            return cls(**options)
+        except ValidationError as err:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'options'}: {e['msg']}"
+                                 for e in err.errors())
+            raise ConfigError(f"invalid training options: {problems}") from None
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python's ``random``, numpy's global RNG and torch (CPU and every CUDA device)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(device: str) -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU. ConfigError for ``"cuda"`` without a GPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device='cuda' but torch sees no CUDA device; use 'auto' or 'cpu'")
+    return torch.device(device)
+
+
+class Trainer:
+    """Trains and evaluates one model on one split. See the module docstring.
+
+    Args:
+        model: a :class:`~mmkgrec.models.base.Recommender`.
+        split: the split (only its train part is trained on).
+        config: a :class:`TrainConfig` or a dict of its options.
+        out_dir: where logs, checkpoints and ``metrics.json`` go; None keeps everything in memory.
+        dataset: optional; recorded (name, fingerprint) in checkpoints instead of the split's copy.
+        progress: show a rich progress bar; None: only when stdout is a terminal.
+
+    ``fit`` seeds python / numpy / torch with ``config.seed`` first; model initialisation happens
+    before, so seed it too (``seed_everything`` or the model's own ``seed``) for repeatable runs.
+    """
+
+    def __init__(self, model: nn.Module, split: Split, config: TrainConfig | dict | None = None,
+                 out_dir: str | Path | None = None, *, dataset: MMKG | None = None,
+                 progress: bool | None = None):
+        self.config = config if isinstance(config, TrainConfig) else TrainConfig.parse(
+            **(config or {}))
+        if self.config.negatives == "fixed" and split.protocol != "ctr":
+            raise ConfigError("negatives='fixed' needs a ctr split (its labelled negatives); "
+                              f"this split is {split.protocol!r}: use 'uniform' or 'ratio'")
+        self.model, self.split, self.dataset = model, split, dataset
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.device = resolve_device(self.config.device)
+        self.progress = sys.stdout.isatty() if progress is None else progress
+        self.monitor = "auc" if split.protocol == "ctr" else f"ndcg@{MONITOR_K}"
+        self.ks = sorted(set(self.config.ks) | {MONITOR_K})
+        self.model_name = getattr(model, "name", type(model).__name__)
+        self.rng = np.random.default_rng(self.config.seed)
+
+    # ---- the run --------------------------------------------------------------------------------
+    def fit(self, resume: bool = False,
+            on_batch: Callable[[int, int], None] | None = None) -> dict:
+        """Train, early-stop on validation, then evaluate TEST once with the best weights.
+
+        Args:
+            resume: continue from ``out_dir/last/`` when it exists (else start afresh).
+            on_batch: called as ``on_batch(epoch, batch)`` (0-based) after each optimiser step.
+
+        Returns:
+            ``{"valid": best valid metrics, "test": test metrics, "best_epoch", "epochs_run",
+            "stop_reason", "train_seconds_per_epoch", "eval_seconds": {"valid", "test"},
+            "monitor", "model", "protocol", "device"}``; also written to ``out_dir/metrics.json``.
+            Epochs are 1-based; ``eval_seconds.valid`` is the mean of one validation pass.
+        """
+        cfg, model = self.config, self.model
+        if resume and self.out_dir is None:
+            raise ConfigError("resume=True needs the out_dir of the interrupted run")
+        seed_everything(cfg.seed)
+        self.rng = np.random.default_rng(cfg.seed)
+        model.to(self.device)
+        trainable = getattr(model, "trainable", True)
+        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr) if trainable else None
+        state = _fresh_state()
+        best_weights = None  # state dict snapshot of the best evaluation
+        last = latest_complete(self.out_dir / "last") if resume else None
+        if last is not None:
+            state, best_weights = self._resume(last, optimizer)
+        elif self.out_dir is not None:
+            self._clear_out_dir()
+
+        if not trainable:  # fitted in closed form: validate once, no optimisation
+            valid, seconds = self._evaluate("valid")
+            state.update(best_valid=valid, stop_reason="not trainable", valid_seconds=[seconds])
+            state["log"].append({"epoch": 0, "valid": valid, "eval_seconds": seconds})
+            self._append_log(state["log"][-1])
+        else:
+            sampler = NegativeSampler(self.split, cfg.negatives, cfg.alpha, cfg.n_negatives,
+                                      self.rng)
+            while state["stop_reason"] is None:
+                best_weights = self._run_epoch(state, optimizer, sampler, on_batch, best_weights)
+            if best_weights is not None:
+                load_model_state(model, *best_weights, where="the best epoch's snapshot")
+
+        test, test_seconds = self._evaluate("test")
+        train_seconds = state["train_seconds"]
+        results = {
+            "model": self.model_name, "protocol": self.split.protocol, "monitor": self.monitor,
+            "valid": state["best_valid"], "test": test, "best_epoch": state["best_epoch"],
+            "epochs_run": len(train_seconds), "stop_reason": state["stop_reason"],
+            "train_seconds_per_epoch": float(np.mean(train_seconds)) if train_seconds else 0.0,
+            "eval_seconds": {"valid": float(np.mean(state["valid_seconds"] or [0.0])),
+                             "test": test_seconds},
+            "device": str(self.device),
+        }
+        if self.out_dir is not None:
+            self._save_model(self.out_dir / "best", metrics=results)
+            (self.out_dir / "metrics.json").write_text(json.dumps(results, indent=2) + "\n")
+            _plot_curve(self.out_dir / "curve.png", state["log"], self.monitor)
+        return results
+
+    def _run_epoch(self, state: dict, optimizer, sampler: NegativeSampler, on_batch,
+                   best_weights):
+        """Train one epoch, validate when due, update ``state``, write ``last/``."""
+        cfg = self.config
+        epoch = state["epoch"]  # 0-based index of this epoch
+        self.model.train()
+        self.model.start_epoch(epoch, self.rng)
+        start = time.perf_counter()
+        loss = self._train_epoch(epoch, optimizer, sampler, on_batch)
+        seconds = time.perf_counter() - start
+        state["epoch"] = epoch + 1
+        state["train_seconds"].append(seconds)
+        out_of_time = (cfg.max_train_seconds is not None
+                       and sum(state["train_seconds"]) >= cfg.max_train_seconds)
+        final = state["epoch"] >= cfg.epochs or out_of_time
+        record = {"epoch": epoch + 1, "loss": loss, "train_seconds": seconds}
+        if state["epoch"] % cfg.eval_every == 0 or final:
+            valid, eval_seconds = self._evaluate("valid")
+            state["valid_seconds"].append(eval_seconds)
+            record.update(valid=valid, eval_seconds=eval_seconds)
+            if state["best_metric"] is None or valid[self.monitor] > state["best_metric"]:
+                state.update(best_metric=valid[self.monitor], best_epoch=epoch + 1,
+                             best_valid=valid, bad_evaluations=0)
+                best_weights = _snapshot(self.model)
+                if self.out_dir is not None:
+                    self._save_model(self.out_dir / "best", metrics={"valid": valid},
+                                     extra={"epoch": epoch + 1})
+            else:
+                state["bad_evaluations"] += 1
+                if cfg.patience is not None and state["bad_evaluations"] >= cfg.patience:
+                    state["stop_reason"] = "early stopping"
+        if state["stop_reason"] is None and final:
+            state["stop_reason"] = "time limit" if out_of_time else "epochs"
+        state["log"].append(record)
+        self._append_log(record)
+        if self.out_dir is not None:
+            self._save_last(state, optimizer)
+        return best_weights
+
+    def _train_epoch(self, epoch: int, optimizer, sampler: NegativeSampler, on_batch) -> float:
+        """One pass over the epoch's rows; returns the mean loss (data loss + l2 term)."""
+        cfg, device = self.config, self.device
+        rows = sampler.epoch_pairs() if cfg.loss == "bce" else sampler.epoch_triples()
+        columns = [torch.as_tensor(column, device=device) for column in rows]  # 3 x [n]
+        n = len(columns[0])
+        order = torch.randperm(n).to(device)  # [n], drawn on the CPU generator on every device
+        total = torch.zeros((), device=device)
+        n_batches = math.ceil(n / cfg.batch_size)
+        with _progress(self.progress, f"epoch {epoch + 1}/{cfg.epochs}", n_batches) as advance:
+            for batch, start in enumerate(range(0, n, cfg.batch_size)):
+                index = order[start:start + cfg.batch_size]  # [B]
+                loss = self._loss(*(column[index] for column in columns))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total += loss.detach() * len(index)
+                if on_batch is not None:
+                    on_batch(epoch, batch)
+                advance()
+        mean = total.item() / max(n, 1)
+        if not math.isfinite(mean):
+            raise MMKGRecError(f"training diverged: the loss of epoch {epoch + 1} is {mean}; "
+                               f"lower lr (now {cfg.lr:g}) or raise l2")
+        return mean
+
+    def _loss(self, users: Tensor, items: Tensor, third: Tensor) -> Tensor:
+        """BCE: (users, items, labels); BPR: (users, positives, negatives). Adds the L2 term."""
+        cfg, model = self.config, self.model
+        if cfg.loss == "bce":
+            loss = F.binary_cross_entropy_with_logits(model(users, items), third)
+            reg_users, reg_items = users, items
+        else:  # one forward over positives and negatives together
+            reg_users, reg_items = torch.cat([users, users]), torch.cat([items, third])  # [2B]
+            positive, negative = model(reg_users, reg_items).split(len(users))  # [B] each
+            loss = -F.logsigmoid(positive - negative).mean()
+        if cfg.l2:
+            loss = loss + cfg.l2 * model.regularization(reg_users, reg_items)
+        return loss
+
+    def _evaluate(self, stage: str) -> tuple[dict[str, float], float]:
+        """(metrics, seconds) of the protocol's evaluation on ``stage``."""
+        start = time.perf_counter()
+        if self.split.protocol == "ctr":
+            metrics = evaluate_ctr(self.model, self.split, stage, device=self.device)
+        else:
+            metrics, _ = evaluate_topk(self.model, self.split, stage, self.ks,
+                                       self.config.eval_batch_users, self.device)
+        return metrics, time.perf_counter() - start
+
+    # ---- files ----------------------------------------------------------------------------------
+    def _save_model(self, directory: Path, metrics: dict | None = None,
+                    extra: dict | None = None) -> None:
+        staging = directory.with_name(directory.name + ".tmp")
+        shutil.rmtree(staging, ignore_errors=True)
+        self._write_checkpoint(staging, metrics=metrics, extra=extra)
+        replace_directory(staging, directory)
+
+    def _write_checkpoint(self, directory: Path, metrics=None, extra=None) -> None:
+        config = getattr(self.model, "config", None)
+        save_checkpoint(
+            directory, self.model, model_name=self.model_name,
+            model_config=config.model_dump(mode="json") if isinstance(config, BaseModel) else {},
+            train_config=self.config.model_dump(mode="json"), split=self.split,
+            dataset=self.dataset, metrics=metrics, extra=extra)
+
+    def _save_last(self, state: dict, optimizer) -> None:
+        """Write ``last/`` atomically: weights, optimizer, RNGs, trainer state, best weights."""
+        final = self.out_dir / "last"
+        staging = final.with_name("last.tmp")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        save_optimizer(staging, optimizer)
+        save_rng_state(staging, self.rng)
+        best = self.out_dir / "best"
+        if state["best_epoch"]:
+            _link_or_copy(best / WEIGHTS, staging / BEST_IN_LAST)
+            state["best_weights"] = json.loads((best / "checkpoint.json").read_text())["weights"]
+        self._write_checkpoint(staging, extra={"trainer": state})  # checkpoint.json last
+        replace_directory(staging, final)
+
+    def _resume(self, last: Path, optimizer) -> tuple[dict, tuple | None]:
+        """Restore model, optimizer, RNGs and trainer state from ``last``."""
+        _, meta = load_checkpoint(last, self.model, dataset=self.dataset, split=self.split)
+        saved = meta["train_config"]
+        current = self.config.model_dump(mode="json")
+        changed = sorted(k for k in set(saved) | set(current)
+                         if saved.get(k) != current.get(k) and k not in RESUMABLE_CHANGES)
+        if changed:
+            raise CheckpointError(
+                f"cannot resume {last}: training options changed since it was written: "
+                + ", ".join(f"{k} {saved.get(k)!r} -> {current.get(k)!r}" for k in changed))
+        config = getattr(self.model, "config", None)
+        if isinstance(config, BaseModel) and config.model_dump(mode="json") != meta["model"][
+                "config"]:
+            raise CheckpointError(f"cannot resume {last}: the model config differs from the "
+                                  "one it was trained with")
+        if optimizer is not None:
+            load_optimizer(last, optimizer)
+        load_rng_state(last, self.rng)
+        state = meta["extra"]["trainer"]
+        if state["stop_reason"] in ("epochs", "time limit") and state["epoch"] < self.config.epochs:
+            state["stop_reason"] = None  # more epochs were asked for: keep going
+        best_weights = None
+        if state["best_epoch"]:
+            weights = state["best_weights"]
+            tensors = load_tensors(last / BEST_IN_LAST, weights["sha256"], weights["aliases"])
+            best_weights = _split_extra(tensors, meta)
+        self._rewrite_log(state["log"])
+        return state, best_weights
+
+    def _clear_out_dir(self) -> None:
+        """A fresh run: drop the state and log of an earlier run in the same out_dir."""
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        for name in ("last", "last.old", "last.tmp", "best", "best.old", "best.tmp"):
+            shutil.rmtree(self.out_dir / name, ignore_errors=True)
+        for name in ("log.jsonl", "metrics.json", "curve.png"):
+            (self.out_dir / name).unlink(missing_ok=True)
+
+    def _append_log(self, record: dict) -> None:
+        if self.out_dir is not None:
+            with open(self.out_dir / "log.jsonl", "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(record) + "\n")
+
+    def _rewrite_log(self, log: list[dict]) -> None:
+        """After a resume: the log as of the checkpoint (drops records of the lost epoch)."""
+        text = "".join(json.dumps(record) + "\n" for record in log)
+        (self.out_dir / "log.jsonl").write_text(text, encoding="utf-8")
+
+
+# ---- helpers -------------------------------------------------------------------------------------
+def _fresh_state() -> dict:
+    """Trainer state saved in ``last/`` (JSON): everything a resumed run needs besides tensors."""
+    return {"epoch": 0, "best_metric": None, "best_epoch": 0, "best_valid": {},
+            "bad_evaluations": 0, "stop_reason": None, "log": [], "train_seconds": [],
+            "valid_seconds": [], "best_weights": None}
+
+
+def _snapshot(model: nn.Module) -> tuple[dict[str, Tensor], dict]:
+    """A copy of the model's state dict and extra state, restorable by ``load_model_state``."""
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    extra = {k: v.detach().clone()
+             for k, v in getattr(model, "extra_state_for_checkpoint", lambda: {})().items()}
+    return state, {"model": {"name": getattr(model, "name", None)}, "extra_state": extra}
+
+
+def _split_extra(tensors: dict[str, Tensor], meta: dict) -> tuple[dict[str, Tensor], dict]:
+    """(state dict, meta with ``extra_state``) from the tensors of a weights file."""
+    state = {k: v for k, v in tensors.items() if not k.startswith(EXTRA_PREFIX)}
+    extra = {k[len(EXTRA_PREFIX):]: v for k, v in tensors.items() if k.startswith(EXTRA_PREFIX)}
+    return state, {"model": meta["model"], "extra_state": extra}
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+
+
+@contextmanager
+def _progress(enabled: bool, description: str, total: int):
+    """A transient rich progress bar for one epoch (or nothing); yields an ``advance()``."""
+    if not enabled:
+        yield lambda: None
+        return
+    from rich.progress import Progress
+
+    with Progress(transient=True) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda: bar.advance(task)
+
+
+def _plot_curve(path: Path, log: list[dict], monitor: str) -> None:
+    """PNG of the training loss and the validation metric vs epoch (Agg, no pyplot state)."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(6, 3.5), layout="constrained")
+    axis = figure.subplots()
+    trained = [r for r in log if "loss" in r]
+    axis.plot([r["epoch"] for r in trained], [r["loss"] for r in trained], "o-", color="tab:blue")
+    axis.set_xlabel("epoch")
+    axis.set_ylabel("training loss", color="tab:blue")
+    validated = [r for r in log if "valid" in r]
+    right = axis.twinx()
+    right.plot([r["epoch"] for r in validated], [r["valid"][monitor] for r in validated], "s-",
+               color="tab:orange")
+    right.set_ylabel(f"valid {monitor}", color="tab:orange")
+    figure.savefig(path, dpi=100)
