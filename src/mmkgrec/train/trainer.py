@@ -7,7 +7,8 @@ them into minibatches; loss = BCE-with-logits or BPR ``-log sigmoid(s_pos - s_ne
 epochs (and after the last one) the model is validated: ctr split -> AUC over all valid rows;
 topk split -> NDCG@20 of the full ranking. The best weights are kept (in memory and in
 ``out_dir/best/``); ``patience`` evaluations without improvement stop training. TEST is
-evaluated once, at the end, with the best weights.
+evaluated once, at the end, with the best weights (a ctr split is then also ranked: full
+ranking of all items for its test positives, so both views come from one run).
 
 ``out_dir`` layout::
 
@@ -307,6 +308,10 @@ class Trainer:
         start = time.perf_counter()
         if self.split.protocol == "ctr":
             metrics = evaluate_ctr(self.model, self.split, stage, device=self.device)
+            if stage == "test":  # also rank all items for the test positives (both views)
+                ranked, _ = evaluate_topk(self.model, self.split, stage, self.ks,
+                                          self.config.eval_batch_users, self.device)
+                metrics.update(ranked)
         else:
             metrics, _ = evaluate_topk(self.model, self.split, stage, self.ks,
                                        self.config.eval_batch_users, self.device)

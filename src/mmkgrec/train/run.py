@@ -1,0 +1,229 @@
+"""One experiment end to end: dataset -> split -> model -> Trainer -> a run directory.
+
+A run directory holds everything needed to reuse the trained model without pickle::
+
+    run.json        the RunSpec (model, dataset, protocol, seed, config) and the resolved configs
+    split/          the exact split (mmkgrec.data.split.Split.save)
+    best/           safetensors + JSON checkpoint of the best weights
+    last/           resumable state (see mmkgrec.train.trainer)
+    metrics.json    valid / test metrics, timings; log.jsonl and curve.png beside it
+
+:func:`load_run` rebuilds dataset, split and model from it (checking fingerprints), and
+:func:`recommend` ranks items for a known user or for a new listener given liked items.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from mmkgrec.data.dataset import MMKG
+from mmkgrec.data.registry import load
+from mmkgrec.data.split import Split, apply_presplit, split
+from mmkgrec.errors import ConfigError, MMKGRecError
+from mmkgrec.evaluate.metrics import rank_topk
+from mmkgrec.models import Recommender, default_config, model_class
+from mmkgrec.train.checkpoint import load_checkpoint
+from mmkgrec.train.trainer import TrainConfig, Trainer, seed_everything
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+class RunSpec(BaseModel):
+    """What to run. ``model_options`` / ``train_options`` override the per-model defaults."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = "mkgcn"
+    dataset: str = "synthetic"
+    source: str | None = None  # directory holding the named dataset's folder
+    protocol: str = "ctr"
+    presplit: str | None = None  # folder with train/valid/test.tsv (topk)
+    seed: int = 0
+    model_options: dict[str, Any] = {}
+    train_options: dict[str, Any] = {}
+
+
+@dataclass
+class Run:
+    """A trained model with the data it was trained on."""
+
+    spec: RunSpec
+    dataset: MMKG
+    split: Split
+    model: Recommender
+    metrics: dict | None
+    out_dir: Path | None
+
+
+def read_config_file(path: str | Path) -> tuple[dict, dict]:
+    """A TOML file with optional ``[model]`` and ``[train]`` tables -> (model, train) options."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path}: not valid TOML: {error}") from None
+    unknown = sorted(set(raw) - {"model", "train"})
+    if unknown:
+        raise ConfigError(f"{path}: unknown tables {unknown}; expected [model] and [train]")
+    return dict(raw.get("model", {})), dict(raw.get("train", {}))
+
+
+def parse_overrides(pairs: list[str], model: str) -> tuple[dict, dict]:
+    """``KEY=VALUE`` strings -> (model, train) options. KEY is a field of the model's Config or
+    of TrainConfig (``model.KEY`` / ``train.KEY`` disambiguate); VALUE is JSON when it parses."""
+    model_fields = set(model_class(model).Config.model_fields)
+    train_fields = set(TrainConfig.model_fields)
+    model_options: dict = {}
+    train_options: dict = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep:
+            raise ConfigError(f"override {pair!r} must look like KEY=VALUE")
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+        scope, _, field = key.rpartition(".")
+        if scope == "model" or (not scope and field in model_fields):
+            model_options[field] = value
+        elif scope == "train" or (not scope and field in train_fields):
+            train_options[field] = value
+        else:
+            raise ConfigError(f"unknown option {key!r} for {model}; model options: "
+                              f"{sorted(model_fields)}; train options: {sorted(train_fields)}")
+    return model_options, train_options
+
+
+def resolved_configs(spec: RunSpec) -> tuple[BaseModel, TrainConfig]:
+    """Defaults (configs/<model>.toml, dataset overrides) < spec options; validated."""
+    cls = model_class(spec.model)
+    defaults = default_config(spec.model, spec.dataset)
+    try:
+        model_cfg = cls.Config(**{**defaults["model"], **spec.model_options})
+    except ValidationError as error:
+        raise ConfigError(f"invalid {spec.model} options: {_one_line(error)}") from None
+    train_cfg = TrainConfig.parse(**{**defaults["train"], **spec.train_options, "seed": spec.seed})
+    return model_cfg, train_cfg
+
+
+def prepare_data(spec: RunSpec) -> tuple[MMKG, Split]:
+    """Load the dataset and make (or apply) the split the spec asks for."""
+    dataset = load(spec.dataset, source=spec.source)
+    if spec.presplit is not None:
+        if spec.protocol != "topk":
+            raise ConfigError("a pre-split (train/valid/test.tsv) is a topk protocol; "
+                              "use --protocol topk")
+        return dataset, apply_presplit(dataset, spec.presplit)
+    return dataset, split(dataset, protocol=spec.protocol, seed=spec.seed)
+
+
+def build_model(spec: RunSpec, dataset: MMKG, data_split: Split, model_cfg) -> Recommender:
+    seed_everything(spec.seed)
+    return model_class(spec.model)(dataset, data_split, model_cfg, seed=spec.seed)
+
+
+def run_experiment(spec: RunSpec, out_dir: str | Path | None = None, *, resume: bool = False,
+                   progress: bool | None = None, data: tuple[MMKG, Split] | None = None) -> Run:
+    """Train and evaluate one model. ``data`` reuses an already loaded (dataset, split)."""
+    model_cfg, train_cfg = resolved_configs(spec)
+    dataset, data_split = data if data is not None else prepare_data(spec)
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        if resume and (out / "run.json").is_file():
+            saved = json.loads((out / "run.json").read_text())["spec"]
+            if saved != spec.model_dump():
+                raise ConfigError(f"{out} holds a different run ({saved}); resume needs the same "
+                                  f"options, or choose another --out")
+        (out / "run.json").write_text(json.dumps({
+            "spec": spec.model_dump(), "model_config": model_cfg.model_dump(),
+            "train_config": train_cfg.model_dump(), "dataset_fingerprint": dataset.fingerprint(),
+        }, indent=2) + "\n")
+        data_split.save(out / "split")
+    model = build_model(spec, dataset, data_split, model_cfg)
+    metrics = Trainer(model, data_split, train_cfg, out, dataset=dataset,
+                      progress=progress).fit(resume=resume)
+    return Run(spec, dataset, data_split, model, metrics, out)
+
+
+def load_run(directory: str | Path) -> Run:
+    """Rebuild a trained run from its directory (or its ``best/`` checkpoint directory)."""
+    directory = Path(directory)
+    if directory.name == "best" and not (directory / "run.json").is_file():
+        directory = directory.parent
+    manifest = directory / "run.json"
+    if not manifest.is_file():
+        raise MMKGRecError(f"{directory} is not a run directory (no run.json); pass the --out "
+                           f"folder of `mmkgrec train`")
+    saved = json.loads(manifest.read_text())
+    spec = RunSpec(**saved["spec"])
+    dataset = load(spec.dataset, source=spec.source)
+    data_split = Split.load(directory / "split", dataset)
+    cls = model_class(spec.model)
+    model = cls(dataset, data_split, cls.Config(**saved["model_config"]), seed=spec.seed)
+    _, meta = load_checkpoint(directory / "best", model, dataset=dataset, split=data_split)
+    model.eval()
+    return Run(spec, dataset, data_split, model, meta.get("metrics"), directory)
+
+
+@torch.no_grad()
+def recommend(run: Run, *, user: str | None = None, liked: list[str] | None = None,
+              k: int = 10, exclude_seen: bool = True) -> pd.DataFrame:
+    """Top-k items for a known user (original id) or a new listener (liked item ids).
+
+    Known users' train + valid positives are excluded when ``exclude_seen``; a new listener's
+    liked items always are. Returns columns rank, item_id, score, and name / tags when known.
+    """
+    ds, model = run.dataset, run.model
+    model.eval()
+    device = next(iter(model.buffers()), torch.zeros(0)).device
+    if (user is None) == (liked is None):
+        raise ConfigError("give either a user id or a list of liked item ids")
+    if user is not None:
+        position = np.flatnonzero(ds.users == str(user))
+        if len(position) == 0:
+            raise ConfigError(f"unknown user {user!r} (the dataset has {ds.n_users} users)")
+        users = torch.as_tensor(position[:1], device=device)
+        model.prepare_ranking()
+        scores = model.score_users(users)  # [1, I]
+        indptr, items = run.split.ranking_exclusions("test") if exclude_seen else (
+            np.zeros(ds.n_users + 1, dtype=np.int64), np.zeros(0, dtype=np.int64))
+        top_scores, top_items = rank_topk(scores, indptr, items, k, users=users)
+    else:
+        if not hasattr(model, "score_histories"):
+            raise ConfigError(f"{run.spec.model} needs a user id embedding; only models that "
+                              f"build users from their items (mkgcn) serve new listeners")
+        index = pd.Index(ds.items).get_indexer(pd.Index([str(x) for x in liked]))
+        if (index < 0).any():
+            bad = [x for x, i in zip(liked, index) if i < 0]
+            raise ConfigError(f"unknown item ids {bad}")
+        history = torch.as_tensor(index, device=device).unsqueeze(0)  # [1, L]
+        scores = model.score_histories(history, torch.ones_like(history, dtype=torch.bool))
+        top_scores, top_items = rank_topk(scores, np.array([0, len(index)]), np.sort(index), k)
+    keep = top_items[0] >= 0
+    items_ = top_items[0][keep].cpu().numpy()
+    frame = pd.DataFrame({"rank": np.arange(1, len(items_) + 1), "item_id": ds.items[items_],
+                          "score": torch.sigmoid(top_scores[0][keep]).cpu().numpy()})
+    if ds.item_attrs is not None:
+        for column in ("name", "tags"):
+            if column in ds.item_attrs.columns:
+                frame[column] = ds.item_attrs[column].to_numpy()[items_]
+    return frame
+
+
+def _one_line(error: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
