@@ -12,7 +12,9 @@ from importlib import resources
 
 from mmkgrec.errors import ConfigError
 from mmkgrec.models.base import ModelConfig, Recommender
+from mmkgrec.models.bprmf import BPRMF
 from mmkgrec.models.kgcn import KGCN
+from mmkgrec.models.lightgcn import LightGCN
 from mmkgrec.models.mkgcn import MKGCN
 from mmkgrec.models.pop import Pop
 
@@ -21,7 +23,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-MODELS: dict[str, type[Recommender]] = {model.name: model for model in (MKGCN, KGCN, Pop)}
+MODELS: dict[str, type[Recommender]] = {model.name: model for model in (MKGCN, KGCN, LightGCN, BPRMF, Pop)}
 
 
 def model_class(name: str) -> type[Recommender]:
@@ -44,4 +46,4 @@ def default_config(name: str, dataset: str | None = None) -> dict[str, dict]:
     return config
 
 
-__all__ = ["KGCN", "MKGCN", "Pop", "MODELS", "ModelConfig", "Recommender", "default_config", "model_class"]
+__all__ = ["BPRMF", "KGCN", "LightGCN", "MKGCN", "Pop", "MODELS", "ModelConfig", "Recommender", "default_config", "model_class"]

@@ -97,9 +97,24 @@ class KGItemAggregator(nn.Module):
             vectors = nxt
         return vectors[0].reshape(batch, self.dim)
 
+    def _split_linear(self, round_: int) -> tuple[Tensor | None, Tensor]:
+        """Round ``round_``'s weight as (self part [d, d] or None, neighbour part [d, d]):
+        W(h + n) = W h + W n; W[h; n] = W_h h + W_n n; neighbor: W n."""
+        weight = self.linears[round_].weight
+        if self.aggregator == "sum":
+            return weight, weight
+        if self.aggregator == "concat":
+            return weight[:, : self.dim], weight[:, self.dim:]
+        return None, weight
+
     def forward_all_items(self, users: Tensor, base: Tensor, relation_emb: Tensor,
                           neighbors: Tensor, relations: Tensor, n_items: int) -> Tensor:
         """Item vectors of every item for a block of users.
+
+        The linear map is applied to entity vectors BEFORE the weighted neighbour sum
+        (W(h + sum_k w_k h_k) = W h + sum_k w_k (W h_k)), so in the first round the transformed
+        table is user-independent and the per-(user, item) work is a K-term weighted gather.
+        The last round is computed for items only.
 
         Args:
             users: [B, d].
@@ -109,22 +124,36 @@ class KGItemAggregator(nn.Module):
         Returns:
             [B, I, d].
         """
-        weights = self.attention(users, relation_emb, relations.unsqueeze(0).expand(len(users), -1, -1))
-        # weights: [B, E, K]
-        h = None  # round-i vectors of all entities, [B, E, d]; round 0 is ``base`` (shared)
+        if self.n_hops == 0:
+            return base[:n_items].unsqueeze(0).expand(len(users), -1, -1)
+        relation_scores = users @ relation_emb.T / self.dim  # [B, R]
+        # softmax over a neighbourhood = exp(score of its relation) / their sum; exponentiate per
+        # relation once ([B, R]) instead of per (user, entity, neighbour).
+        exp_scores = torch.exp(relation_scores - relation_scores.amax(dim=1, keepdim=True))
+        h = None  # previous round's vectors of all entities, [B, E, d]; round 0 uses ``base``
         for round_ in range(self.n_hops):
-            rows = n_items if round_ == self.n_hops - 1 else base.shape[0]  # last round: items only
-            w = weights[:, :rows]  # [B, rows, K]
+            rows = n_items if round_ == self.n_hops - 1 else base.shape[0]
             nb = neighbors[:rows]  # [rows, K]
-            if h is None:  # user-independent neighbours: one batched matmul over rows
-                mixed = torch.einsum("brk,rkd->brd", w, base[nb])  # [B, rows, d]
-                self_vec = base[:rows].unsqueeze(0).expand(len(users), -1, -1)
-            else:  # user-specific neighbours: weighted gather, one neighbour slot at a time
-                mixed = sum(w[:, :, j, None] * h[:, nb[:, j]] for j in range(nb.shape[1]))
-                self_vec = h[:, :rows]
-            h = self._combine(round_, self_vec, mixed)  # [B, rows, d]
-        if h is None:  # zero hops: the base vectors themselves
-            h = base[:n_items].unsqueeze(0).expand(len(users), -1, -1)
+            unnormalised = exp_scores[:, relations[:rows]]  # [B, rows, K]
+            w_self, w_neigh = self._split_linear(round_)
+            bias = self.linears[round_].bias
+            if h is None:
+                # User-independent: fold self term and bias into every neighbour slot (the weights
+                # sum to 1) and append a ones column that yields the normaliser, so one batched
+                # matmul over rows gives the whole pre-activation.
+                own = bias.expand(rows, -1) if w_self is None else base[:rows] @ w_self.T + bias  # [rows, d]
+                slots = (base @ w_neigh.T)[nb] + own.unsqueeze(1)  # [rows, K, d]
+                slots = torch.cat([slots, slots.new_ones(rows, nb.shape[1], 1)], dim=-1)
+                out = torch.bmm(unnormalised.transpose(0, 1), slots).transpose(0, 1)  # [B, rows, d+1]
+                pre = out[..., :-1] / out[..., -1:]
+            else:  # user-specific table: gather one neighbour slot at a time
+                weights = unnormalised / unnormalised.sum(dim=-1, keepdim=True)  # [B, rows, K]
+                table = h @ w_neigh.T  # [B, E, d]
+                pre = sum(weights[:, :, j, None] * table[:, nb[:, j]] for j in range(nb.shape[1]))
+                pre = pre + bias
+                if w_self is not None:
+                    pre = pre + h[:, :rows] @ w_self.T
+            h = torch.tanh(pre) if round_ == self.n_hops - 1 else self.inner(pre)
         return h  # [B, I, d]
 
 

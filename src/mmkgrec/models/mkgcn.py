@@ -159,10 +159,24 @@ class MKGCN(Recommender):
     def forward(self, users: Tensor, items: Tensor) -> Tensor:
         history, valid = self.history[users], self.history_valid[users]  # [B, S]
         if self.training and self.config.mask_target_in_history:
-            valid = valid & (history != items.unsqueeze(1))
+            valid = self._leave_one_out(history, valid, items)
         u = self.user_vectors(history, valid)  # [B, d]
         v = self.backbone.item_vectors(u, items, self.base_vectors)  # [B, d]
         return (u * v).sum(-1)
+
+    @staticmethod
+    def _leave_one_out(history: Tensor, valid: Tensor, items: Tensor) -> Tensor:
+        """Drop one history item per row: the target when it is in the sample, else a random one.
+
+        Positives and negatives are then scored against users built the same way (one item
+        fewer than the sample), so "is the target missing from the history" tells nothing.
+        history, valid [B, S]; items [B] -> valid [B, S].
+        """
+        is_target = valid & (history == items.unsqueeze(1))  # [B, S]
+        random_slot = torch.rand(valid.shape, device=valid.device).masked_fill(~valid, -1.0)
+        fallback = torch.zeros_like(valid).scatter_(1, random_slot.argmax(dim=1, keepdim=True), True)
+        drop = torch.where(is_target.any(dim=1, keepdim=True), is_target, fallback & valid)
+        return valid & ~drop
 
     def regularization(self, users: Tensor, items: Tensor) -> Tensor:
         """``l2_scope`` all: half the squared norm of every parameter; batch: mean over the batch
