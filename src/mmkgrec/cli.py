@@ -244,6 +244,73 @@ def demo(
     run_demo(out, seed=seed, console=console, dataset_name=dataset)
 
 
+
+@app.command()
+def benchmark(
+    datasets: str = typer.Option(..., "--datasets", help="Comma-separated dataset names."),
+    models: str = typer.Option("all", "--models", help="Comma-separated models, or 'all' "
+                               "(every registered model)."),
+    protocol: Protocol = typer.Option(Protocol.topk, "--protocol", help="topk or ctr."),
+    seeds: int = typer.Option(3, "--seeds", min=1, help="Seeds 0..N-1; seed s = split s "
+                              "(shared by all models) and model seed s."),
+    out: Path = typer.Option(..., "--out", help="Benchmark folder; rerunning resumes it."),
+    presplit_root: Optional[Path] = typer.Option(None, "--presplit-root", help="Folder with "
+                                                 "<dataset>/{train,valid,test}.tsv (topk)."),
+    recbole_reference: bool = typer.Option(False, "--recbole-reference", help="Add RecBole's "
+                                           "rows from recbole-splits/README.md."),
+    tuned: Optional[Path] = typer.Option(None, "--tuned", help="Folder of `mmkgrec tune` "
+                                         "configs (<dataset>/<model>.toml)."),
+    overrides: list[str] = typer.Option([], "--set", help="KEY=VALUE for every model that has "
+                                        "KEY: model.KEY, train.KEY, or <model>.KEY for one."),
+    source: Optional[Path] = SOURCE_OPTION,
+) -> None:
+    """Compare models on identical splits over seeds: tables, significance, breakdowns, plots."""
+    from mmkgrec.evaluate.benchmark import BenchmarkSpec, run_benchmark
+
+    spec = BenchmarkSpec.parse(
+        datasets=[d for d in datasets.split(",") if d], models=[m for m in models.split(",") if m],
+        protocol=protocol.value, seeds=list(range(seeds)),
+        presplit_root=str(presplit_root) if presplit_root else None,
+        recbole_reference=recbole_reference, tuned=str(tuned) if tuned else None,
+        overrides=overrides, source=str(source) if source else None)
+    report = run_benchmark(spec, out, console=console)
+    from rich.markdown import Markdown
+
+    text = report.read_text(encoding="utf-8")
+    console.print(Markdown("\n".join(l for l in text.splitlines() if not l.startswith("!["))))
+    console.print(f"report: {report}; rows: {out / 'results.csv'}")
+
+
+@app.command()
+def tune(
+    model: str = typer.Argument(..., help="Model to tune (see the registry)."),
+    dataset: str = typer.Option(..., "--dataset", help="Dataset name or directory."),
+    protocol: Protocol = typer.Option(Protocol.topk, "--protocol", help="topk (valid NDCG@20) "
+                                      "or ctr (valid AUC)."),
+    trials: int = typer.Option(20, "--trials", min=1, help="Optuna trials."),
+    presplit: Optional[Path] = typer.Option(None, "--presplit", help="Folder with "
+                                            "train/valid/test.tsv (topk)."),
+    out: Path = typer.Option(..., "--out", help="Tuned-configs folder (for benchmark --tuned)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the split, the models and TPE."),
+    overrides: list[str] = typer.Option([], "--set", help="KEY=VALUE fixed in every trial."),
+    timeout: Optional[float] = typer.Option(None, "--timeout", help="Stop after this many "
+                                            "seconds (finishing the running trial)."),
+    source: Optional[Path] = SOURCE_OPTION,
+) -> None:
+    """Search a model's hyper-parameters (Optuna TPE) on the validation metric, never test."""
+    from mmkgrec.models import model_class
+    from mmkgrec.train.tune import TuneSpec, tune as run_tune
+
+    model_class(model)
+    spec = TuneSpec(model=model, dataset=dataset, protocol=protocol.value, trials=trials,
+                    seed=seed, presplit=str(presplit) if presplit else None,
+                    source=str(source) if source else None, overrides=overrides,
+                    timeout_s=timeout)
+    result = run_tune(spec, out, progress=sys.stdout.isatty())
+    console.print(f"best valid {result['monitor']} {result['best_value']:.4f} with "
+                  f"{result['best_params']}", highlight=False, soft_wrap=True)
+    console.print(f"config: {result['config_path']}\ntrials: {result['trials_path']}")
+
 def _print_metrics(title: str, metrics: dict) -> None:
     parts = [p for p in ("valid", "test") if isinstance(metrics.get(p), dict)]
     names = [m for m in ("auc", "f1", "accuracy", "recall@10", "recall@20", "ndcg@10", "ndcg@20",

@@ -51,7 +51,7 @@ def evaluate_topk(
     users, truth_indptr, truth_items = split.ground_truth(stage)
     if not users.size:
         raise MMKGRecError(f"the split has no {stage} positives: nothing to rank")
-    top = _rank(model, split, stage, users, ks[-1], batch_users, device)  # [n_eval, max_k]
+    top = rank_stage(model, split, stage, users, ks[-1], batch_users, device)  # [n_eval, max_k]
     per_user = per_user_topk_metrics(top, truth_indptr, truth_items, ks, split.n_items)
     return {name: float(values.mean()) for name, values in per_user.items()}, per_user
 
@@ -100,14 +100,13 @@ def time_full_ranking(
     device = _device_of(model, device)
     _synchronize(device)
     start = time.perf_counter()
-    _rank(model, split, stage, users, k, batch_users, device)
+    rank_stage(model, split, stage, users, k, batch_users, device)
     _synchronize(device)
     return time.perf_counter() - start
 
 
-# ---- internals ----------------------------------------------------------------------------------
-def _rank(model: nn.Module, split: Split, stage: Stage, users: np.ndarray, k: int,
-          batch_users: int, device) -> np.ndarray:
+def rank_stage(model: nn.Module, split: Split, stage: Stage, users: np.ndarray, k: int,
+               batch_users: int, device) -> np.ndarray:
     """[len(users), k] top items (best first, -1 = no item) with the stage's exclusions."""
     if batch_users < 1:
         raise ConfigError(f"batch_users must be >= 1, got {batch_users}")
@@ -136,6 +135,7 @@ def _rank(model: nn.Module, split: Split, stage: Stage, users: np.ndarray, k: in
 
 
 @contextmanager
+# ---- internals ----------------------------------------------------------------------------------
 def _eval_mode(model: nn.Module):
     """``torch.no_grad()`` and ``model.eval()``, restoring the training flag afterwards."""
     was_training = model.training

@@ -2,7 +2,8 @@
 
 Per-model defaults live in ``configs/<name>.toml`` next to the code: a ``[model]`` table (the
 model's pydantic ``Config``) and a ``[train]`` table (:class:`mmkgrec.train.TrainConfig`), with
-optional per-dataset overrides in ``[dataset.<name>.model]`` / ``[dataset.<name>.train]``.
+optional overrides per protocol (``[protocol.topk.model]``, ``[protocol.ctr.train]``, ...) and
+per dataset (``[dataset."music-d".model]``, ...), applied in that order.
 """
 
 from __future__ import annotations
@@ -33,16 +34,17 @@ def model_class(name: str) -> type[Recommender]:
     return MODELS[name]
 
 
-def default_config(name: str, dataset: str | None = None) -> dict[str, dict]:
-    """``{"model": {...}, "train": {...}}`` from ``configs/<name>.toml`` (dataset overrides applied)."""
+def default_config(name: str, dataset: str | None = None, protocol: str | None = None) -> dict[str, dict]:
+    """``{"model": {...}, "train": {...}}`` from ``configs/<name>.toml``: the ``[model]`` /
+    ``[train]`` tables, then ``[protocol.<protocol>.*]``, then ``[dataset.<dataset>.*]``."""
     model_class(name)
     path = resources.files("mmkgrec.models").joinpath("configs", f"{name}.toml")
-    text = path.read_text() if path.is_file() else ""
-    raw = tomllib.loads(text)
+    raw = tomllib.loads(path.read_text() if path.is_file() else "")
     config = {"model": dict(raw.get("model", {})), "train": dict(raw.get("train", {}))}
-    overrides = raw.get("dataset", {}).get(dataset or "", {})
-    for part in ("model", "train"):
-        config[part].update(overrides.get(part, {}))
+    for scope, key in (("protocol", protocol), ("dataset", dataset)):
+        overrides = raw.get(scope, {}).get(key or "", {})
+        for part in ("model", "train"):
+            config[part].update(overrides.get(part, {}))
     return config
 
 

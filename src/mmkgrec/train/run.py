@@ -109,9 +109,9 @@ def parse_overrides(pairs: list[str], model: str) -> tuple[dict, dict]:
 
 
 def resolved_configs(spec: RunSpec) -> tuple[BaseModel, TrainConfig]:
-    """Defaults (configs/<model>.toml, dataset overrides) < spec options; validated."""
+    """Defaults (configs/<model>.toml with protocol / dataset overrides) < spec options."""
     cls = model_class(spec.model)
-    defaults = default_config(spec.model, spec.dataset)
+    defaults = default_config(spec.model, spec.dataset, spec.protocol)
     try:
         model_cfg = cls.Config(**{**defaults["model"], **spec.model_options})
     except ValidationError as error:

@@ -165,12 +165,15 @@ class Trainer:
 
     # ---- the run --------------------------------------------------------------------------------
     def fit(self, resume: bool = False,
-            on_batch: Callable[[int, int], None] | None = None) -> dict:
+            on_batch: Callable[[int, int], None] | None = None, *,
+            evaluate_test: bool = True) -> dict:
         """Train, early-stop on validation, then evaluate TEST once with the best weights.
 
         Args:
             resume: continue from ``out_dir/last/`` when it exists (else start afresh).
             on_batch: called as ``on_batch(epoch, batch)`` (0-based) after each optimiser step.
+            evaluate_test: False skips the final TEST evaluation (hyper-parameter search must
+                never see test); ``"test"`` is then None and ``eval_seconds.test`` 0.
 
         Returns:
             ``{"valid": best valid metrics, "test": test metrics, "best_epoch", "epochs_run",
@@ -207,7 +210,7 @@ class Trainer:
             if best_weights is not None:
                 load_model_state(model, *best_weights, where="the best epoch's snapshot")
 
-        test, test_seconds = self._evaluate("test")
+        test, test_seconds = self._evaluate("test") if evaluate_test else (None, 0.0)
         train_seconds = state["train_seconds"]
         results = {
             "model": self.model_name, "protocol": self.split.protocol, "monitor": self.monitor,

@@ -1,0 +1,233 @@
+"""Hyper-parameter search with Optuna (seeded TPE) on the VALIDATION metric, never on test.
+
+The search space of a model is the ``[search]`` table of its ``configs/<model>.toml``, one entry
+per option (a field of the model's Config or of TrainConfig; ``model.`` / ``train.`` may prefix
+a name that is both)::
+
+    [search]
+    lr = {low = 1e-4, high = 1e-1, log = true}    # float (int when low and high are integers)
+    dim = {choices = [16, 32, 64]}                 # categorical
+
+A model without one gets :data:`GENERIC_SPACE` (lr, l2, dim; only the options it has). Each trial
+trains with ``Trainer.fit(evaluate_test=False)`` and reports the best validation NDCG@20 (topk)
+or AUC (ctr). The best options are written as ``OUT/<dataset>/<model>.toml`` (``[model]`` /
+``[train]``: every effective option of the best trial, defaults included, except ``seed`` and
+``device``; read by ``mmkgrec benchmark --tuned OUT``), every trial as ``<model>-trials.csv``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from importlib import resources
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from mmkgrec.data.registry import load
+from mmkgrec.data.split import apply_presplit, split
+from mmkgrec.errors import ConfigError
+from mmkgrec.models import model_class
+from mmkgrec.train.run import RunSpec, build_model, parse_overrides, resolved_configs
+from mmkgrec.train.trainer import TrainConfig, Trainer
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+GENERIC_SPACE = {
+    "lr": {"low": 1e-4, "high": 1e-1, "log": True},
+    "l2": {"low": 1e-6, "high": 1e-2, "log": True},
+    "dim": {"choices": [16, 32, 64]},
+}
+NOT_SAVED = {"seed", "device"}  # per-run / per-machine options stay out of the tuned file
+
+
+class TuneSpec(BaseModel):
+    """What to tune; ``overrides`` (KEY=VALUE) are fixed for every trial."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+    dataset: str
+    protocol: str = "topk"
+    trials: int = Field(20, ge=1)
+    seed: int = Field(0, ge=0)  # the split's and the sampler's seed
+    presplit: str | None = None
+    source: str | None = None
+    overrides: list[str] = []
+    timeout_s: float | None = Field(None, gt=0)
+
+
+def search_space(model: str) -> dict[str, tuple[str, dict]]:
+    """``{option: (scope, distribution)}`` of ``model``; scope is ``"model"`` or ``"train"``.
+
+    Raises:
+        ConfigError: an entry names an unknown option or is neither a range nor choices.
+    """
+    cls = model_class(model)
+    path = resources.files("mmkgrec.models").joinpath("configs", f"{model}.toml")
+    raw = tomllib.loads(path.read_text()) if path.is_file() else {}
+    declared = raw.get("search")
+    if declared is None:  # generic space, restricted to the options this model has
+        trainable = getattr(cls, "trainable", True)
+        declared = {k: v for k, v in GENERIC_SPACE.items() if k in cls.Config.model_fields
+                    or (trainable and k in TrainConfig.model_fields)}
+    return parse_space(model, declared, f"{path} [search]")
+
+
+def parse_space(model: str, declared: dict, where: str = "[search]") -> dict[str, tuple[str, dict]]:
+    """Validate a ``[search]`` table of ``model`` (see :func:`search_space`); ``where`` names it
+    in error messages."""
+    model_fields = set(model_class(model).Config.model_fields)
+    train_fields = set(TrainConfig.model_fields)
+    space = {}
+    for key, dist in declared.items():
+        scope, _, name = key.rpartition(".")
+        if scope not in ("", "model", "train"):
+            raise ConfigError(f"{where}: {key!r}: prefix must be model. or train.")
+        scope = scope or ("model" if name in model_fields else "train")
+        if name not in (model_fields if scope == "model" else train_fields):
+            raise ConfigError(f"{where}: {key!r} is not an option of {model} "
+                              f"({sorted(model_fields)}) nor of training ({sorted(train_fields)})")
+        if not isinstance(dist, dict) or not ("choices" in dist or {"low", "high"} <= set(dist)):
+            raise ConfigError(f"{where}: {key!r} must be {{low=.., high=.., log=..}} or "
+                              f"{{choices=[..]}}, got {dist!r}")
+        space[name] = (scope, dict(dist))
+    return space
+
+
+def suggest(trial, space: dict[str, tuple[str, dict]]) -> tuple[dict, dict]:
+    """One trial's (model options, train options) drawn from ``space``."""
+    chosen: dict[str, dict] = {"model": {}, "train": {}}
+    for name, (scope, dist) in space.items():  # a handful of options
+        if "choices" in dist:
+            # Optuna stores scalars only: lists (e.g. layer widths) travel as JSON text.
+            encoded = [json.dumps(c) if isinstance(c, (list, dict)) else c
+                       for c in dist["choices"]]
+            value = trial.suggest_categorical(name, encoded)
+            if isinstance(value, str) and value[:1] in ("[", "{"):
+                value = json.loads(value)
+        elif isinstance(dist["low"], int) and isinstance(dist["high"], int):
+            value = trial.suggest_int(name, dist["low"], dist["high"], log=dist.get("log", False),
+                                      step=dist.get("step", 1))
+        else:
+            value = trial.suggest_float(name, float(dist["low"]), float(dist["high"]),
+                                        log=dist.get("log", False), step=dist.get("step"))
+        chosen[scope][name] = value
+    return chosen["model"], chosen["train"]
+
+
+def tune(spec: TuneSpec, out_dir: str | Path, *, progress: bool = False) -> dict:
+    """Search ``spec.model``'s options on ``spec.dataset``; write the best config and trials.
+
+    Args:
+        spec: model, dataset, protocol, number of trials, seed, fixed overrides.
+        out_dir: the tuned-configs folder; writes ``<dataset>/<model>.toml`` and
+            ``<dataset>/<model>-trials.csv``.
+        progress: Optuna's progress bar.
+
+    Returns:
+        ``{"best_value", "best_params", "monitor", "config_path", "trials_path"}``.
+    """
+    optuna = _import_optuna()
+    space = search_space(spec.model)
+    fixed_model, fixed_train = parse_overrides(spec.overrides, spec.model)
+    dataset = load(spec.dataset, source=spec.source)
+    if spec.presplit is not None:
+        if spec.protocol != "topk":
+            raise ConfigError("a pre-split (train/valid/test.tsv) is a topk protocol; "
+                              "use --protocol topk")
+        data_split = apply_presplit(dataset, spec.presplit)
+    else:
+        data_split = split(dataset, protocol=spec.protocol, seed=spec.seed)
+    monitor = "auc" if data_split.protocol == "ctr" else "ndcg@20"
+
+    def trial_spec(model_options: dict, train_options: dict) -> RunSpec:
+        return RunSpec(model=spec.model, dataset=spec.dataset, protocol=spec.protocol,
+                       seed=spec.seed, model_options={**fixed_model, **model_options},
+                       train_options={**fixed_train, **train_options})
+
+    def objective(trial) -> float:
+        run_spec = trial_spec(*suggest(trial, space))
+        model_cfg, train_cfg = resolved_configs(run_spec)
+        model = build_model(run_spec, dataset, data_split, model_cfg)
+        result = Trainer(model, data_split, train_cfg, None, dataset=dataset,
+                         progress=False).fit(evaluate_test=False)
+        trial.set_user_attr("best_epoch", result["best_epoch"])
+        trial.set_user_attr("train_s_per_epoch", result["train_seconds_per_epoch"])
+        value = result["valid"][monitor]
+        return value if math.isfinite(value) else float("-inf")
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize",
+                                sampler=optuna.samplers.TPESampler(seed=spec.seed))
+    start = time.perf_counter()
+    n_trials = spec.trials if space else 1  # nothing to search: one trial is the answer
+    study.optimize(objective, n_trials=n_trials, timeout=spec.timeout_s,
+                   show_progress_bar=progress)
+
+    # the full effective options of the best trial (defaults with every override resolved)
+    best = trial_spec(*suggest(optuna.trial.FixedTrial(study.best_params), space))
+    model_cfg, train_cfg = resolved_configs(best)
+    model_options = model_cfg.model_dump(mode="json")
+    train_options = {k: v for k, v in train_cfg.model_dump(mode="json").items()
+                     if k not in NOT_SAVED}
+    folder = Path(out_dir) / _slug(spec.dataset)
+    folder.mkdir(parents=True, exist_ok=True)
+    config_path = folder / f"{spec.model}.toml"
+    header = (f"# mmkgrec tune {spec.model} on {spec.dataset} ({spec.protocol}"
+              f"{', pre-split ' + spec.presplit if spec.presplit else ''}): best valid {monitor} "
+              f"{study.best_value:.4f} after {len(study.trials)} trials "
+              f"({time.perf_counter() - start:.0f} s), TPE seed {spec.seed}\n")
+    config_path.write_text(header + to_toml({"model": model_options, "train": train_options}),
+                           encoding="utf-8")
+    trials_path = folder / f"{spec.model}-trials.csv"
+    study.trials_dataframe().to_csv(trials_path, index=False)
+    return {"best_value": study.best_value, "best_params": study.best_params,
+            "monitor": monitor, "config_path": config_path, "trials_path": trials_path}
+
+
+def to_toml(tables: dict[str, dict]) -> str:
+    """``{"model": {...}, "train": {...}}`` -> TOML text (scalars and lists of scalars)."""
+    lines = []
+    for table, options in tables.items():
+        lines.append(f"[{table}]")
+        for key, value in options.items():
+            if value is None:
+                continue  # TOML has no null: the option keeps its default
+            lines.append(f"{key} = {_toml_value(value)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, str)):
+        return json.dumps(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ConfigError(f"cannot write {value} to TOML")
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise ConfigError(f"cannot write {type(value).__name__} {value!r} to TOML")
+
+
+def _import_optuna():
+    try:
+        import optuna
+    except ImportError:
+        raise ConfigError("`mmkgrec tune` needs Optuna: pip install 'mmkgrec[tune]' "
+                          "(or pip install optuna)") from None
+    return optuna
+
+
+def _slug(name: str) -> str:
+    from mmkgrec.evaluate.benchmark import _slug as slug
+
+    return slug(name)

@@ -1,0 +1,116 @@
+"""`mmkgrec tune`: search spaces, a seeded search that never evaluates test, the TOML it writes."""
+
+from __future__ import annotations
+
+import sys
+
+import pandas as pd
+import pytest
+
+import mmkgrec.train.trainer as trainer_module
+from mmkgrec.cli import main
+from mmkgrec.errors import ConfigError
+from mmkgrec.train.run import RunSpec, read_config_file, resolved_configs
+from mmkgrec.train.tune import (
+    GENERIC_SPACE,
+    TuneSpec,
+    _import_optuna,
+    parse_space,
+    search_space,
+    to_toml,
+    tune,
+)
+
+pytest.importorskip("optuna")
+
+
+@pytest.fixture
+def no_test_evaluation(monkeypatch):
+    """Make any TEST evaluation inside the Trainer fail loudly."""
+    real = trainer_module.evaluate_topk
+
+    def guarded(model, split, stage, *args, **kwargs):
+        if stage == "test":
+            raise AssertionError("tuning evaluated the test set")
+        return real(model, split, stage, *args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "evaluate_topk", guarded)
+
+
+def test_declared_and_generic_spaces():
+    mkgcn = search_space("mkgcn")  # configs/mkgcn.toml has a [search] table
+    assert mkgcn["dim"] == ("model", {"choices": [16, 32, 64]})
+    assert mkgcn["lr"][0] == "train" and mkgcn["lr"][1]["log"] is True
+    bprmf = search_space("bprmf")  # no [search]: the generic space
+    assert set(bprmf) == set(GENERIC_SPACE) and bprmf["dim"][0] == "model"
+    assert search_space("pop") == {}  # no options, not trainable: nothing to search
+
+
+@pytest.mark.parametrize(("declared", "fragment"), [
+    ({"width": {"choices": [1]}}, "not an option"),
+    ({"model.lr": {"low": 1e-3, "high": 1e-2}}, "not an option"),
+    ({"optim.lr": {"low": 1e-3, "high": 1e-2}}, "prefix"),
+    ({"lr": {"low": 1e-3}}, "must be"),
+    ({"lr": 0.01}, "must be"),
+])
+def test_bad_search_tables_are_config_errors(declared, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        parse_space("bprmf", declared, "bprmf.toml [search]")
+
+
+def test_toml_writer_round_trips():
+    import tomllib
+
+    tables = {"model": {"dim": 32, "layers": [64, 32], "fusion": "residual", "flag": True},
+              "train": {"lr": 1e-05, "l2": 0.000123, "patience": None}}
+    parsed = tomllib.loads(to_toml(tables))
+    assert parsed["model"] == tables["model"]
+    assert parsed["train"] == {"lr": 1e-05, "l2": 0.000123}  # None: left to the default
+
+
+def test_tuning_bprmf_writes_a_usable_config_and_never_sees_test(tmp_path, no_test_evaluation):
+    spec = TuneSpec(model="bprmf", dataset="synthetic-tiny", trials=3, seed=0,
+                    overrides=["epochs=2"])
+    result = tune(spec, tmp_path)
+    assert result["monitor"] == "ndcg@20"
+    model_options, train_options = read_config_file(tmp_path / "synthetic-tiny" / "bprmf.toml")
+    best = result["best_params"]
+    assert model_options["dim"] in (16, 32, 64) and model_options["dim"] == best["dim"]
+    assert 1e-4 <= train_options["lr"] <= 1e-1 and train_options["lr"] == best["lr"]
+    assert train_options["epochs"] == 2 and train_options["loss"] == "bpr"  # fixed + defaults
+    assert train_options["ks"] == [5, 10, 20, 50]  # every effective option is written
+    assert "seed" not in train_options and "device" not in train_options
+    trials = pd.read_csv(result["trials_path"])
+    assert len(trials) == 3 and trials["value"].max() == pytest.approx(result["best_value"])
+    # the benchmark reads it back as options of a valid run
+    model_cfg, train_cfg = resolved_configs(RunSpec(model="bprmf", dataset="synthetic-tiny",
+                                                    model_options=model_options,
+                                                    train_options=train_options))
+    assert model_cfg.dim == model_options["dim"] and train_cfg.lr == train_options["lr"]
+    # seeded TPE: the same search gives the same answer
+    again = tune(spec, tmp_path / "again")
+    assert again["best_params"] == result["best_params"]
+
+
+def test_cli_tune_pop_runs_one_trial(tmp_path, capsys, no_test_evaluation):
+    with pytest.raises(SystemExit) as info:
+        main(["tune", "pop", "--dataset", "synthetic-tiny", "--trials", "3", "--out",
+              str(tmp_path)])
+    out = capsys.readouterr().out
+    assert info.value.code in (0, None), out
+    assert "best valid ndcg@20" in out
+    model_options, train_options = read_config_file(tmp_path / "synthetic-tiny" / "pop.toml")
+    assert model_options == {} and "seed" not in train_options
+    assert len(pd.read_csv(tmp_path / "synthetic-tiny" / "pop-trials.csv")) == 1
+
+
+def test_cli_tune_rejects_an_unknown_model(tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["tune", "nope", "--dataset", "synthetic-tiny", "--out", str(tmp_path)])
+    assert info.value.code == 2 and "unknown model" in capsys.readouterr().err
+
+
+def test_missing_optuna_is_a_clear_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "optuna", None)  # import optuna -> ImportError
+    with pytest.raises(ConfigError, match="pip install"):
+        _import_optuna()
