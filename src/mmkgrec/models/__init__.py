@@ -14,9 +14,12 @@ from importlib import resources
 from mmkgrec.errors import ConfigError
 from mmkgrec.models.base import ModelConfig, Recommender
 from mmkgrec.models.bprmf import BPRMF
+from mmkgrec.models.kgat import KGAT
 from mmkgrec.models.kgcn import KGCN
 from mmkgrec.models.lightgcn import LightGCN
+from mmkgrec.models.mkgat import MKGAT
 from mmkgrec.models.mkgcn import MKGCN
+from mmkgrec.models.mmgcn import MMGCN
 from mmkgrec.models.pop import Pop
 
 if sys.version_info >= (3, 11):
@@ -24,7 +27,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-MODELS: dict[str, type[Recommender]] = {model.name: model for model in (MKGCN, KGCN, LightGCN, BPRMF, Pop)}
+MODELS: dict[str, type[Recommender]] = {model.name: model for model in (MKGCN, KGCN, MKGAT, KGAT, MMGCN, LightGCN, BPRMF, Pop)}
 
 
 def model_class(name: str) -> type[Recommender]:
@@ -48,4 +51,4 @@ def default_config(name: str, dataset: str | None = None, protocol: str | None =
     return config
 
 
-__all__ = ["BPRMF", "KGCN", "LightGCN", "MKGCN", "Pop", "MODELS", "ModelConfig", "Recommender", "default_config", "model_class"]
+__all__ = ["BPRMF", "KGAT", "KGCN", "LightGCN", "MKGAT", "MKGCN", "MMGCN", "Pop", "MODELS", "ModelConfig", "Recommender", "default_config", "model_class"]

@@ -49,6 +49,11 @@ class Recommender(nn.Module):
         """L2 penalty of the embeddings used for this batch (scalar). Default: zero."""
         return torch.zeros((), device=users.device)
 
+    def auxiliary_loss(self) -> Tensor | None:
+        """An extra, already weighted loss the Trainer adds to every training step (e.g. KGAT's
+        KG-embedding loss). Default: None (nothing)."""
+        return None
+
     @torch.no_grad()
     def prepare_ranking(self) -> None:
         """Precompute everything user-independent before :meth:`score_users`. Default: nothing."""

@@ -13,12 +13,13 @@ Nodes: entities ``0..E-1`` (items are entities ``0..I-1``), then users ``E..E+U-
   (one sparse matmul), bi-interaction ``LeakyReLU(W1 (e_h + e_N)) + LeakyReLU(W2 (e_h * e_N))``
   (or ``gcn`` / ``graphsage``), message dropout; the final vector concatenates ``e^0`` and the
   L2-normalised outputs of every layer. ``score(u, i) = <e*_u, e*_i>``.
-- KG loss: TransR ``g(h, r, t) = ||W_r e_h + e_r - W_r e_t||^2``, ``-ln sigmoid(g(h,r,t') - g(h,r,t))``
-  over CKG triples with a corrupted tail (an entity for an entity tail, a user for a user tail),
-  plus ``kg_l2`` times the batch's squared vectors. Returned by :meth:`auxiliary_loss`, which
-  the Trainer adds to every recommendation step (summed per step, not the paper's alternating
-  epochs). The triples of an epoch are a permutation drawn in :meth:`start_epoch` from the
-  Trainer's generator, consumed ``kg_batch_size`` at a time (wrapping around).
+- KG loss: TransR ``g(h, r, t) = ||W_r e_h + e_r - W_r e_t||^2``,
+  ``-ln sigmoid(g(h, r, t') - g(h, r, t))`` over CKG triples with a corrupted tail (an entity
+  for an entity tail, a user for a user tail; not checked against true triples), plus ``kg_l2``
+  times the batch's squared projected vectors. Returned by :meth:`auxiliary_loss`, which the
+  Trainer adds to every recommendation step (summed per step, not the paper's alternating
+  phases). An epoch's triples are every CKG edge once, shuffled in :meth:`start_epoch` with the
+  Trainer's generator (so a resumed run draws the same), ``kg_batch_size`` per step, wrapping.
 - :meth:`regularization`: half the batch mean of ``||e^0_u||^2 + ||e^0_i||^2`` (layer-0 vectors;
   the paper's code penalises the final ones).
 
@@ -33,7 +34,7 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, PositiveInt
 from torch import Tensor, nn
 
 from mmkgrec.data.dataset import MMKG
@@ -115,7 +116,7 @@ class CKGConfig(ModelConfig):
     """Hyper-parameters shared by KGAT and MKGAT."""
 
     dim: int = Field(64, ge=1)  # layer-0 node width
-    layers: list[int] = Field(default_factory=lambda: [64, 32, 16])  # output width of each layer
+    layers: list[PositiveInt] = Field(default_factory=lambda: [64, 32, 16])  # width per layer
     message_dropout: float = Field(0.1, ge=0, lt=1)
     kg_loss_weight: float = Field(1.0, ge=0)  # 0: no KG loss (auxiliary_loss returns None)
     kg_batch_size: int = Field(2048, ge=1)  # CKG triples per step
@@ -190,6 +191,10 @@ class CKGRecommender(Recommender):
         return 0.5 * (u.pow(2).sum() + i.pow(2).sum()) / len(users)
 
     # ---- KG loss -------------------------------------------------------------------------------
+    def start_epoch(self, epoch: int, rng: np.random.Generator) -> None:
+        if self.config.kg_loss_weight > 0:
+            self.draw_kg_triples(rng)
+
     def draw_kg_triples(self, rng: np.random.Generator) -> None:
         """This epoch's KG-loss triples: every CKG edge once, shuffled, with a corrupted tail."""
         ckg = self.ckg
@@ -307,8 +312,7 @@ class KGAT(CKGRecommender):
 
     def start_epoch(self, epoch: int, rng: np.random.Generator) -> None:
         self.refresh_attention()
-        if self.config.kg_loss_weight > 0:
-            self.draw_kg_triples(rng)
+        super().start_epoch(epoch, rng)
 
     def propagate_layer(self, layer: nn.Module, x: Tensor) -> Tensor:
         return layer(x, neighbor_sum(self.edge_heads, self.edge_tails, self.attention, x))

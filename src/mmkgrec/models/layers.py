@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Callable, Literal
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -155,6 +156,25 @@ class KGItemAggregator(nn.Module):
                     pre = pre + h[:, :rows] @ w_self.T
             h = torch.tanh(pre) if round_ == self.n_hops - 1 else self.inner(pre)
         return h  # [B, I, d]
+
+
+def standardised_modality(dataset, name: str, train_items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """z-score modality ``name`` with the mean / std of the TRAIN items that have it (leak-free).
+
+    Args:
+        dataset: the MMKG; train_items: [I] bool, items with a train positive.
+    Returns:
+        (features [I, d_k] float32 with absent rows zero, present mask [I]).
+    """
+    from mmkgrec.errors import ConfigError
+
+    features, mask = dataset.modalities[name], dataset.modality_masks[name]
+    fit = features[mask & train_items]
+    if len(fit) == 0:
+        raise ConfigError(f"modality {name!r}: no train item has it")
+    mean, std = fit.mean(axis=0), fit.std(axis=0) + 1e-6
+    scaled = np.where(mask[:, None], (features - mean) / std, 0.0).astype(np.float32)
+    return scaled, mask
 
 
 Fusion = Literal["sum", "mean", "max", "concat", "residual"]

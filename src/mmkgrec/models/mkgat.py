@@ -28,15 +28,13 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 from torch import Tensor, nn
 
 from mmkgrec.data.dataset import MMKG
 from mmkgrec.data.split import Split
 from mmkgrec.errors import ConfigError
 from mmkgrec.models.kgat import CKGConfig, CKGRecommender, neighbor_sum, segment_softmax
-from mmkgrec.models.layers import Fusion, MultiModalFusion
-from mmkgrec.models.mkgcn import MKGCN
+from mmkgrec.models.layers import Fusion, MultiModalFusion, standardised_modality
 
 
 class MKGATConfig(CKGConfig):
@@ -116,7 +114,7 @@ class MKGAT(CKGRecommender):
         train_items = np.zeros(dataset.n_items, dtype=bool)
         train_items[split.train_positives()["item"].to_numpy()] = True
         for k, name in enumerate(names):
-            features, mask = MKGCN._standardised(dataset, name, train_items)
+            features, mask = standardised_modality(dataset, name, train_items)
             self.register_buffer(f"features_{k}", torch.as_tensor(features))  # [I, d_k]
             self.register_buffer(f"present_{k}", torch.as_tensor(mask))  # [I]
         self.fusion = MultiModalFusion(
@@ -140,10 +138,6 @@ class MKGAT(CKGRecommender):
                 [getattr(self, f"present_{k}")[items] for k in range(len(self.modality_names))])
             vectors = vectors.index_put((is_item.nonzero().squeeze(1),), fused)
         return vectors.reshape(*nodes.shape, -1)
-
-    def start_epoch(self, epoch: int, rng: np.random.Generator) -> None:
-        if self.config.kg_loss_weight > 0:
-            self.draw_kg_triples(rng)
 
     def propagate_layer(self, layer: nn.Module, x: Tensor) -> Tensor:
         return layer(x, self.relation_emb.weight, self.edge_heads, self.edge_relations,

@@ -28,7 +28,8 @@ from mmkgrec.data.split import Split
 from mmkgrec.errors import ConfigError
 from mmkgrec.models.base import Recommender
 from mmkgrec.models.kgcn import KGBackbone, KGConfig, all_parameters_l2
-from mmkgrec.models.layers import Fusion, MultiModalFusion, UserAggregator, UserPooling
+from mmkgrec.models.layers import (Fusion, MultiModalFusion, UserAggregator, UserPooling,
+                                   standardised_modality)
 
 
 class MKGCNConfig(KGConfig):
@@ -93,7 +94,7 @@ class MKGCN(Recommender):
         train_items[split.train_positives()["item"].to_numpy()] = True
         pca = {} if config.projection == "pca" else None
         for k, name in enumerate(names):
-            features, mask = self._standardised(dataset, name, train_items)
+            features, mask = standardised_modality(dataset, name, train_items)
             self.register_buffer(f"features_{k}", torch.as_tensor(features))  # [I, d_k]
             self.register_buffer(f"present_{k}", torch.as_tensor(mask))  # [I]
             if pca is not None:
@@ -108,17 +109,6 @@ class MKGCN(Recommender):
         self._set_history(config.history_size, rng)
         self._ranking_cache: tuple[Tensor, Tensor, Tensor] | None = None
         self._eval_seed = seed
-
-    @staticmethod
-    def _standardised(dataset: MMKG, name: str, train_items: np.ndarray):
-        """z-score a modality with mean / std of the train items that have it (leak-free)."""
-        features, mask = dataset.modalities[name], dataset.modality_masks[name]
-        fit = features[mask & train_items]
-        if len(fit) == 0:
-            raise ConfigError(f"modality {name!r}: no train item has it")
-        mean, std = fit.mean(axis=0), fit.std(axis=0) + 1e-6
-        scaled = np.where(mask[:, None], (features - mean) / std, 0.0).astype(np.float32)
-        return scaled, mask
 
     def _set_history(self, size: int, rng: np.random.Generator) -> None:
         table, valid = sample_history(self.history_indptr, self.history_items,

@@ -13,7 +13,8 @@ One graph convolution network per channel over the TRAIN user-item graph (users 
 - Layer ``l`` of channel ``m`` (``n_layers`` of them, width ``dim``):
   aggregation ``h = mean over graph neighbours of LeakyReLU(W1 x)`` (a row-normalised sparse
   matmul); combination ``x_hat = LeakyReLU(W3 x) + e_id`` (the shared ID embedding bridges the
-  channels), then ``concat``: ``LeakyReLU(W2 [h; x_hat])`` or ``element``: ``LeakyReLU(W2 h + x_hat)``.
+  channels), then ``concat``: ``LeakyReLU(W2 [h; x_hat])`` or ``element``:
+  ``LeakyReLU(W2 h + x_hat)``.
 - Score (late fusion): ``scores`` (default) ``sum_m <u_m, i_m>``; ``vectors`` (the paper's
   ``u* = sum_m u_m``, ``i* = sum_m i_m``) ``<u*, i*>``.
 - :meth:`regularization`: half the batch mean of the squared ID embeddings of the users and
@@ -34,7 +35,7 @@ from mmkgrec.data.dataset import MMKG
 from mmkgrec.data.split import Split
 from mmkgrec.errors import ConfigError
 from mmkgrec.models.base import ModelConfig, Recommender
-from mmkgrec.models.mkgcn import MKGCN
+from mmkgrec.models.layers import standardised_modality
 
 
 class MMGCNConfig(ModelConfig):
@@ -115,13 +116,14 @@ class MMGCN(Recommender):
         self.projections, self.missing = nn.ModuleList(), nn.ParameterList()
         self.preferences = nn.ParameterList()  # per modality [U, d]
         for k, name in enumerate(names):
-            features, mask = MKGCN._standardised(dataset, name, train_items)
+            features, mask = standardised_modality(dataset, name, train_items)
             self.register_buffer(f"features_{k}", torch.as_tensor(features))  # [I, d_k]
             self.register_buffer(f"present_{k}", torch.as_tensor(mask))  # [I]
             self.projections.append(nn.Linear(features.shape[1], d))
             self.missing.append(nn.Parameter(torch.zeros(d),
                                              requires_grad=config.missing == "learned"))
-            self.preferences.append(nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, d))))
+            preference = nn.init.xavier_uniform_(torch.empty(self.n_users, d))  # [U, d]
+            self.preferences.append(nn.Parameter(preference))
         n_channels = len(names) + int(config.id_channel)
         self.channels = nn.ModuleList(ChannelGCN(d, config.n_layers, config.combination)
                                       for _ in range(n_channels))  # modalities, then ID

@@ -304,6 +304,9 @@ class Trainer:
             loss = -F.logsigmoid(positive - negative).mean()
         if cfg.l2:
             loss = loss + cfg.l2 * model.regularization(reg_users, reg_items)
+        extra = model.auxiliary_loss() if hasattr(model, "auxiliary_loss") else None
+        if extra is not None:  # e.g. KGAT's KG-embedding loss, weighted by the model
+            loss = loss + extra
         return loss
 
     def _evaluate(self, stage: str) -> tuple[dict[str, float], float]:
