@@ -114,7 +114,8 @@ def negatives() -> list[dict]:
     for train_alpha in (None, -1.0, 0.75):
         negatives_ = "uniform" if train_alpha is None else "ratio"
         spec = RunSpec(model="mkgcn", dataset="music-d", protocol="topk", seed=0,
-                       train_options={"negatives": negatives_, "alpha": train_alpha or 0.75})
+                       train_options={"negatives": negatives_, "alpha": train_alpha or 0.75,
+                                      "epochs": 20, "eval_every": 5})
         runs[negatives_ if train_alpha is None else f"ratio {train_alpha:g}"] = run_experiment(
             spec, None, data=(ds, sp), progress=False).model
     for label, alpha in (("uniform", 0.0), ("popularity^0.75", 0.75), ("1/popularity", -1.0)):

@@ -46,3 +46,32 @@ def musicd(real_root):
     from mmkgrec.data.formats.mkgcn import read_mkgcn
 
     return read_mkgcn(real_root / "music-d")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_thread():
+    """One thread: tiny tensors run fastest, deterministically; two ran 10-60x slower on 2 busy cores."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def tiny_topk():
+    """(synthetic-tiny, its topk split with seed 0), shared read-only by the whole session."""
+    from mmkgrec.data import load, split
+
+    ds = load("synthetic-tiny")
+    return ds, split(ds, protocol="topk", seed=0)
+
+
+@pytest.fixture(scope="session")
+def small_topk():
+    """(synthetic, its topk split with seed 0), shared read-only by the whole session."""
+    from mmkgrec.data import load, split
+
+    ds = load("synthetic")
+    return ds, split(ds, protocol="topk", seed=0)

@@ -8,13 +8,12 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from scipy import stats
 
 import mmkgrec.evaluate.benchmark as bench
 from conftest import requires_data
 from mmkgrec.cli import main
-from mmkgrec.data import load, split
+from mmkgrec.data import split
 from mmkgrec.data.split import Split
 from mmkgrec.errors import ConfigError
 from mmkgrec.evaluate.benchmark import (
@@ -28,15 +27,6 @@ from mmkgrec.evaluate.significance import holm
 
 SMOKE = ["benchmark", "--datasets", "synthetic-tiny", "--models", "pop,bprmf,mkgcn", "--seeds",
          "2", "--set", "train.epochs=2"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models on a shared 2-core machine: one intra-op thread avoids oversubscription."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def cli(capsys, *argv: str) -> tuple[int, str, str]:
@@ -76,9 +66,9 @@ def test_smoke_writes_every_artefact(smoke):
     assert {"Q1", "Q4", "head", "tail"} <= set(breakdown["group"])
 
 
-def test_models_share_the_split_of_each_seed_and_per_user_means_match(smoke):
+def test_models_share_the_split_of_each_seed_and_per_user_means_match(smoke, tiny_topk):
     results = pd.read_csv(smoke / "results.csv").set_index(["model", "seed"])
-    ds = load("synthetic-tiny")
+    ds, _ = tiny_topk
     for seed in (0, 1):
         expected_users = split(ds, "topk", seed=seed).ground_truth("test")[0]
         for model in ("pop", "bprmf", "mkgcn"):
@@ -138,8 +128,8 @@ def test_rerun_skips_finished_cells_and_redoes_changed_ones(smoke, tmp_path, cap
         ["model", "seed"]).loc[("mkgcn", 1), "config_hash"]
 
 
-def test_presplit_is_shared_by_all_seeds_and_recbole_rows_are_parsed(tmp_path):
-    ds = load("synthetic-tiny")
+def test_presplit_is_shared_by_all_seeds_and_recbole_rows_are_parsed(tmp_path, tiny_topk):
+    ds, _ = tiny_topk
     fixed = split(ds, "topk", seed=7)
     root = tmp_path / "splits"
     (root / "synthetic-tiny").mkdir(parents=True)

@@ -2,42 +2,18 @@
 
 from __future__ import annotations
 
-import tomllib
-from importlib import resources
-
 import pytest
 import torch
 from pydantic import ValidationError
 
-from mmkgrec.data import load, split
+from mmkgrec.models import default_config
 from mmkgrec.models.bprmf import BPRMF, BPRMFConfig
 from mmkgrec.models.pop import Pop
 from mmkgrec.train.trainer import Trainer, TrainConfig
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Two intra-op threads on a busy 2-core machine run these small graphs ~10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    ds = load("synthetic-tiny")
-    return ds, split(ds, protocol="topk", seed=0)
-
-
-@pytest.fixture(scope="module")
-def small():
-    ds = load("synthetic")
-    return ds, split(ds, protocol="topk", seed=0)
-
-
-def test_shapes_and_scores_are_dot_products(tiny):
-    ds, sp = tiny
+def test_shapes_and_scores_are_dot_products(tiny_topk):
+    ds, sp = tiny_topk
     model = BPRMF(ds, sp, BPRMFConfig(dim=8))
     users, items = torch.tensor([0, 3, 59]), torch.tensor([1, 119, 1])
     logits = model(users, items)
@@ -47,8 +23,8 @@ def test_shapes_and_scores_are_dot_products(tiny):
     assert model.score_users(users).shape == (3, ds.n_items)
 
 
-def test_pair_scores_equal_full_ranking_scores(tiny):
-    ds, sp = tiny
+def test_pair_scores_equal_full_ranking_scores(tiny_topk):
+    ds, sp = tiny_topk
     model = BPRMF(ds, sp, BPRMFConfig(dim=16)).eval()
     users = torch.arange(ds.n_users)
     with torch.no_grad():
@@ -58,8 +34,8 @@ def test_pair_scores_equal_full_ranking_scores(tiny):
     torch.testing.assert_close(pairs.reshape(ds.n_users, ds.n_items), full, rtol=1e-5, atol=1e-6)
 
 
-def test_gradients_reach_only_the_batch_rows(tiny):
-    ds, sp = tiny
+def test_gradients_reach_only_the_batch_rows(tiny_topk):
+    ds, sp = tiny_topk
     model = BPRMF(ds, sp, BPRMFConfig(dim=8))
     users, items = torch.tensor([2, 5]), torch.tensor([7, 9])
     (model(users, items).sum() + model.regularization(users, items)).backward()
@@ -69,8 +45,8 @@ def test_gradients_reach_only_the_batch_rows(tiny):
     assert item_rows.nonzero().flatten().tolist() == [7, 9]
 
 
-def test_regularization_is_half_the_mean_squared_norm(tiny):
-    ds, sp = tiny
+def test_regularization_is_half_the_mean_squared_norm(tiny_topk):
+    ds, sp = tiny_topk
     model = BPRMF(ds, sp, BPRMFConfig(dim=8))
     users, items = torch.tensor([0, 0, 4]), torch.tensor([1, 2, 3])
     p, q = model.user_emb.weight[users], model.item_emb.weight[items]
@@ -78,8 +54,8 @@ def test_regularization_is_half_the_mean_squared_norm(tiny):
     torch.testing.assert_close(model.regularization(users, items), expected)
 
 
-def test_initialisation_follows_the_seed_not_the_global_rng(tiny):
-    ds, sp = tiny
+def test_initialisation_follows_the_seed_not_the_global_rng(tiny_topk):
+    ds, sp = tiny_topk
     torch.manual_seed(1)
     a = BPRMF(ds, sp, BPRMFConfig(dim=8), seed=3)
     torch.manual_seed(2)
@@ -92,8 +68,7 @@ def test_initialisation_follows_the_seed_not_the_global_rng(tiny):
 
 
 def test_default_config_file_is_valid():
-    raw = tomllib.loads(resources.files("mmkgrec.models").joinpath("configs", "bprmf.toml")
-                        .read_text())
+    raw = default_config("bprmf")
     assert BPRMFConfig(**raw["model"]).dim == 64
     train = TrainConfig.parse(**raw["train"])
     assert (train.loss, train.negatives, train.batch_size, train.lr) == (
@@ -102,8 +77,8 @@ def test_default_config_file_is_valid():
         BPRMFConfig(dimension=8)  # unknown keys are errors
 
 
-def test_short_training_beats_popularity(small):
-    ds, sp = small
+def test_short_training_beats_popularity(small_topk):
+    ds, sp = small_topk
     pop = Trainer(Pop(ds, sp), sp, {"ks": [20], "device": "cpu"}).fit()
     model = BPRMF(ds, sp, BPRMFConfig(), seed=0)
     result = Trainer(model, sp, {"ks": [20], "loss": "bpr", "lr": 1e-2, "epochs": 5,

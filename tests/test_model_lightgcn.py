@@ -4,40 +4,17 @@ gradients through the graph, checkpoints, pair scores = full ranking, beats popu
 from __future__ import annotations
 
 import dataclasses
-import tomllib
-from importlib import resources
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from mmkgrec.data import load, split
+from mmkgrec.models import default_config
 from mmkgrec.models.lightgcn import LightGCN, LightGCNConfig
 from mmkgrec.models.pop import Pop
 from mmkgrec.train.checkpoint import load_checkpoint
 from mmkgrec.train.trainer import Trainer, TrainConfig
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Two intra-op threads on a busy 2-core machine run these small graphs ~10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    ds = load("synthetic-tiny")
-    return ds, split(ds, protocol="topk", seed=0)
-
-
-@pytest.fixture(scope="module")
-def small():
-    ds = load("synthetic")
-    return ds, split(ds, protocol="topk", seed=0)
 
 
 def dense_adjacency(sp) -> np.ndarray:
@@ -52,8 +29,8 @@ def dense_adjacency(sp) -> np.ndarray:
     return scale[:, None] * a * scale[None, :]
 
 
-def test_adjacency_is_symmetric_normalised_and_matches_dense(tiny):
-    ds, sp = tiny
+def test_adjacency_is_symmetric_normalised_and_matches_dense(tiny_topk):
+    ds, sp = tiny_topk
     model = LightGCN(ds, sp, LightGCNConfig(dim=4))
     sparse = model.adjacency.to_dense().double().numpy()
     np.testing.assert_allclose(sparse, sparse.T, atol=1e-7)
@@ -68,8 +45,8 @@ def test_adjacency_is_symmetric_normalised_and_matches_dense(tiny):
 
 
 @pytest.mark.parametrize("n_layers", [0, 1, 3])
-def test_propagation_matches_a_dense_reference(tiny, n_layers):
-    ds, sp = tiny
+def test_propagation_matches_a_dense_reference(tiny_topk, n_layers):
+    ds, sp = tiny_topk
     model = LightGCN(ds, sp, LightGCNConfig(dim=8, n_layers=n_layers), seed=1)
     ego = torch.cat([model.user_emb.weight, model.item_emb.weight]).detach().double().numpy()
     adjacency = dense_adjacency(sp)
@@ -83,8 +60,8 @@ def test_propagation_matches_a_dense_reference(tiny, n_layers):
     np.testing.assert_allclose(items.numpy(), expected[ds.n_users:], atol=1e-5)
 
 
-def test_adjacency_uses_only_train_positives(tiny):
-    ds, sp = tiny
+def test_adjacency_uses_only_train_positives(tiny_topk):
+    ds, sp = tiny_topk
     base = LightGCN(ds, sp, LightGCNConfig(dim=8), seed=0).eval()
     # a new positive (user 0, an item user 0 never played) in the dataset and the test part
     played = set(ds.interactions.loc[ds.interactions["user"] == 0, "item"])
@@ -104,8 +81,8 @@ def test_adjacency_uses_only_train_positives(tiny):
     assert not torch.equal(base.adjacency.to_dense(), with_train.adjacency.to_dense())
 
 
-def test_pair_scores_equal_full_ranking_scores(tiny):
-    ds, sp = tiny
+def test_pair_scores_equal_full_ranking_scores(tiny_topk):
+    ds, sp = tiny_topk
     model = LightGCN(ds, sp, LightGCNConfig(dim=16), seed=0)
     users = torch.arange(ds.n_users)
     pair_users = users.repeat_interleave(ds.n_items)  # [U * I]
@@ -121,9 +98,9 @@ def test_pair_scores_equal_full_ranking_scores(tiny):
     torch.testing.assert_close(training_pairs.reshape(ds.n_users, -1), full, rtol=1e-5, atol=1e-6)
 
 
-def test_gradients_flow_through_the_graph(tiny):
+def test_gradients_flow_through_the_graph(tiny_topk):
     """Unlike MF, a user's score moves the ego embeddings of the items and users it is linked to."""
-    ds, sp = tiny
+    ds, sp = tiny_topk
     model = LightGCN(ds, sp, LightGCNConfig(dim=8, n_layers=2), seed=0)
     users, items = torch.tensor([0]), torch.tensor([0])
     logits = model(users, items)
@@ -136,16 +113,16 @@ def test_gradients_flow_through_the_graph(tiny):
     assert (model.user_emb.weight.grad.abs().sum(-1) > 0).sum() > 1  # co-listeners of item 0 too
 
 
-def test_regularization_uses_ego_embeddings(tiny):
-    ds, sp = tiny
+def test_regularization_uses_ego_embeddings(tiny_topk):
+    ds, sp = tiny_topk
     model = LightGCN(ds, sp, LightGCNConfig(dim=8), seed=0)
     users, items = torch.tensor([1, 2]), torch.tensor([3, 4])
     ego = model.user_emb.weight[users].pow(2).sum() + model.item_emb.weight[items].pow(2).sum()
     torch.testing.assert_close(model.regularization(users, items), 0.5 * ego / 2)
 
 
-def test_ranking_cache_follows_parameter_changes(tiny):
-    ds, sp = tiny
+def test_ranking_cache_follows_parameter_changes(tiny_topk):
+    ds, sp = tiny_topk
     model = LightGCN(ds, sp, LightGCNConfig(dim=8), seed=0).eval()
     model.prepare_ranking()
     with torch.no_grad():
@@ -157,8 +134,8 @@ def test_ranking_cache_follows_parameter_changes(tiny):
     torch.testing.assert_close(after, users[:3] @ items.T)
 
 
-def test_checkpoint_round_trip(tiny, tmp_path):
-    ds, sp = tiny
+def test_checkpoint_round_trip(tiny_topk, tmp_path):
+    ds, sp = tiny_topk
     model = LightGCN(ds, sp, LightGCNConfig(dim=8), seed=0)
     Trainer(model, sp, {"epochs": 2, "loss": "bpr", "lr": 1e-2, "ks": [20], "device": "cpu"},
             out_dir=tmp_path).fit()
@@ -171,16 +148,15 @@ def test_checkpoint_round_trip(tiny, tmp_path):
 
 
 def test_default_config_file_is_valid():
-    raw = tomllib.loads(resources.files("mmkgrec.models").joinpath("configs", "lightgcn.toml")
-                        .read_text())
+    raw = default_config("lightgcn")
     config = LightGCNConfig(**raw["model"])
     assert (config.dim, config.n_layers) == (64, 3)
     train = TrainConfig.parse(**raw["train"])
     assert (train.loss, train.negatives, train.batch_size) == ("bpr", "uniform", 2048)
 
 
-def test_short_training_beats_popularity(small):
-    ds, sp = small
+def test_short_training_beats_popularity(small_topk):
+    ds, sp = small_topk
     pop = Trainer(Pop(ds, sp), sp, {"ks": [20], "device": "cpu"}).fit()
     model = LightGCN(ds, sp, LightGCNConfig(), seed=0)
     result = Trainer(model, sp, {"ks": [20], "loss": "bpr", "lr": 2e-2, "epochs": 3,

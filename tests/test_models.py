@@ -6,22 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from mmkgrec.data import load
-from mmkgrec.data.split import split
 from mmkgrec.errors import ConfigError
 from mmkgrec.models import KGCN, MKGCN, default_config, model_class
 from mmkgrec.models.layers import MultiModalFusion, UserAggregator
 from mmkgrec.models.mkgcn import sample_history
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    ds = load("synthetic-tiny")
-    return ds, split(ds, protocol="topk", seed=0)
-
-
-def build(name, tiny, **overrides):
-    ds, sp = tiny
+def build(name, data, **overrides):
+    ds, sp = data
     cls = model_class(name)
     config = cls.Config(**{**default_config(name)["model"], **overrides})
     torch.manual_seed(0)
@@ -36,9 +28,9 @@ def all_pairs(n_users, n_items):
 @pytest.mark.parametrize("name", ["kgcn", "mkgcn"])
 @pytest.mark.parametrize("aggregator", ["sum", "concat", "neighbor"])
 @pytest.mark.parametrize("n_hops", [0, 1, 2, 3])
-def test_pair_scores_equal_full_ranking_scores(tiny, name, aggregator, n_hops):
+def test_pair_scores_equal_full_ranking_scores(tiny_topk, name, aggregator, n_hops):
     """The receptive-field tree (training) and the all-items program (ranking) agree exactly."""
-    model = build(name, tiny, aggregator=aggregator, n_hops=n_hops, n_neighbors=3,
+    model = build(name, tiny_topk, aggregator=aggregator, n_hops=n_hops, n_neighbors=3,
                   **({"eval_history_size": 8} if name == "mkgcn" else {}))
     model.eval()
     users = torch.arange(6)
@@ -55,8 +47,8 @@ def test_pair_scores_equal_full_ranking_scores(tiny, name, aggregator, n_hops):
 
 @pytest.mark.parametrize("name", ["kgcn", "mkgcn"])
 @pytest.mark.parametrize("aggregator", ["sum", "concat", "neighbor"])
-def test_gradients_reach_every_trained_part(tiny, name, aggregator):
-    model = build(name, tiny, aggregator=aggregator, n_hops=2)
+def test_gradients_reach_every_trained_part(tiny_topk, name, aggregator):
+    model = build(name, tiny_topk, aggregator=aggregator, n_hops=2)
     model.train()
     users, items = torch.tensor([0, 1, 2, 3]), torch.tensor([5, 6, 7, 8])
     logits = model(users, items)
@@ -86,8 +78,8 @@ def test_masked_modalities_are_ignored(fusion):
     assert not torch.allclose(layer(ids, [changed, text], masks)[0], out[0])
 
 
-def test_different_items_get_different_fused_vectors(tiny):
-    model = build("mkgcn", tiny)
+def test_different_items_get_different_fused_vectors(tiny_topk):
+    model = build("mkgcn", tiny_topk)
     with torch.no_grad():
         fused = model.base_vectors(torch.arange(model.n_items))  # [I, d]
     assert torch.unique(fused, dim=0).shape[0] == model.n_items
@@ -98,15 +90,15 @@ def test_different_items_get_different_fused_vectors(tiny):
     assert torch.unique(content.round(decimals=5), dim=0).shape[0] > 0.9 * model.n_items
 
 
-def test_pca_projection_is_fitted_on_train_items(tiny):
-    model = build("mkgcn", tiny, projection="pca")
+def test_pca_projection_is_fitted_on_train_items(tiny_topk):
+    model = build("mkgcn", tiny_topk, projection="pca")
     assert not any("projections" in k for k, _ in model.named_parameters())
     assert model.fusion.pca_basis_0.shape == (40, model.config.dim)
 
 
-def test_user_history_holds_only_train_items(tiny):
-    ds, sp = tiny
-    model = build("mkgcn", tiny, history_size=50)
+def test_user_history_holds_only_train_items(tiny_topk):
+    ds, sp = tiny_topk
+    model = build("mkgcn", tiny_topk, history_size=50)
     train = set(map(tuple, sp.train_positives()[["user", "item"]].to_numpy()))
     held_out = set(map(tuple, np.vstack([sp.valid[["user", "item"]], sp.test[["user", "item"]]])))
     for table, valid in (
@@ -130,8 +122,8 @@ def test_sample_history_is_without_replacement_and_padded():
     assert len(set(table[2][valid[2]])) == 5 and set(table[2][valid[2]]) <= set(range(3, 10))
 
 
-def test_target_item_is_masked_out_of_its_own_history(tiny):
-    model = build("mkgcn", tiny, history_size=50)
+def test_target_item_is_masked_out_of_its_own_history(tiny_topk):
+    model = build("mkgcn", tiny_topk, history_size=50)
     user = int(np.flatnonzero(np.diff(model.history_indptr) >= 2)[0])
     liked = int(model.history[user][model.history_valid[user]][0])
     model.train()
@@ -146,8 +138,8 @@ def test_target_item_is_masked_out_of_its_own_history(tiny):
     assert not seen["valid"][0][row == liked].any()
 
 
-def test_new_user_is_scored_from_liked_items_without_retraining(tiny):
-    model = build("mkgcn", tiny)
+def test_new_user_is_scored_from_liked_items_without_retraining(tiny_topk):
+    model = build("mkgcn", tiny_topk)
     model.eval()
     liked = torch.tensor([[3, 7, 11, 0]])
     valid = torch.tensor([[True, True, True, False]])
@@ -172,7 +164,7 @@ def test_user_aggregator_options(pooling):
     assert history.grad[0, 2:].abs().sum() == 0  # padding receives no gradient
 
 
-def test_invalid_configs_are_rejected(tiny):
+def test_invalid_configs_are_rejected(tiny_topk):
     with pytest.raises(ValueError, match="divisible"):
         MKGCN.Config(dim=10, n_heads=4)
     with pytest.raises(ValueError):
@@ -180,11 +172,11 @@ def test_invalid_configs_are_rejected(tiny):
     with pytest.raises(ValueError):
         KGCN.Config(not_an_option=1)
     with pytest.raises(ConfigError, match="unknown modalities"):
-        build("mkgcn", tiny, modalities=["smell"])
+        build("mkgcn", tiny_topk, modalities=["smell"])
     with pytest.raises(ConfigError, match="unknown model"):
         model_class("nope")
 
 
-def test_kg_only_mkgcn_has_no_fusion_parameters(tiny):
-    model = build("mkgcn", tiny, modalities=[])
+def test_kg_only_mkgcn_has_no_fusion_parameters(tiny_topk):
+    model = build("mkgcn", tiny_topk, modalities=[])
     assert not any("fusion" in k for k, _ in model.named_parameters())

@@ -80,7 +80,8 @@ def test_resume_after_kill(tmp_path):
     out = tmp_path / "run"
     argv = [sys.executable, "-m", "mmkgrec", "train", "--model", "kgcn", "--dataset", "synthetic",
             "--out", str(out), "--set", "epochs=4", "--set", "batch_size=64", "--set", "patience=null"]
-    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # like the session: no thread oversubscription
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     deadline = time.time() + 120
     while not (out / "last").is_dir() and time.time() < deadline and process.poll() is None:
         time.sleep(0.05)
@@ -90,7 +91,8 @@ def test_resume_after_kill(tmp_path):
     process.wait()
     assert killed, "training finished before it could be interrupted"
     assert not (out / "metrics.json").exists()
-    result = subprocess.run(argv + ["--resume"], capture_output=True, text=True, timeout=300)
+    result = subprocess.run(argv + ["--resume"], capture_output=True, text=True, timeout=300,
+                            env=env)
     assert result.returncode == 0, result.stderr
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["epochs_run"] == 4

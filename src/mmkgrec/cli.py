@@ -160,15 +160,18 @@ def data_split(
     console.print(f"saved to {out}")
 
 
-class ModelName(str, Enum):
-    mkgcn = "mkgcn"
-    kgcn = "kgcn"
-    pop = "pop"
+def _model_names() -> type[Enum]:
+    from mmkgrec.models import MODELS
+
+    return Enum("ModelName", {name: name for name in MODELS}, type=str)
+
+
+ModelName = _model_names()  # the registry's models, as CLI choices
 
 
 @app.command()
 def train(
-    model: ModelName = typer.Option(ModelName.mkgcn, "--model", help="Model to train."),
+    model: ModelName = typer.Option("mkgcn", "--model", help="Model to train."),
     dataset: str = typer.Option("synthetic", "--dataset", help="Dataset name or directory."),
     protocol: Protocol = typer.Option(Protocol.ctr, "--protocol", help="ctr or topk."),
     presplit: Optional[Path] = typer.Option(None, "--presplit", help="Folder with "

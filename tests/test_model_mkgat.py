@@ -1,0 +1,129 @@
+"""MKGAT: masked modalities change nothing, the attention layer equals its per-edge definition,
+pair scores equal full-ranking scores, gradients reach the fusion, TransE, it beats pop."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mmkgrec.errors import ConfigError
+from mmkgrec.models import default_config
+from mmkgrec.models.mkgat import MKGAT, MKGATLayer
+from mmkgrec.models.pop import Pop
+from mmkgrec.train.trainer import TrainConfig, Trainer
+
+
+def build(ds, sp, **overrides):
+    torch.manual_seed(0)
+    return MKGAT(ds, sp, MKGAT.Config(**overrides), seed=0)
+
+
+def test_masked_modality_changes_nothing_for_that_item(tiny_topk):
+    ds, sp = tiny_topk
+    name = "audio"
+    absent = np.flatnonzero(~ds.modality_masks[name])
+    present = np.flatnonzero(ds.modality_masks[name])
+    assert len(absent)
+
+    def with_audio(rows, value):
+        features = ds.modalities[name].copy()
+        features[rows] = value
+        return dataclasses.replace(ds, modalities={**ds.modalities, name: features})
+
+    base = build(ds, sp).eval()
+    noisy = build(with_audio(absent, 1e3), sp).eval()  # garbage where the mask says "absent"
+    items = torch.as_tensor(absent)
+    with torch.no_grad():
+        torch.testing.assert_close(noisy.ego_rows(items), base.ego_rows(items))
+        torch.testing.assert_close(noisy.score_users(torch.arange(8)),
+                                   base.score_users(torch.arange(8)))
+        # the check can fail: a present item's features do move its vector
+        moved = build(with_audio(present[:1], 3.0), sp).eval()
+        assert not torch.allclose(moved.ego_rows(torch.as_tensor(present[:1])),
+                                  base.ego_rows(torch.as_tensor(present[:1])))
+
+
+@pytest.mark.parametrize("aggregation", ["add", "concat"])
+def test_attention_layer_equals_its_per_edge_definition(aggregation):
+    torch.manual_seed(0)
+    n, n_rel, d_in, d_rel, d_out = 7, 3, 5, 4, 6
+    layer = MKGATLayer(d_in, d_rel, d_out, aggregation)
+    heads = torch.tensor([0, 0, 0, 2, 2, 5, 6])
+    relations = torch.tensor([0, 1, 1, 2, 0, 1, 1])
+    tails = torch.tensor([1, 3, 4, 0, 0, 6, 5])
+    x, rel = torch.randn(n, d_in), torch.randn(n_rel, d_rel)
+    m = layer.message(torch.cat([x[heads], rel[relations], x[tails]], dim=1))  # [M, d_out]
+    logits = F.leaky_relu(layer.score(m).squeeze(1))
+    pi = torch.zeros(len(heads))
+    agg = torch.zeros(n, d_out)
+    for h in heads.unique():
+        edges = heads == h
+        pi[edges] = torch.softmax(logits[edges], 0)
+        agg[h] = (pi[edges, None] * m[edges]).sum(0)
+    expected = (F.leaky_relu(layer.combine(torch.cat([x, agg], 1))) if aggregation == "concat"
+                else F.leaky_relu(layer.combine(x) + agg))
+    torch.testing.assert_close(layer.attention(x, rel, heads, relations, tails), pi)
+    torch.testing.assert_close(layer(x, rel, heads, relations, tails), expected)
+    mass = torch.zeros(n).index_add(0, heads, pi)
+    torch.testing.assert_close(mass[heads.unique()], torch.ones(len(heads.unique())))
+
+
+@pytest.mark.parametrize("fusion", ["residual", "mean"])
+def test_pair_scores_equal_full_ranking_scores(tiny_topk, fusion):
+    ds, sp = tiny_topk
+    model = build(ds, sp, layers=[16, 8], fusion=fusion).eval()
+    users = torch.arange(5)
+    with torch.no_grad():
+        full = model.score_users(users)  # [5, I]
+        assert full.shape == (5, ds.n_items)
+        u = users.repeat_interleave(ds.n_items)
+        pairs = model(u, torch.arange(ds.n_items).repeat(5)).reshape(5, -1)
+    torch.testing.assert_close(pairs, full, rtol=1e-5, atol=1e-5)
+
+
+def test_gradients_reach_fusion_layers_and_relations(tiny_topk):
+    ds, sp = tiny_topk
+    model = build(ds, sp)
+    assert model.modality_names == list(ds.modalities)
+    users, items = torch.tensor([0, 1, 2, 3]), torch.tensor([5, 6, 7, 8])
+    (model(users, items).sum() + model.regularization(users, items)
+     + model.auxiliary_loss()).backward()
+    for key, param in model.named_parameters():
+        assert param.grad is not None and torch.isfinite(param.grad).all(), key
+    assert any(p.grad.abs().sum() > 0 for k, p in model.named_parameters() if "fusion" in k)
+
+
+def test_transe_distance_and_modality_options(tiny_topk):
+    ds, sp = tiny_topk
+    model = build(ds, sp)
+    r = torch.tensor([0, 3])
+    heads, tails = torch.randn(2, 64), torch.randn(2, 2, 64)
+    distance, norm = model.triple_distance(r, heads, tails)
+    e_r = model.relation_emb(r)
+    torch.testing.assert_close(distance, ((heads + e_r)[:, None] - tails).pow(2).sum(-1))
+    assert norm.shape == (2,)
+    kg_only = build(ds, sp, modalities=[])
+    assert kg_only.modality_names == [] and len(list(kg_only.fusion.parameters())) == 0
+    with pytest.raises(ConfigError, match="unknown modalities"):
+        build(ds, sp, modalities=["video"])
+
+
+def test_short_training_beats_popularity(small_topk):
+    ds, sp = small_topk
+    pop_test = Trainer(Pop(ds, sp), sp, {}).fit()["test"]
+    torch.manual_seed(0)
+    model = MKGAT(ds, sp, MKGAT.Config(layers=[32, 16]), seed=0)
+    result = Trainer(model, sp, {"loss": "bpr", "epochs": 2, "batch_size": 2048, "lr": 1e-2,
+                                 "l2": 1e-5}).fit()
+    assert result["test"]["ndcg@20"] > pop_test["ndcg@20"]
+    assert result["test"]["recall@20"] > pop_test["recall@20"]
+
+
+def test_default_config_file_is_valid():
+    raw = default_config("mkgat")
+    assert MKGAT.Config(**raw["model"]) == MKGAT.Config()
+    TrainConfig(**raw["train"])
