@@ -25,7 +25,7 @@ from mmkgrec.data.split import split
 from mmkgrec.errors import ConfigError
 from mmkgrec.evaluate import evaluate_ctr, evaluate_topk, time_full_ranking, topk_metrics
 from mmkgrec.models.base import ModelConfig, Recommender
-from mmkgrec.train import CheckpointError, TrainConfig, Trainer, load_checkpoint, seed_everything
+from mmkgrec.train import CheckpointError, TrainConfig, Trainer, load_checkpoint
 from mmkgrec.train import trainer as trainer_module
 from mmkgrec.train.checkpoint import save_checkpoint
 

@@ -33,7 +33,6 @@ def test_same_seed_same_metrics_and_checkpoint_round_trip(tmp_path):
 
 
 def test_different_seeds_differ():
-    ds = load("synthetic-tiny")
     results = []
     for seed in (0, 1):
         spec = RunSpec(model="kgcn", dataset="synthetic-tiny", protocol="topk", seed=seed,

@@ -12,6 +12,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from mmkgrec.errors import ConfigError
+
 Aggregator = Literal["sum", "concat", "neighbor"]
 Activation = Literal["relu", "sigmoid", "tanh", "leaky_relu"]
 ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
@@ -166,8 +168,6 @@ def standardised_modality(dataset, name: str, train_items: np.ndarray) -> tuple[
     Returns:
         (features [I, d_k] float32 with absent rows zero, present mask [I]).
     """
-    from mmkgrec.errors import ConfigError
-
     features, mask = dataset.modalities[name], dataset.modality_masks[name]
     fit = features[mask & train_items]
     if len(fit) == 0:
@@ -175,6 +175,25 @@ def standardised_modality(dataset, name: str, train_items: np.ndarray) -> tuple[
     mean, std = fit.mean(axis=0), fit.std(axis=0) + 1e-6
     scaled = np.where(mask[:, None], (features - mean) / std, 0.0).astype(np.float32)
     return scaled, mask
+
+
+def register_modalities(module: nn.Module, dataset, split, names: list[str] | None) -> np.ndarray:
+    """Validate modality ``names`` (None = all of the dataset's), z-score each with train-item
+    statistics and register it on ``module`` as buffers ``features_{k}`` [I, d_k] and
+    ``present_{k}`` [I]; sets ``module.modality_names``. Returns the [I] bool train-item mask."""
+    names = list(dataset.modalities) if names is None else list(names)
+    unknown = sorted(set(names) - set(dataset.modalities))
+    if unknown:
+        raise ConfigError(f"unknown modalities {unknown}; the dataset has "
+                          f"{sorted(dataset.modalities) or 'none'}")
+    train_items = np.zeros(dataset.n_items, dtype=bool)
+    train_items[split.train_positives()["item"].to_numpy()] = True
+    for k, name in enumerate(names):
+        features, mask = standardised_modality(dataset, name, train_items)
+        module.register_buffer(f"features_{k}", torch.as_tensor(features))  # [I, d_k]
+        module.register_buffer(f"present_{k}", torch.as_tensor(mask))  # [I]
+    module.modality_names = names
+    return train_items
 
 
 Fusion = Literal["sum", "mean", "max", "concat", "residual"]

@@ -25,16 +25,14 @@ from __future__ import annotations
 
 from typing import Literal
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mmkgrec.data.dataset import MMKG
 from mmkgrec.data.split import Split
-from mmkgrec.errors import ConfigError
 from mmkgrec.models.kgat import CKGConfig, CKGRecommender, neighbor_sum, segment_softmax
-from mmkgrec.models.layers import Fusion, MultiModalFusion, standardised_modality
+from mmkgrec.models.layers import Fusion, MultiModalFusion, register_modalities
 
 
 class MKGATConfig(CKGConfig):
@@ -105,18 +103,8 @@ class MKGAT(CKGRecommender):
 
     def __init__(self, dataset: MMKG, split: Split, config: MKGATConfig, seed: int = 0):
         super().__init__(dataset, split, config, seed)
-        names = list(dataset.modalities) if config.modalities is None else config.modalities
-        unknown = sorted(set(names) - set(dataset.modalities))
-        if unknown:
-            raise ConfigError(f"unknown modalities {unknown}; the dataset has "
-                              f"{sorted(dataset.modalities) or 'none'}")
-        self.modality_names = names
-        train_items = np.zeros(dataset.n_items, dtype=bool)
-        train_items[split.train_positives()["item"].to_numpy()] = True
-        for k, name in enumerate(names):
-            features, mask = standardised_modality(dataset, name, train_items)
-            self.register_buffer(f"features_{k}", torch.as_tensor(features))  # [I, d_k]
-            self.register_buffer(f"present_{k}", torch.as_tensor(mask))  # [I]
+        register_modalities(self, dataset, split, config.modalities)
+        names = self.modality_names
         self.fusion = MultiModalFusion(
             config.dim, {n: dataset.modalities[n].shape[1] for n in names}, config.fusion)
         self.relation_emb = nn.Embedding(self.ckg.n_relations, config.dim)

@@ -25,11 +25,10 @@ from torch import Tensor, nn
 
 from mmkgrec.data.dataset import MMKG
 from mmkgrec.data.split import Split
-from mmkgrec.errors import ConfigError
 from mmkgrec.models.base import Recommender
 from mmkgrec.models.kgcn import KGBackbone, KGConfig, all_parameters_l2
 from mmkgrec.models.layers import (Fusion, MultiModalFusion, UserAggregator, UserPooling,
-                                   standardised_modality)
+                                   register_modalities)
 
 
 class MKGCNConfig(KGConfig):
@@ -84,21 +83,12 @@ class MKGCN(Recommender):
         super().__init__(dataset, split, config)
         rng = np.random.default_rng(seed)
         self.backbone = KGBackbone(dataset, config, rng)
-        names = list(dataset.modalities) if config.modalities is None else config.modalities
-        unknown = sorted(set(names) - set(dataset.modalities))
-        if unknown:
-            raise ConfigError(f"unknown modalities {unknown}; the dataset has "
-                              f"{sorted(dataset.modalities) or 'none'}")
-        self.modality_names = names
-        train_items = np.zeros(dataset.n_items, dtype=bool)
-        train_items[split.train_positives()["item"].to_numpy()] = True
-        pca = {} if config.projection == "pca" else None
-        for k, name in enumerate(names):
-            features, mask = standardised_modality(dataset, name, train_items)
-            self.register_buffer(f"features_{k}", torch.as_tensor(features))  # [I, d_k]
-            self.register_buffer(f"present_{k}", torch.as_tensor(mask))  # [I]
-            if pca is not None:
-                pca[name] = _pca_basis(features[mask & train_items], config.dim)
+        train_items = register_modalities(self, dataset, split, config.modalities)
+        names = self.modality_names
+        pca = None
+        if config.projection == "pca":
+            pca = {name: _pca_basis(train_rows(self, k, train_items), config.dim)
+                   for k, name in enumerate(names)}
         self.fusion = MultiModalFusion(config.dim, {n: dataset.modalities[n].shape[1] for n in names},
                                        config.fusion, pca)
         self.users = UserAggregator(config.dim, config.user_pooling, config.n_heads)
@@ -209,6 +199,12 @@ class MKGCN(Recommender):
     def train(self, mode: bool = True):
         self._ranking_cache = None  # parameters may change: recompute before ranking again
         return super().train(mode)
+
+
+def train_rows(module: nn.Module, k: int, train_items: np.ndarray) -> np.ndarray:
+    """Standardised rows of modality k for the train items that have it: [n, d_k]."""
+    present = getattr(module, f"present_{k}").numpy() & train_items
+    return getattr(module, f"features_{k}").numpy()[present]
 
 
 def _pca_basis(fit: np.ndarray, dim: int) -> tuple[Tensor, Tensor]:

@@ -35,7 +35,7 @@ from mmkgrec.data.dataset import MMKG
 from mmkgrec.data.split import Split
 from mmkgrec.errors import ConfigError
 from mmkgrec.models.base import ModelConfig, Recommender
-from mmkgrec.models.layers import standardised_modality
+from mmkgrec.models.layers import register_modalities
 
 
 class MMGCNConfig(ModelConfig):
@@ -99,27 +99,18 @@ class MMGCN(Recommender):
 
     def __init__(self, dataset: MMKG, split: Split, config: MMGCNConfig, seed: int = 0):
         super().__init__(dataset, split, config)
-        names = list(dataset.modalities) if config.modalities is None else config.modalities
-        unknown = sorted(set(names) - set(dataset.modalities))
-        if unknown:
-            raise ConfigError(f"unknown modalities {unknown}; the dataset has "
-                              f"{sorted(dataset.modalities) or 'none'}")
+        register_modalities(self, dataset, split, config.modalities)
+        names = self.modality_names
         if not names and not config.id_channel:
             raise ConfigError("MMGCN needs a channel: the dataset has no modalities (or "
                               "modalities = []) and id_channel is false")
-        self.modality_names = names
         d = config.dim
         self.id_emb = nn.Embedding(self.n_users + self.n_items, d)  # [U+I, d] users first
         nn.init.xavier_uniform_(self.id_emb.weight)
-        train_items = np.zeros(dataset.n_items, dtype=bool)
-        train_items[split.train_positives()["item"].to_numpy()] = True
         self.projections, self.missing = nn.ModuleList(), nn.ParameterList()
         self.preferences = nn.ParameterList()  # per modality [U, d]
-        for k, name in enumerate(names):
-            features, mask = standardised_modality(dataset, name, train_items)
-            self.register_buffer(f"features_{k}", torch.as_tensor(features))  # [I, d_k]
-            self.register_buffer(f"present_{k}", torch.as_tensor(mask))  # [I]
-            self.projections.append(nn.Linear(features.shape[1], d))
+        for k in range(len(names)):
+            self.projections.append(nn.Linear(getattr(self, f"features_{k}").shape[1], d))
             self.missing.append(nn.Parameter(torch.zeros(d),
                                              requires_grad=config.missing == "learned"))
             preference = nn.init.xavier_uniform_(torch.empty(self.n_users, d))  # [U, d]

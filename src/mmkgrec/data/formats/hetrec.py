@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from mmkgrec.data.dataset import MMKG, build_mmkg, file_provenance
