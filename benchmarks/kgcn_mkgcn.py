@@ -3,6 +3,7 @@
     python benchmarks/kgcn_mkgcn.py ctr              # lastfm-kgcn, KGCN protocol, 3 seeds
     python benchmarks/kgcn_mkgcn.py topk             # RecBole's fixed splits, both datasets, 3 seeds
     python benchmarks/kgcn_mkgcn.py speed            # full-ranking seconds vs hops; s/epoch
+        [--datasets music-d --hops 1 2 --repeats 1]
     python benchmarks/kgcn_mkgcn.py negatives        # music-d: what 1/popularity negatives do to AUC
 
 Each writes benchmarks/results/<name>.json and prints a Markdown table. Real data is read from
@@ -14,7 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -68,31 +68,33 @@ def topk(seeds: list[int], datasets: list[str]) -> list[dict]:
     return records
 
 
-def speed(datasets: list[str]) -> list[dict]:
-    """Full ranking of every test user of the RecBole split over all items, by hop count."""
-    torch.set_num_threads(2)
+def speed(datasets: list[str], hops_list: list[int], repeats: int) -> list[dict]:
+    """Full ranking of every test user of the RecBole split over all items, by hop count.
+    Threads: torch's default, or OMP_NUM_THREADS."""
     records = []
     for dataset in datasets:
         ds = load(dataset)
         sp = apply_presplit(ds, presplit_dir(dataset))
         n_users = len(sp.ground_truth("test")[0])
         for cls in (KGCN, MKGCN):
-            for hops in (1, 2, 3):
+            for hops in hops_list:
                 config = cls.Config(**{**default_config(cls.name)["model"], "dim": 16,
                                        "n_neighbors": 8, "n_hops": hops})
                 torch.manual_seed(0)
                 model = cls(ds, sp, config, seed=0)
                 time_full_ranking(model, sp, "test", k=50, batch_users=512)  # warm-up
                 seconds = min(time_full_ranking(model, sp, "test", k=50, batch_users=512)
-                              for _ in range(3))
+                              for _ in range(repeats))
                 records.append({"dataset": dataset, "model": cls.name, "hops": hops,
-                                "test_users": n_users, "items": ds.n_items, "seconds": seconds})
+                                "test_users": n_users, "items": ds.n_items, "seconds": seconds,
+                                "threads": torch.get_num_threads()})
                 print(records[-1], flush=True)
         # Train seconds per epoch at the public MKGCN code's defaults (dim 16, 8 neighbours,
         # 2 hops, batch 64), on the ctr protocol.
         for model, options in (("mkgcn", {"dim": 16, "n_hops": 2, "n_neighbors": 8}),):
             rec = run_config(f"{model} public defaults", model, dataset, "ctr", [0], options,
-                             {"epochs": 2, "batch_size": 64, "patience": None})
+                             {"epochs": 2, "batch_size": 64, "patience": None},
+                             threads=torch.get_num_threads())
             records.append({"dataset": dataset, "model": model, "setting": "public defaults",
                             "train_s_per_epoch": rec[0]["train_s_per_epoch"]})
             print(records[-1], flush=True)
@@ -158,6 +160,8 @@ if __name__ == "__main__":
     parser.add_argument("what", choices=["ctr", "topk", "speed", "negatives"])
     parser.add_argument("--seeds", type=int, nargs="+", default=SEEDS)
     parser.add_argument("--datasets", nargs="+", default=["lastfm-kgcn", "music-d"])
+    parser.add_argument("--hops", type=int, nargs="+", default=[1, 2, 3], help="speed: hop counts")
+    parser.add_argument("--repeats", type=int, default=3, help="speed: timed passes (best kept)")
     args = parser.parse_args()
     start = time.perf_counter()
     if args.what == "ctr":
@@ -165,9 +169,12 @@ if __name__ == "__main__":
     elif args.what == "topk":
         result = topk(args.seeds, args.datasets)
     elif args.what == "speed":
-        result = speed(args.datasets)
+        result = speed(args.datasets, args.hops, args.repeats)
     else:
         result = negatives()
-    path = save(args.what if args.what != "topk" else f"topk_{'_'.join(args.datasets)}", result)
+    name = {"topk": "topk_", "speed": "speed_"}.get(args.what, args.what)
+    if args.what in ("topk", "speed"):
+        name += "_".join(args.datasets)
+    path = save(name, result)
     print(f"\nwrote {path} in {time.perf_counter() - start:.0f} s "
           f"(threads {torch.get_num_threads()}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')})")
