@@ -39,11 +39,12 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 from pydantic import field_validator, model_validator
 
 from mmkgrec.data.dataset import MMKG
 from mmkgrec.data.textio import Column, read_table
+from mmkgrec.config import parse_config
 from mmkgrec.errors import ConfigError, DataFormatError, MMKGRecError
 
 Protocol = Literal["ctr", "topk"]
@@ -89,13 +90,7 @@ class SplitConfig(BaseModel):
     @classmethod
     def parse(cls, **options) -> SplitConfig:
         """Validate ``options``; raise ConfigError naming each bad option."""
-        try:
-            return cls(**options)
-        except ValidationError as err:
-            problems = "; ".join(
-                f"{'.'.join(map(str, e['loc'])) or 'options'}: {e['msg']}" for e in err.errors()
-            )
-            raise ConfigError(f"invalid split options: {problems}") from None
+        return parse_config(cls, "split options", options)
 
     def part_ratios(self) -> tuple[float, float, float]:
         """(train, valid, test) ratios, normalised to sum exactly 1 (as RecBole does)."""

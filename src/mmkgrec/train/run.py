@@ -25,6 +25,7 @@ import pandas as pd
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from mmkgrec.config import describe
 from mmkgrec.data.dataset import MMKG
 from mmkgrec.data.registry import load
 from mmkgrec.data.split import Split, apply_presplit, split
@@ -115,7 +116,7 @@ def resolved_configs(spec: RunSpec) -> tuple[BaseModel, TrainConfig]:
     try:
         model_cfg = cls.Config(**{**defaults["model"], **spec.model_options})
     except ValidationError as error:
-        raise ConfigError(f"invalid {spec.model} options: {_one_line(error)}") from None
+        raise ConfigError(f"invalid {spec.model} options: {describe(error)}") from None
     train_cfg = TrainConfig.parse(**{**defaults["train"], **spec.train_options, "seed": spec.seed})
     return model_cfg, train_cfg
 
@@ -223,7 +224,3 @@ def recommend(run: Run, *, user: str | None = None, liked: list[str] | None = No
             if column in ds.item_attrs.columns:
                 frame[column] = ds.item_attrs[column].to_numpy()[items_]
     return frame
-
-
-def _one_line(error: ValidationError) -> str:
-    return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())

@@ -40,11 +40,12 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import Tensor, nn
 
 from mmkgrec.data.dataset import MMKG
 from mmkgrec.data.split import Split
+from mmkgrec.config import parse_config
 from mmkgrec.errors import ConfigError, MMKGRecError
 from mmkgrec.evaluate.ranking import evaluate_ctr, evaluate_topk
 from mmkgrec.train.checkpoint import (
@@ -107,12 +108,7 @@ class TrainConfig(BaseModel):
     @classmethod
     def parse(cls, **options) -> TrainConfig:
         """Validate ``options``; raise ConfigError naming each bad option."""
-        try:
-            return cls(**options)
-        except ValidationError as err:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'options'}: {e['msg']}"
-                                 for e in err.errors())
-            raise ConfigError(f"invalid training options: {problems}") from None
+        return parse_config(cls, "training options", options)
 
 
 def seed_everything(seed: int) -> None:

@@ -1,0 +1,25 @@
+"""Validated configs: every options model is pydantic; invalid options become one ConfigError."""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from mmkgrec.errors import ConfigError
+
+Config = TypeVar("Config", bound=BaseModel)
+
+
+def describe(error: ValidationError) -> str:
+    """One line naming each bad option: ``field: message; field: message``."""
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'options'}: {e['msg']}"
+                     for e in error.errors())
+
+
+def parse_config(cls: type[Config], what: str, options: dict) -> Config:
+    """``cls(**options)``, or ConfigError("invalid <what>: ...") naming each bad option."""
+    try:
+        return cls(**options)
+    except ValidationError as error:
+        raise ConfigError(f"invalid {what}: {describe(error)}") from None
