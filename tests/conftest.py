@@ -15,6 +15,16 @@ def data_root() -> Path:
     return Path(os.environ.get("MMKGREC_DATA", REPO.parent / "shared" / "data"))
 
 
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    """Run ``mmkgrec ARGV`` in-process: (exit code, stdout, stderr)."""
+    from mmkgrec.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(list(argv))
+    captured = capsys.readouterr()
+    return info.value.code or 0, captured.out, captured.err
+
+
 def requires_data(*folders: str):
     """Skip unless every named folder exists under the data root."""
     root = data_root()

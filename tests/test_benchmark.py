@@ -11,7 +11,7 @@ import pytest
 from scipy import stats
 
 import mmkgrec.evaluate.benchmark as bench
-from conftest import requires_data
+from conftest import requires_data, run_cli
 from mmkgrec.cli import main
 from mmkgrec.data import split
 from mmkgrec.data.split import Split
@@ -28,12 +28,6 @@ from mmkgrec.evaluate.significance import holm
 SMOKE = ["benchmark", "--datasets", "synthetic-tiny", "--models", "pop,bprmf,mkgcn", "--seeds",
          "2", "--set", "train.epochs=2"]
 
-
-def cli(capsys, *argv: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as info:
-        main(list(argv))
-    captured = capsys.readouterr()
-    return info.value.code or 0, captured.out, captured.err
 
 
 @pytest.fixture(scope="module")
@@ -114,12 +108,12 @@ def test_rerun_skips_finished_cells_and_redoes_changed_ones(smoke, tmp_path, cap
         return real(spec, *args, **kwargs)
 
     monkeypatch.setattr(bench, "run_experiment", counting)
-    code, out_text, err = cli(capsys, *SMOKE, "--out", str(out))
+    code, out_text, err = run_cli(capsys, *SMOKE, "--out", str(out))
     assert code == 0, err
     assert calls == [] and "resumed: 6 of 6 cells" in out_text
     pd.testing.assert_frame_equal(pd.read_csv(out / "results.csv"), before)
 
-    code, _, err = cli(capsys, *SMOKE, "--set", "bprmf.dim=8", "--out", str(out))
+    code, _, err = run_cli(capsys, *SMOKE, "--set", "bprmf.dim=8", "--out", str(out))
     assert code == 0, err
     assert sorted(calls) == [("bprmf", 0), ("bprmf", 1)]  # only the changed model reran
     after = pd.read_csv(out / "results.csv").set_index(["model", "seed"])
@@ -156,7 +150,7 @@ def test_presplit_is_shared_by_all_seeds_and_recbole_rows_are_parsed(tmp_path, t
 
 
 def test_ctr_protocol_reports_auc_and_f1(tmp_path, capsys):
-    code, _, err = cli(capsys, "benchmark", "--datasets", "synthetic-tiny", "--models",
+    code, _, err = run_cli(capsys, "benchmark", "--datasets", "synthetic-tiny", "--models",
                        "pop,bprmf", "--protocol", "ctr", "--seeds", "1", "--set",
                        "train.epochs=1", "--out", str(tmp_path))
     assert code == 0, err
@@ -212,7 +206,7 @@ def test_override_routing():
     (("--models", "bprmf", "--presplit-root", "/nonexistent"), "train.tsv"),
 ])
 def test_bad_options_fail_before_training(tmp_path, capsys, argv, fragment):
-    code, _, err = cli(capsys, "benchmark", "--datasets", "synthetic-tiny", *argv,
+    code, _, err = run_cli(capsys, "benchmark", "--datasets", "synthetic-tiny", *argv,
                        "--out", str(tmp_path))
     assert code == 2 and fragment in err, err
     assert not (tmp_path / "results.csv").exists()

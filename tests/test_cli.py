@@ -7,33 +7,26 @@ import sys
 
 import pytest
 
-from conftest import requires_data
-from mmkgrec.cli import main
+from conftest import requires_data, run_cli
 
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as info:
-        main(list(argv))
-    captured = capsys.readouterr()
-    return info.value.code or 0, captured.out, captured.err
 
 
 def test_help_lists_the_commands(capsys):
-    code, out, _ = run(capsys, "--help")
+    code, out, _ = run_cli(capsys, "--help")
     assert code == 0 and "data" in out
-    code, out, _ = run(capsys, "data", "--help")
+    code, out, _ = run_cli(capsys, "data", "--help")
     assert code == 0 and all(c in out for c in ("stats", "convert", "fetch", "split", "list"))
 
 
 def test_stats_of_the_synthetic_catalogue(capsys):
-    code, out, _ = run(capsys, "data", "stats", "synthetic-tiny")
+    code, out, _ = run_cli(capsys, "data", "stats", "synthetic-tiny")
     assert code == 0
     assert "users" in out and "60" in out and "modality audio" in out
 
 
 @requires_data("lastfm-kgcn")
 def test_stats_of_lastfm_report_the_published_counts(capsys):
-    code, out, _ = run(capsys, "data", "stats", "lastfm-kgcn")
+    code, out, _ = run_cli(capsys, "data", "stats", "lastfm-kgcn")
     assert code == 0
     for number in ("1,872", "3,846", "9,366", "60", "15,518", "21,173"):
         assert number in out
@@ -41,14 +34,14 @@ def test_stats_of_lastfm_report_the_published_counts(capsys):
 
 def test_convert_and_read_back(tmp_path, capsys):
     for fmt in ("native", "recbole"):
-        code, out, _ = run(capsys, "data", "convert", "synthetic-tiny", str(tmp_path / fmt), "--to", fmt)
+        code, out, _ = run_cli(capsys, "data", "convert", "synthetic-tiny", str(tmp_path / fmt), "--to", fmt)
         assert code == 0, out
-        code, out, _ = run(capsys, "data", "stats", str(tmp_path / fmt))
+        code, out, _ = run_cli(capsys, "data", "stats", str(tmp_path / fmt))
         assert code == 0 and "modality image" in out
 
 
 def test_split_writes_a_loadable_split(tmp_path, capsys):
-    code, out, _ = run(capsys, "data", "split", "synthetic-tiny", "--protocol", "ctr",
+    code, out, _ = run_cli(capsys, "data", "split", "synthetic-tiny", "--protocol", "ctr",
                        "--out", str(tmp_path / "s"))
     assert code == 0 and "train" in out
     assert (tmp_path / "s" / "split.json").is_file()
@@ -65,7 +58,7 @@ def test_split_writes_a_loadable_split(tmp_path, capsys):
     ],
 )
 def test_user_errors_exit_2_without_traceback(capsys, argv, fragment):
-    code, out, err = run(capsys, *argv)
+    code, out, err = run_cli(capsys, *argv)
     assert code == 2
     assert fragment in err and "Traceback" not in err + out
 
@@ -74,13 +67,13 @@ def test_malformed_file_is_named_with_its_line(tmp_path, capsys):
     (tmp_path / "userID2itemID4ratings.tsv").write_text("userID\titemID\trating\nu1\ta\tlots\n")
     (tmp_path / "itemID2entityID.txt").write_text("itemID\tentityID\na\t1\n")
     (tmp_path / "kg.txt").write_text("head\trelation\ttail\n1\tr\t2\n")
-    code, _, err = run(capsys, "data", "stats", str(tmp_path))
+    code, _, err = run_cli(capsys, "data", "stats", str(tmp_path))
     assert code == 2
     assert "userID2itemID4ratings.tsv, line 2" in err and "rating" in err
 
 
 def test_usage_error_exits_2(capsys):
-    code, _, err = run(capsys, "data", "stats")
+    code, _, err = run_cli(capsys, "data", "stats")
     assert code == 2 and "Missing argument" in err
 
 

@@ -11,16 +11,11 @@ import time
 
 import pytest
 
+from conftest import run_cli
 from mmkgrec.cli import main
 
 TINY = ["--dataset", "synthetic-tiny", "--set", "epochs=2", "--set", "dim=8", "--set", "n_heads=2"]
 
-
-def run(capsys, *argv: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as info:
-        main(list(argv))
-    captured = capsys.readouterr()
-    return info.value.code or 0, captured.out, captured.err
 
 
 @pytest.fixture(scope="module")
@@ -42,35 +37,35 @@ def test_train_writes_a_complete_run_directory(trained):
 
 
 def test_evaluate_reproduces_the_stored_test_metrics(trained, capsys):
-    code, out, _ = run(capsys, "evaluate", str(trained))
+    code, out, _ = run_cli(capsys, "evaluate", str(trained))
     assert code == 0
     auc = json.loads((trained / "metrics.json").read_text())["test"]["auc"]
     assert f"{auc:.4f}" in out
 
 
 def test_recommend_for_a_user_and_a_new_listener(trained, capsys):
-    code, out, _ = run(capsys, "recommend", str(trained), "--user", "u3", "--k", "4")
+    code, out, _ = run_cli(capsys, "recommend", str(trained), "--user", "u3", "--k", "4")
     assert code == 0 and "Artist" in out
-    code, out, _ = run(capsys, "recommend", str(trained), "--liked", "s1,s2,s5", "--k", "3")
+    code, out, _ = run_cli(capsys, "recommend", str(trained), "--liked", "s1,s2,s5", "--k", "3")
     assert code == 0 and "new listener" in out.replace("\n", " ")
-    code, _, err = run(capsys, "recommend", str(trained), "--user", "nobody")
+    code, _, err = run_cli(capsys, "recommend", str(trained), "--user", "nobody")
     assert code == 2 and "unknown user" in err
 
 
 def test_train_topk_kgcn_and_bad_options(tmp_path, capsys):
-    code, out, _ = run(capsys, "train", "--model", "kgcn", "--protocol", "topk",
+    code, out, _ = run_cli(capsys, "train", "--model", "kgcn", "--protocol", "topk",
                        "--out", str(tmp_path / "k"), "--dataset", "synthetic-tiny", "--set", "epochs=1")
     assert code == 0 and "ndcg@20" in out
-    code, _, err = run(capsys, "train", "--model", "kgcn", "--out", str(tmp_path / "x"),
+    code, _, err = run_cli(capsys, "train", "--model", "kgcn", "--out", str(tmp_path / "x"),
                        "--dataset", "synthetic-tiny", "--set", "colour=red")
     assert code == 2 and "unknown option 'colour'" in err
-    code, _, err = run(capsys, "train", "--model", "kgcn", "--out", str(tmp_path / "y"),
+    code, _, err = run_cli(capsys, "train", "--model", "kgcn", "--out", str(tmp_path / "y"),
                        "--dataset", "synthetic-tiny", "--set", "aggregator=mean")
     assert code == 2 and "aggregator" in err
 
 
 def test_demo_runs_on_a_tiny_catalogue(tmp_path, capsys):
-    code, out, _ = run(capsys, "demo", "--dataset", "synthetic-tiny", "--out", str(tmp_path))
+    code, out, _ = run_cli(capsys, "demo", "--dataset", "synthetic-tiny", "--out", str(tmp_path))
     assert code == 0
     assert all(m in out for m in ("mkgcn", "kgcn", "pop", "AUC", "Recall@20", "new listener"))
 
