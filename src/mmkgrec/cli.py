@@ -19,6 +19,8 @@ from rich.table import Table
 
 from mmkgrec import __version__
 from mmkgrec.errors import MMKGRecError
+from mmkgrec.features.cli import app as features_app, attach_command
+from mmkgrec.serve.cli import export_feedback, serve
 
 app = typer.Typer(
     help="mmkgrec: music recommendation from multi-modal knowledge graphs (MKGCN and peers).",
@@ -26,6 +28,10 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Datasets: statistics, conversion, download, splits.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+app.add_typer(features_app, name="features")
+data_app.command("attach-features")(attach_command)
+app.command("serve")(serve)
+app.command("export-feedback")(export_feedback)
 console = Console()
 
 SOURCE_OPTION = typer.Option(None, "--source", help="Directory holding the dataset folders "
@@ -38,9 +44,20 @@ class TargetFormat(str, Enum):
     recbole = "recbole"
 
 
+class ContentScope(str, Enum):
+    all = "all"
+    train = "train"
+
+
+CONTENT_SCOPE_OPTION = typer.Option(
+    ContentScope.all, "--content-scope", help="all, or train: rebuild user-contributed content "
+    "(lastfm-kgcn-content's tags) from train positives only.")
+
+
 class Protocol(str, Enum):
     ctr = "ctr"
     topk = "topk"
+    cold = "cold"
 
 
 @app.command()
@@ -128,12 +145,54 @@ def data_fetch(
     console.print(f"{name}: files verified in {path}")
 
 
+class MmkgMode(str, Enum):
+    attribute = "attribute"
+    entity = "entity"
+
+
+@data_app.command("build-mmkg")
+def data_build_mmkg(
+    name: str = typer.Argument(..., help="Dataset name or directory (with modalities / tags)."),
+    out: Path = typer.Option(..., "--out", help="Directory to write the native dataset to."),
+    mode: MmkgMode = typer.Option(..., "--mode", help="attribute (features stay item "
+                                  "attributes) or entity (tags, moods and content clusters "
+                                  "become KG entities)."),
+    clusters: int = typer.Option(32, "--clusters", min=2, help="k-means clusters per modality."),
+    min_tag_items: int = typer.Option(2, "--min-tag-items", min=1, help="Drop tags on fewer items."),
+    keep_modalities: bool = typer.Option(False, "--keep-modalities", help="entity: keep the "
+                                         "feature matrices as attributes too."),
+    source: Optional[Path] = SOURCE_OPTION,
+    seed: int = SEED_OPTION,
+) -> None:
+    """Build the attribute-based or entity-based MMKG of a dataset and write it (native format)."""
+    from mmkgrec.data import load
+    from mmkgrec.data.formats.native import write_native
+    from mmkgrec.graph.mmkg_build import build_mmkg
+
+    dataset = load(name, source=source, seed=seed)
+    built = build_mmkg(dataset, mode.value, clusters=clusters, min_tag_items=min_tag_items,
+                       keep_modalities=keep_modalities, seed=seed)
+    write_native(built, out)
+    table = Table(title=f"{built.name}: {mode.value}-based MMKG")
+    for column in ("entities", "relations", "triples", "modalities"):
+        table.add_column(column, justify="right")
+    table.add_row(f"{dataset.n_entities:,} -> {built.n_entities:,}",
+                  f"{dataset.n_relations} -> {built.n_relations}",
+                  f"{len(dataset.triples):,} -> {len(built.triples):,}",
+                  ", ".join(built.modalities) or "none")
+    console.print(table)
+    if mode is MmkgMode.entity:
+        console.print(f"[dim]note:[/] {built.notes[-1]}")
+    console.print(f"saved to {out}")
+
+
 @data_app.command("split")
 def data_split(
     name: str = typer.Argument(..., help="Dataset name or directory."),
     out: Path = typer.Option(..., "--out", help="Directory to write the split to."),
-    protocol: Protocol = typer.Option(Protocol.topk, "--protocol", help="ctr (6:2:2 with negatives) "
-                                      "or topk (per-user 8:1:1 of positives)."),
+    protocol: Protocol = typer.Option(Protocol.topk, "--protocol", help="ctr (6:2:2 with negatives), "
+                                      "topk (per-user 8:1:1 of positives) or cold (8:1:1 of items: "
+                                      "new songs are ranked for users)."),
     presplit: Optional[Path] = typer.Option(None, "--presplit", help="Folder with train/valid/test.tsv "
                                             "to apply instead of splitting."),
     temporal: bool = typer.Option(False, "--temporal", help="topk: latest positives go to test."),
@@ -173,7 +232,7 @@ ModelName = _model_names()  # the registry's models, as CLI choices
 def train(
     model: ModelName = typer.Option("mkgcn", "--model", help="Model to train."),
     dataset: str = typer.Option("synthetic", "--dataset", help="Dataset name or directory."),
-    protocol: Protocol = typer.Option(Protocol.ctr, "--protocol", help="ctr or topk."),
+    protocol: Protocol = typer.Option(Protocol.ctr, "--protocol", help="ctr, topk or cold."),
     presplit: Optional[Path] = typer.Option(None, "--presplit", help="Folder with "
                                             "train/valid/test.tsv (topk) to use as the split."),
     seed: int = typer.Option(0, "--seed", help="Seed of the split, the model and training."),
@@ -183,21 +242,30 @@ def train(
     overrides: list[str] = typer.Option([], "--set", help="KEY=VALUE override of a model or "
                                         "train option, e.g. --set dim=32 --set epochs=5."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out."),
+    content_scope: ContentScope = CONTENT_SCOPE_OPTION,
+    nproc: int = typer.Option(1, "--nproc", min=1, help="Processes on this machine: DDP via "
+                              "torchrun (one per GPU on CUDA); several machines: docs/scaling.md."),
     source: Optional[Path] = SOURCE_OPTION,
 ) -> None:
     """Train a model, early-stop on validation, evaluate test once; write a run directory."""
+    from mmkgrec.train.distributed import is_main_process, launch
     from mmkgrec.train.run import RunSpec, parse_overrides, read_config_file, run_experiment
+
+    if nproc > 1:  # re-run this command (minus --nproc) under torchrun
+        raise typer.Exit(launch(nproc, _ARGV))
 
     file_model, file_train = read_config_file(config) if config else ({}, {})
     set_model, set_train = parse_overrides(overrides, model.value)
     spec = RunSpec(model=model.value, dataset=dataset, protocol=protocol.value, seed=seed,
                    source=str(source) if source else None,
                    presplit=str(presplit) if presplit else None,
+                   content_scope=content_scope.value,
                    model_options={**file_model, **set_model},
                    train_options={**file_train, **set_train})
     run = run_experiment(spec, out, resume=resume)
-    _print_metrics(f"{model.value} on {run.dataset.name} ({run.split.protocol})", run.metrics)
-    console.print(f"run directory: {out}")
+    if is_main_process():  # under torchrun only rank 0 reports
+        _print_metrics(f"{model.value} on {run.dataset.name} ({run.split.protocol})", run.metrics)
+        console.print(f"run directory: {out}")
 
 
 @app.command()
@@ -253,7 +321,7 @@ def benchmark(
     datasets: str = typer.Option(..., "--datasets", help="Comma-separated dataset names."),
     models: str = typer.Option("all", "--models", help="Comma-separated models, or 'all' "
                                "(every registered model)."),
-    protocol: Protocol = typer.Option(Protocol.topk, "--protocol", help="topk or ctr."),
+    protocol: Protocol = typer.Option(Protocol.topk, "--protocol", help="topk, ctr or cold (item cold start)."),
     seeds: int = typer.Option(3, "--seeds", min=1, help="Seeds 0..N-1; seed s = split s "
                               "(shared by all models) and model seed s."),
     out: Path = typer.Option(..., "--out", help="Benchmark folder; rerunning resumes it."),
@@ -265,6 +333,7 @@ def benchmark(
                                          "configs (<dataset>/<model>.toml)."),
     overrides: list[str] = typer.Option([], "--set", help="KEY=VALUE for every model that has "
                                         "KEY: model.KEY, train.KEY, or <model>.KEY for one."),
+    content_scope: ContentScope = CONTENT_SCOPE_OPTION,
     source: Optional[Path] = SOURCE_OPTION,
 ) -> None:
     """Compare models on identical splits over seeds: tables, significance, breakdowns, plots."""
@@ -275,7 +344,8 @@ def benchmark(
         protocol=protocol.value, seeds=list(range(seeds)),
         presplit_root=str(presplit_root) if presplit_root else None,
         recbole_reference=recbole_reference, tuned=str(tuned) if tuned else None,
-        overrides=overrides, source=str(source) if source else None)
+        overrides=overrides, source=str(source) if source else None,
+        content_scope=content_scope.value)
     report = run_benchmark(spec, out, console=console)
     from rich.markdown import Markdown
 
@@ -340,12 +410,17 @@ def _print_frame(title: str, frame) -> None:
     console.print(table)
 
 
+_ARGV: list[str] = []  # the arguments main() was called with (train --nproc re-runs them)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: exit code 2 with a one-paragraph message on any user error.
 
     Usage errors are typer's own (also exit code 2); our errors, I/O and value errors are caught
     here so that no traceback reaches the user unless MMKGREC_DEBUG is set.
     """
+    global _ARGV
+    _ARGV = list(sys.argv[1:] if argv is None else argv)
     try:
         app(args=argv, prog_name="mmkgrec")
     except (MMKGRecError, OSError, ValueError) as error:

@@ -24,7 +24,7 @@ from mmkgrec.data.formats.hetrec import attach_hetrec_text, read_hetrec
 from mmkgrec.data.formats.kgcn import read_kgcn
 from mmkgrec.data.formats.mkgcn import read_mkgcn
 from mmkgrec.data.textio import sha256_of
-from mmkgrec.errors import ChecksumError, DatasetNotFoundError, MMKGRecError
+from mmkgrec.errors import ChecksumError, ConfigError, DatasetNotFoundError, MMKGRecError
 
 
 @dataclass(frozen=True)
@@ -75,8 +75,34 @@ DATASETS: dict[str, DatasetSpec] = {
         DatasetSpec("lastfm-kgcn-tags", ("lastfm-kgcn", "hetrec-lastfm-2k"),
                     lambda d: _renamed(attach_hetrec_text(read_kgcn(d[0]), d[1]), "lastfm-kgcn-tags"),
                     "lastfm-kgcn joined with HetRec artist names and tag texts"),
+        DatasetSpec("lastfm-kgcn-content", ("lastfm-kgcn", "hetrec-lastfm-2k"),
+                    lambda d: _renamed(_lastfm_content(attach_hetrec_text(read_kgcn(d[0]), d[1]), d[1]),
+                                       "lastfm-kgcn-content"),
+                    "lastfm-kgcn + text (MiniLM) and sentiment (VADER) modalities from HetRec tags"),
     )
 }
+
+
+def _lastfm_content(dataset: MMKG, hetrec_dir: Path) -> MMKG:
+    from mmkgrec.features.lastfm import attach_lastfm_content
+
+    return attach_lastfm_content(dataset, hetrec_dir)
+
+
+def scope_content(dataset: MMKG, data_split, scope: str):
+    """``(dataset, split)`` with user-contributed content (tags) rebuilt from the split's train
+    positives when ``scope="train"``; the split is re-pointed at the rebuilt dataset (its parts
+    are unchanged). ``scope="all"`` returns both as they are."""
+    if scope == "all":
+        return dataset, data_split
+    if scope != "train":
+        raise ConfigError(f"content scope must be 'all' or 'train', got {scope!r}")
+    from dataclasses import replace
+
+    from mmkgrec.features.lastfm import train_scoped_content
+
+    scoped = train_scoped_content(dataset, data_split.train_positives())
+    return scoped, replace(data_split, dataset_fingerprint=scoped.fingerprint())
 
 
 def _renamed(dataset: MMKG, name: str) -> MMKG:

@@ -1,6 +1,6 @@
 """Leak-free evaluation protocols: which interactions a model may see, and which it is judged on.
 
-Two protocols, both seeded (numpy ``Generator``) and vectorised:
+Three protocols, all seeded (numpy ``Generator``) and vectorised:
 
 ``ctr`` -- the KGCN / MKGCN lineage. Each unique positive (user, item) pair gets ``neg_ratio``
     negatives drawn uniformly, without replacement within a user, from the items the user never
@@ -17,6 +17,11 @@ Two protocols, both seeded (numpy ``Generator``) and vectorised:
     then, test first and valid second, a part with 0 < r n < 1 takes one item from train while
     train still holds more than one. With 8:1:1: n=1 -> 1/0/0, 2 -> 1/0/1, 3 -> 1/1/1,
     5 -> 3/1/1, 10 -> 8/1/1, 11 -> 9/1/1.
+``cold`` -- item cold start. The items with positives are shuffled and cut 8:1:1 (``ratios``):
+    every positive of a valid item goes to valid, of a test item to test, so those items never
+    appear in train. Ranking for a stage considers only that stage's cold items
+    (:meth:`Split.candidate_items`): the question is which NEW songs a user will like, answered
+    from their KG links and content alone. Parts: ``user``, ``item`` int64, all positives.
 
 Everything a model may see comes from :class:`Split`: ``train_positives``, ``user_history`` (the
 MKGCN user aggregator's input) and ``item_popularity`` use train rows only (ctr: label 1);
@@ -47,10 +52,10 @@ from mmkgrec.data.textio import Column, read_table
 from mmkgrec.config import parse_config
 from mmkgrec.errors import ConfigError, DataFormatError, MMKGRecError
 
-Protocol = Literal["ctr", "topk"]
+Protocol = Literal["ctr", "topk", "cold"]
 Stage = Literal["valid", "test"]
 PARTS = ("train", "valid", "test")
-DEFAULT_RATIOS = {"ctr": (0.6, 0.2, 0.2), "topk": (0.8, 0.1, 0.1)}
+DEFAULT_RATIOS = {"ctr": (0.6, 0.2, 0.2), "topk": (0.8, 0.1, 0.1), "cold": (0.8, 0.1, 0.1)}
 MANIFEST = "split.json"
 _FORMAT = "mmkgrec-split/1"
 _MAX_REJECTION_ROUNDS = 64  # slots still empty after this are filled by ranking
@@ -83,7 +88,9 @@ class SplitConfig(BaseModel):
     def _check_protocol(self):
         if self.protocol == "ctr" and self.temporal:
             raise ValueError("temporal=True applies to the topk protocol only")
-        if self.protocol == "topk" and self.neg_ratio != 1:
+        if self.protocol == "cold" and self.temporal:
+            raise ValueError("temporal=True applies to the topk protocol only")
+        if self.protocol != "ctr" and self.neg_ratio != 1:
             raise ValueError("neg_ratio applies to the ctr protocol only")
         return self
 
@@ -118,6 +125,7 @@ class Split:
     options: dict = field(default_factory=dict)  # the SplitConfig, or the pre-split's source
     dataset_name: str = ""
     dataset_fingerprint: str = ""
+    cold_items: dict[str, np.ndarray] = field(default_factory=dict)  # cold: stage -> sorted ids
 
     # ---- views (what models may see) ---------------------------------------------------------
     def part(self, name: str) -> pd.DataFrame:
@@ -156,6 +164,10 @@ class Split:
         frame = pd.concat(known, ignore_index=True)
         return _csr(frame["user"].to_numpy(), frame["item"].to_numpy(), self.n_users)
 
+    def candidate_items(self, stage: Stage) -> np.ndarray | None:
+        """Items that may be ranked at ``stage``: its cold items (cold protocol), else None (all)."""
+        return self.cold_items.get(_check_stage(stage)) if self.cold_items else None
+
     def ground_truth(self, stage: Stage) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The stage's positives for full-ranking metrics.
 
@@ -180,6 +192,9 @@ class Split:
             for column in frame.columns:
                 digest.update(column.encode())
                 digest.update(np.ascontiguousarray(frame[column].to_numpy()).tobytes())
+        for stage, items in sorted(self.cold_items.items()):
+            digest.update(f"|cold {stage}:".encode())
+            digest.update(np.ascontiguousarray(items, dtype=np.int64).tobytes())
         return digest.hexdigest()
 
     def validate(self) -> None:
@@ -204,6 +219,20 @@ class Split:
         keys = np.concatenate(keys)
         if not _first_occurrence(keys).all():
             raise MMKGRecError("split parts overlap: a (user, item) pair is in two parts or twice")
+        if self.protocol == "cold":
+            self._validate_cold()
+
+    def _validate_cold(self) -> None:
+        if set(self.cold_items) != {"valid", "test"}:
+            raise MMKGRecError("a cold split needs cold items for both valid and test")
+        valid, test = self.cold_items["valid"], self.cold_items["test"]
+        if np.intersect1d(valid, test).size:
+            raise MMKGRecError("cold split: an item is cold in both valid and test")
+        if np.isin(self.train["item"].to_numpy(), np.concatenate([valid, test])).any():
+            raise MMKGRecError("cold split: a cold item has train interactions")
+        for stage, items in (("valid", valid), ("test", test)):
+            if not np.isin(self.part(stage)["item"].to_numpy(), items).all():
+                raise MMKGRecError(f"cold split: a {stage} positive is not one of its cold items")
 
     def save(self, directory: str | Path) -> Path:
         """Write ``{train,valid,test}.parquet`` and ``split.json`` into ``directory``.
@@ -224,6 +253,7 @@ class Split:
             "options": self.options,
             "notes": self.notes,
             "rows": {name: len(self.part(name)) for name in PARTS},
+            "cold_items": {stage: items.tolist() for stage, items in self.cold_items.items()},
             "dataset": {"name": self.dataset_name, "fingerprint": self.dataset_fingerprint},
             "fingerprint": self.fingerprint(),
         }
@@ -272,6 +302,8 @@ class Split:
             notes=list(manifest.get("notes", [])), options=dict(manifest.get("options", {})),
             dataset_name=manifest["dataset"].get("name", ""),
             dataset_fingerprint=manifest["dataset"].get("fingerprint", ""), **parts,
+            cold_items={stage: np.asarray(items, dtype=np.int64)
+                        for stage, items in manifest.get("cold_items", {}).items()},
         )
         try:
             split_.validate()
@@ -302,8 +334,8 @@ def split(
 
     Args:
         ds: the dataset; its unique positives (``ds.positives()``) are split.
-        protocol: ``"ctr"`` (labelled rows with sampled negatives, shuffled 6:2:2) or ``"topk"``
-            (per-user 8:1:1 split of the positives).
+        protocol: ``"ctr"`` (labelled rows with sampled negatives, shuffled 6:2:2), ``"topk"``
+            (per-user 8:1:1 split of the positives) or ``"cold"`` (8:1:1 split of the items).
         seed: seed of the numpy Generator; the same seed gives the same split.
         ratios: (train, valid, test), each > 0, summing to 1; default by protocol.
         temporal: topk only: latest positives of each user to test (needs timestamps).
@@ -322,13 +354,13 @@ def split(
         raise MMKGRecError(f"dataset {ds.name!r} has no positives (value >= {ds.threshold}): "
                            "nothing to split")
     rng = np.random.default_rng(config.seed)
-    splitter = _split_ctr if config.protocol == "ctr" else _split_topk
-    (train, valid, test), notes = splitter(ds, positives, config, rng)
+    splitter = {"ctr": _split_ctr, "topk": _split_topk, "cold": _split_cold}[config.protocol]
+    (train, valid, test), notes, *cold = splitter(ds, positives, config, rng)
     result = Split(
         protocol=config.protocol, n_users=ds.n_users, n_items=ds.n_items,
         train=train, valid=valid, test=test, seed=config.seed, notes=notes,
         options=config.model_dump(mode="json"), dataset_name=ds.name,
-        dataset_fingerprint=ds.fingerprint(),
+        dataset_fingerprint=ds.fingerprint(), cold_items=cold[0] if cold else {},
     )
     result.validate()
     return result
@@ -387,6 +419,29 @@ def _split_topk(ds: MMKG, positives: pd.DataFrame, config: SplitConfig,
     if n_single:
         notes.append(f"{n_single} users have a single positive: train only, never evaluated")
     return frames, notes
+
+
+def _split_cold(ds: MMKG, positives: pd.DataFrame, config: SplitConfig, rng: np.random.Generator
+                ) -> tuple[list[pd.DataFrame], list[str], dict[str, np.ndarray]]:
+    users = positives["user"].to_numpy()  # [n]
+    items = positives["item"].to_numpy()  # [n]
+    candidates = np.unique(items)  # [n_pos_items] items with at least one positive
+    order = rng.permutation(candidates)
+    _, r_valid, r_test = config.part_ratios()
+    n_valid = max(1, math.floor(len(order) * r_valid))
+    n_test = max(1, math.floor(len(order) * r_test))
+    if n_valid + n_test >= len(order):
+        raise MMKGRecError(f"dataset {ds.name!r} has only {len(order)} items with positives: too "
+                           "few for a cold-start split")
+    cold = {"valid": np.sort(order[:n_valid]), "test": np.sort(order[n_valid:n_valid + n_test])}
+    part = np.isin(items, cold["valid"]).astype(np.int8) + 2 * np.isin(items, cold["test"])
+    frames = [_pairs(users[part == k], items[part == k]) for k in range(3)]
+    notes = [
+        f"cold-start item split {_ratio_text(config)} of {len(order)} items with positives: "
+        f"{len(order) - n_valid - n_test} train / {n_valid} valid / {n_test} test items hold "
+        f"{_sizes_text(frames)} positives; valid and test items have no train interaction",
+    ]
+    return frames, notes, cold
 
 
 def _split_ctr(ds: MMKG, positives: pd.DataFrame, config: SplitConfig,

@@ -54,6 +54,7 @@ USER_SECOND_GENRE, USER_SPREAD = 0.5, 0.7  # weight of a user's second genre; ta
 ARTIST_ALBUM_ZIPF = 0.8  # popular artists release more albums
 START_TIME, START_SPREAD_S, MEAN_GAP_S = 1_577_836_800.0, 365 * 86_400.0, 6 * 3_600.0
 CHUNK_CELLS = 1 << 23  # cells of one [chunk_rows, n_cols] score block (32 MiB as float32)
+POOL_CELLS = 1 << 19  # cells of one [chunk_rows, pool] block of candidate pools (cache-sized)
 ALBUM_LEVEL_MODALITIES = frozenset({"image"})  # cover art is shared by an album's songs
 
 GENRES = ("rock", "pop", "jazz", "hip-hop", "electronic", "classical", "folk", "metal", "blues",
@@ -95,6 +96,11 @@ class SyntheticConfig(BaseModel):
         default_factory=lambda: {"audio": 40, "text": 32, "image": 48, "sentiment": 4})
     missing_rate: float = Field(0.1, ge=0, lt=1, description="share of items lacking a modality")
     modality_noise: float = Field(0.5, ge=0, description="std of the noise added to features")
+    candidates: PositiveInt | None = Field(
+        None, description="None: each user's songs are drawn from the whole catalogue (exact, "
+        "O(users x items)); n: from a pool of max(n, 2 x activity) candidates per user drawn by "
+        "popularity and uniformly, re-weighted to the same target (approximate, linear time: "
+        "for very large catalogues)")
 
     @model_validator(mode="after")
     def _consistent(self) -> SyntheticConfig:
@@ -333,9 +339,9 @@ def _build(config: SyntheticConfig, seed: int, name: str, label: str) -> MMKG:
         features = source @ projection + c.modality_noise * rng.standard_normal((n_items, width))
         dataset.add_modality(modality, features, rng.random(n_items) >= c.missing_rate)
 
-    config_json = json.dumps(c.model_dump(), sort_keys=True)
+    config_json = json.dumps(_dump(c), sort_keys=True)
     dataset.meta.update({"synthetic preset": label, "synthetic seed": seed})
-    for key, value in c.model_dump().items():
+    for key, value in _dump(c).items():
         if key == "modalities":
             value = ", ".join(f"{m}={w}" for m, w in value.items())
         dataset.meta[f"synthetic {key}"] = value
@@ -348,6 +354,11 @@ def _build(config: SyntheticConfig, seed: int, name: str, label: str) -> MMKG:
         "role": f"synthetic preset {label} seed {seed} config {config_json}",
     })
     return dataset
+
+
+def _dump(c: SyntheticConfig) -> dict:
+    """The config as recorded in meta / provenance; ``candidates`` only when set."""
+    return c.model_dump(exclude={"candidates"} if c.candidates is None else None)
 
 
 def _similar_artists(artist_f: np.ndarray, k: int) -> np.ndarray:
@@ -402,14 +413,24 @@ def _interactions(c: SyntheticConfig, seed: int, song_f: np.ndarray, genre_f: np
     item_f = song_f.astype(np.float32)  # [n_items, d]
     play_f = (taste / np.sqrt(d)).astype(np.float32)
 
+    if c.candidates is not None:  # candidate pools: half uniform, half Zipf over the ranks
+        pool_draw = _PoolProposal(pop_bias, c.popularity_exponent)
+        # Target P ∝ exp(taste + bias); a candidate drawn from the proposal gets logit
+        # taste + bias - log(proposal) (sampling-importance-resampling).
+        pool_bias = (pop_bias - np.log(pool_draw.probability)).astype(np.float32)  # [n_items]
+
     def chunk(job: tuple[int, np.ndarray]) -> tuple[np.ndarray, ...]:
         index, users = job  # [chunk] user ids of similar activity
         rng = _rng(seed, _INTERACTIONS, index)
-        logits = user_f[users] @ item_f.T  # [chunk, n_items]
-        logits += pop_bias
-        k = counts[users]
-        chosen, valid = _gumbel_topk(logits, k, rng)  # [chunk, k_max]
-        del logits
+        if c.candidates is None:
+            logits = user_f[users] @ item_f.T  # [chunk, n_items]
+            logits += pop_bias
+            chosen, valid = _gumbel_topk(logits, counts[users], rng)  # [chunk, k_max]
+            del logits
+        else:
+            chosen, valid = _pooled_topk(user_f[users], item_f, pool_bias, pool_draw,
+                                         counts[users], c.candidates, rng)
+        k = valid.sum(axis=1)  # [chunk] = counts[users] (fewer only if a pool lacked songs)
         # Listening order: random among a user's songs (valid ones first).
         order = np.argsort(np.where(valid, rng.random(valid.shape), 2.0), axis=1, kind="stable")
         chosen = np.take_along_axis(chosen, order, axis=1)
@@ -426,8 +447,9 @@ def _interactions(c: SyntheticConfig, seed: int, song_f: np.ndarray, genre_f: np
 
     # Chunks of users sorted by activity, so that a chunk's rows pad little to its k_max.
     by_activity = np.argsort(counts, kind="stable")  # [n_users]
-    jobs = [(index, by_activity[start:stop])
-            for index, (start, stop) in enumerate(_chunks(c.n_users, c.n_items))]
+    bounds = (_chunks(c.n_users, c.n_items) if c.candidates is None
+              else _pool_chunks(_pool_sizes(counts[by_activity], c.candidates, c.n_items)))
+    jobs = [(index, by_activity[start:stop]) for index, (start, stop) in enumerate(bounds)]
     workers = min(len(jobs), os.cpu_count() or 1, 8)
     if workers > 1:
         with ThreadPoolExecutor(workers) as pool:  # numpy releases the GIL in the heavy parts
@@ -440,6 +462,80 @@ def _interactions(c: SyntheticConfig, seed: int, song_f: np.ndarray, genre_f: np
         "user": user[order].astype(np.int64), "item": item[order].astype(np.int64),
         "value": plays[order].astype(np.float64), "timestamp": times[order].astype(np.float64),
     })
+
+
+def _pool_sizes(counts: np.ndarray, candidates: int, n_items: int) -> np.ndarray:
+    """[n] candidate-pool size of each user: max(candidates, 2 x activity), at most n_items."""
+    return np.minimum(np.maximum(candidates, 2 * counts), n_items)
+
+
+def _pool_chunks(sizes: np.ndarray) -> list[tuple[int, int]]:
+    """Chunks of users (sorted by activity, so ``sizes`` ascends) of at most POOL_CELLS padded
+    cells each (rows x the chunk's largest pool), at least one user each."""
+    bounds, start, n = [], 0, len(sizes)
+    while start < n:  # one iteration per chunk
+        window = sizes[start:start + POOL_CELLS // int(sizes[start]) + 1]  # longest possible
+        fits = np.arange(1, len(window) + 1) * window <= POOL_CELLS
+        stop = start + max(1, int(fits.sum()))  # fits is a prefix: the products ascend
+        bounds.append((start, stop))
+        start = stop
+    return bounds
+
+
+class _PoolProposal:
+    """Candidate proposal: with probability 1/2 a uniform song, else a song drawn by its
+    popularity rank from a Zipf law (continuous inverse CDF, so O(1) per draw)."""
+
+    def __init__(self, pop_bias: np.ndarray, exponent: float):
+        self.n, self.s = len(pop_bias), float(exponent)
+        self.by_rank = np.argsort(-pop_bias, kind="stable")  # [n] the song of each rank
+        edges = self._cdf(np.arange(1, self.n + 2, dtype=np.float64))  # [n + 1]
+        zipf = np.empty(self.n)
+        zipf[self.by_rank] = np.diff(edges)  # [n] P(rank of the song)
+        self.probability = 0.5 / self.n + 0.5 * zipf  # [n] per song
+
+    def _cdf(self, x: np.ndarray) -> np.ndarray:
+        """G(x) of the density ∝ x^-s on [1, n + 1)."""
+        top = self.n + 1.0
+        if abs(self.s - 1.0) < 1e-9:
+            return np.log(x) / np.log(top)
+        return (x ** (1 - self.s) - 1) / (top ** (1 - self.s) - 1)
+
+    def draw(self, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+        u = rng.random(shape)  # [shape]: u < 1/2 picks uniform, else Zipf
+        top = self.n + 1.0
+        v = np.clip(2 * u - 1, 0, 1)
+        if abs(self.s - 1.0) < 1e-9:
+            x = top ** v
+        else:
+            x = (1 + v * (top ** (1 - self.s) - 1)) ** (1 / (1 - self.s))
+        rank = np.clip(x.astype(np.int64), 1, self.n)  # [shape] 1..n
+        uniform = np.minimum((2 * u * self.n).astype(np.int64), self.n - 1)
+        return np.where(u < 0.5, uniform, self.by_rank[rank - 1])
+
+
+def _pooled_topk(user_f: np.ndarray, item_f: np.ndarray, pool_bias: np.ndarray,
+                 proposal: _PoolProposal, counts: np.ndarray, candidates: int,
+                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_gumbel_topk` over a per-user candidate pool instead of the whole catalogue.
+
+    Args:
+        user_f: [rows, d] scaled tastes; item_f: [n_items, d]; pool_bias: [n_items] logit offset
+            (popularity bias minus log proposal); counts: [rows] songs per user.
+    Returns:
+        chosen [rows, k_max] int64 item ids and valid [rows, k_max] bool. Repeated candidates
+        count once; a user whose pool holds fewer distinct songs than its count gets them all.
+    """
+    size = int(_pool_sizes(counts, candidates, len(item_f)).max())
+    pool = proposal.draw((len(counts), size), rng)  # [rows, size]
+    pool.sort(axis=1)  # repeats adjacent
+    repeat = np.zeros(pool.shape, dtype=bool)
+    repeat[:, 1:] = pool[:, 1:] == pool[:, :-1]
+    logits = np.matmul(item_f[pool], user_f[:, :, None])[..., 0] + pool_bias[pool]  # [rows, size]
+    logits[repeat] = -np.inf
+    distinct = size - repeat.sum(axis=1)  # [rows]
+    chosen, valid = _gumbel_topk(logits, np.minimum(counts, distinct), rng)  # pool positions
+    return np.take_along_axis(pool, chosen, axis=1).astype(np.int64), valid
 
 
 def _item_attrs(c: SyntheticConfig, artist_of_song: np.ndarray, album_of_song: np.ndarray,

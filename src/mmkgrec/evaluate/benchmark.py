@@ -41,7 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from rich.console import Console
 
 from mmkgrec.data.dataset import MMKG
-from mmkgrec.data.registry import available_names, data_roots, load
+from mmkgrec.data.registry import available_names, data_roots, load, scope_content
 from mmkgrec.data.split import Split, apply_presplit, split
 from mmkgrec.errors import ConfigError, DataFormatError, MMKGRecError
 from mmkgrec.evaluate.metrics import per_user_topk_metrics
@@ -54,6 +54,7 @@ from mmkgrec.train.run import run_experiment
 from mmkgrec.train.trainer import TrainConfig
 
 TABLE_METRICS = {"topk": ("recall@10", "recall@20", "ndcg@10", "ndcg@20"),
+                 "cold": ("recall@10", "recall@20", "ndcg@10", "ndcg@20"),
                  "ctr": ("auc", "f1", "recall@20", "ndcg@20")}
 TESTED = ("ndcg@20", "recall@20")  # per-user metrics saved, tested and broken down
 K = 20
@@ -73,13 +74,14 @@ class BenchmarkSpec(BaseModel):
 
     datasets: list[str] = Field(min_length=1)
     models: list[str] = Field(min_length=1)
-    protocol: Literal["topk", "ctr"] = "topk"
+    protocol: Literal["topk", "ctr", "cold"] = "topk"
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     presplit_root: str | None = None  # folder holding <dataset>/{train,valid,test}.tsv (topk)
     recbole_reference: bool = False
     tuned: str | None = None  # folder holding <dataset>/<model>.toml from `mmkgrec tune`
     overrides: list[str] = []  # KEY=VALUE; KEY: model.X, train.X, <model>.X or a bare X
     source: str | None = None
+    content_scope: Literal["all", "train"] = "all"  # train: tag content from train positives only
 
     @field_validator("models")
     @classmethod
@@ -141,16 +143,17 @@ def run_benchmark(spec: BenchmarkSpec, out_dir: str | Path, *, progress: bool | 
             for seed in spec.seeds:
                 data_split = (fixed if fixed is not None
                               else split(dataset, protocol=spec.protocol, seed=seed))
+                cell_dataset, cell_split = scope_content(dataset, data_split, spec.content_scope)
                 for model in spec.models:
                     bar.update(task, description=f"{dataset_name} · {model} · seed {seed}")
                     run_spec, source_label = _cell_spec(spec, dataset_name, model, seed, presplit)
-                    config_hash = _config_hash(run_spec, data_split)
+                    config_hash = _config_hash(run_spec, cell_split)
                     done = _find(results, dataset_name, model, seed)
                     if (len(done) and done["config_hash"].iloc[0] == config_hash
                             and _per_user_path(out, dataset_name, model, seed).is_file()):
                         skipped += 1
                     else:
-                        row = _run_and_save(run_spec, dataset, data_split, out, config_hash,
+                        row = _run_and_save(run_spec, cell_dataset, cell_split, out, config_hash,
                                             source_label)
                         bar.console.print(
                             f"{dataset_name} {model} seed {seed}: test NDCG@20 "
@@ -252,6 +255,7 @@ def _cell_spec(spec: BenchmarkSpec, dataset: str, model: str, seed: int,
         label += " + --set"
     run_spec = RunSpec(model=model, dataset=dataset, source=spec.source, protocol=spec.protocol,
                        presplit=str(presplit) if presplit else None, seed=seed,
+                       content_scope=spec.content_scope,
                        model_options={**file_model, **set_model},
                        train_options={**file_train, **set_train})
     return run_spec, label
@@ -263,6 +267,8 @@ def _config_hash(run_spec: RunSpec, data_split: Split) -> str:
                 "protocol": run_spec.protocol, "split": data_split.fingerprint(),
                 "model_config": model_cfg.model_dump(mode="json"),
                 "train_config": train_cfg.model_dump(mode="json")}
+    if run_spec.content_scope != "all":
+        identity["content_scope"] = run_spec.content_scope
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 

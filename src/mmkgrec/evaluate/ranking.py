@@ -2,8 +2,9 @@
 
 Top-K: ``model.prepare_ranking()`` once, then per block of evaluated users (those with at least
 one positive in the stage, :meth:`Split.ground_truth`) ``model.score_users`` -> mask the items
-known before the stage (:meth:`Split.ranking_exclusions`) -> ``torch.topk`` -> metrics over all
-evaluated users. CTR: logits of every labelled row of the stage, metrics over the whole set
+known before the stage (:meth:`Split.ranking_exclusions`) and, under the cold-start protocol, every
+item that is not one of the stage's new items (:meth:`Split.candidate_items`) -> ``torch.topk`` ->
+metrics over all evaluated users. CTR: logits of every labelled row of the stage, metrics over the whole set
 (AUC is never averaged over batches).
 """
 
@@ -116,6 +117,11 @@ def rank_stage(model: nn.Module, split: Split, stage: Stage, users: np.ndarray, 
     items = torch.as_tensor(items, device=device)  # [nnz]
     users_t = torch.as_tensor(users, dtype=torch.int64, device=device)  # [n_eval]
     top = torch.full((len(users), k), -1, dtype=torch.int64)  # [n_eval, k]
+    allowed = split.candidate_items(stage)  # cold protocol: only the stage's new items compete
+    blocked = None
+    if allowed is not None:
+        blocked = torch.ones(split.n_items, dtype=torch.bool, device=device)  # [n_items]
+        blocked[torch.as_tensor(allowed, device=device)] = False
     with _eval_mode(model):
         model.prepare_ranking()
         # Masking writes into the scores unless they may alias model memory (views, buffers).
@@ -128,6 +134,8 @@ def rank_stage(model: nn.Module, split: Split, stage: Stage, users: np.ndarray, 
                     f"{type(model).__name__}.score_users returned shape {list(scores.shape)}, "
                     f"expected [{len(block)}, {split.n_items}]")
             scores = scores.float()
+            if blocked is not None:
+                scores = scores.masked_fill(blocked, float("-inf"))  # a private copy
             private = scores._base is None and scores.untyped_storage().data_ptr() not in owned
             _, best = rank_topk(scores, indptr, items, k, users=block, inplace=private)
             top[start:start + len(block), :best.shape[1]] = best.cpu()

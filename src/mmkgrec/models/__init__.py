@@ -39,12 +39,16 @@ def model_class(name: str) -> type[Recommender]:
 
 def default_config(name: str, dataset: str | None = None, protocol: str | None = None) -> dict[str, dict]:
     """``{"model": {...}, "train": {...}}`` from ``configs/<name>.toml``: the ``[model]`` /
-    ``[train]`` tables, then ``[protocol.<protocol>.*]``, then ``[dataset.<dataset>.*]``."""
+    ``[train]`` tables, then ``[protocol.<protocol>.*]``, then ``[dataset.<dataset>.*]``.
+
+    The cold-start protocol ranks like topk: it takes ``[protocol.topk.*]``, then
+    ``[protocol.cold.*]``."""
     model_class(name)
     path = resources.files("mmkgrec.models").joinpath("configs", f"{name}.toml")
     raw = tomllib.loads(path.read_text() if path.is_file() else "")
     config = {"model": dict(raw.get("model", {})), "train": dict(raw.get("train", {}))}
-    for scope, key in (("protocol", protocol), ("dataset", dataset)):
+    scopes = [("protocol", "topk")] if protocol == "cold" else []
+    for scope, key in (*scopes, ("protocol", protocol), ("dataset", dataset)):
         overrides = raw.get(scope, {}).get(key or "", {})
         for part in ("model", "train"):
             config[part].update(overrides.get(part, {}))

@@ -70,6 +70,12 @@ class KGItemAggregator(nn.Module):
         picked = torch.gather(scores, 1, flat).reshape(relations.shape)  # [B, ..., K]
         return torch.softmax(picked, dim=-1)
 
+    def relation_attention(self, users: Tensor, relation_emb: Tensor) -> Tensor:
+        """Each user's attention over relations: softmax_r <u, r> / d. users [B, d],
+        relation_emb [R, d] -> [B, R]. A neighbour's weight in :meth:`attention` is this
+        distribution renormalised over the relations of the entity's K sampled neighbours."""
+        return torch.softmax(users @ relation_emb.T / self.dim, dim=-1)
+
     def forward_pairs(self, users: Tensor, items: Tensor, entity_vectors: Callable[[Tensor], Tensor],
                       relation_emb: Tensor, neighbors: Tensor, relations: Tensor) -> Tensor:
         """Item vectors for B (user, item) pairs.
@@ -177,6 +183,16 @@ def standardised_modality(dataset, name: str, train_items: np.ndarray) -> tuple[
     return scaled, mask
 
 
+def modality_statistics(dataset, name: str, train_items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(mean [d_k], std [d_k]) that :func:`standardised_modality` z-scores modality ``name``
+    with, so that features of a new item can be scaled identically."""
+    features, mask = dataset.modalities[name], dataset.modality_masks[name]
+    fit = features[mask & train_items]
+    if len(fit) == 0:
+        raise ConfigError(f"modality {name!r}: no train item has it")
+    return fit.mean(axis=0), fit.std(axis=0) + 1e-6
+
+
 def register_modalities(module: nn.Module, dataset, split, names: list[str] | None) -> np.ndarray:
     """Validate modality ``names`` (None = all of the dataset's), z-score each with train-item
     statistics and register it on ``module`` as buffers ``features_{k}`` [I, d_k] and
@@ -233,6 +249,13 @@ class MultiModalFusion(nn.Module):
         if self.pca:
             return (features - getattr(self, f"pca_mean_{k}")) @ getattr(self, f"pca_basis_{k}")
         return self.projections[k](features)
+
+    def contributions(self, ids_emb: Tensor, features: list[Tensor], masks: list[Tensor]) -> Tensor:
+        """The inputs the fusion combines, each at width d: the ID embedding, then each projected
+        modality (zero where absent). ids_emb [N, d]; features[k] [N, d_k]; masks[k] [N] -> [N, 1+K, d]."""
+        parts = [ids_emb] + [self.project(k, f) * m.unsqueeze(-1).to(ids_emb.dtype)
+                             for k, (f, m) in enumerate(zip(features, masks))]
+        return torch.stack(parts, dim=1)
 
     def forward(self, ids_emb: Tensor, features: list[Tensor], masks: list[Tensor]) -> Tensor:
         """ids_emb [N, d]; features[k] [N, d_k]; masks[k] [N] bool -> fused [N, d]."""

@@ -18,7 +18,7 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -27,12 +27,13 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from mmkgrec.config import describe
 from mmkgrec.data.dataset import MMKG
-from mmkgrec.data.registry import load
+from mmkgrec.data.registry import load, scope_content
 from mmkgrec.data.split import Split, apply_presplit, split
 from mmkgrec.errors import ConfigError, MMKGRecError
 from mmkgrec.evaluate.metrics import rank_topk
 from mmkgrec.models import Recommender, default_config, model_class
 from mmkgrec.train.checkpoint import load_checkpoint
+from mmkgrec.train.distributed import is_main_process
 from mmkgrec.train.trainer import TrainConfig, Trainer, seed_everything
 
 if sys.version_info >= (3, 11):
@@ -52,6 +53,7 @@ class RunSpec(BaseModel):
     protocol: str = "ctr"
     presplit: str | None = None  # folder with train/valid/test.tsv (topk)
     seed: int = 0
+    content_scope: Literal["all", "train"] = "all"  # train: tag content from train positives only
     model_options: dict[str, Any] = {}
     train_options: dict[str, Any] = {}
 
@@ -128,8 +130,10 @@ def prepare_data(spec: RunSpec) -> tuple[MMKG, Split]:
         if spec.protocol != "topk":
             raise ConfigError("a pre-split (train/valid/test.tsv) is a topk protocol; "
                               "use --protocol topk")
-        return dataset, apply_presplit(dataset, spec.presplit)
-    return dataset, split(dataset, protocol=spec.protocol, seed=spec.seed)
+        data_split = apply_presplit(dataset, spec.presplit)
+    else:
+        data_split = split(dataset, protocol=spec.protocol, seed=spec.seed)
+    return scope_content(dataset, data_split, spec.content_scope)
 
 
 def build_model(spec: RunSpec, dataset: MMKG, data_split: Split, model_cfg) -> Recommender:
@@ -143,7 +147,7 @@ def run_experiment(spec: RunSpec, out_dir: str | Path | None = None, *, resume: 
     model_cfg, train_cfg = resolved_configs(spec)
     dataset, data_split = data if data is not None else prepare_data(spec)
     out = Path(out_dir) if out_dir is not None else None
-    if out is not None:
+    if out is not None and is_main_process():  # under torchrun only rank 0 writes
         out.mkdir(parents=True, exist_ok=True)
         if resume and (out / "run.json").is_file():
             saved = json.loads((out / "run.json").read_text())["spec"]
@@ -173,7 +177,14 @@ def load_run(directory: str | Path) -> Run:
     saved = json.loads(manifest.read_text())
     spec = RunSpec(**saved["spec"])
     dataset = load(spec.dataset, source=spec.source)
-    data_split = Split.load(directory / "split", dataset)
+    if spec.content_scope == "all":
+        data_split = Split.load(directory / "split", dataset)
+    else:  # the split was saved against the train-scoped dataset: rebuild it, then check
+        data_split = Split.load(directory / "split")
+        dataset, _ = scope_content(dataset, data_split, spec.content_scope)
+        if dataset.fingerprint() != data_split.dataset_fingerprint:
+            raise MMKGRecError(f"{directory}: the rebuilt train-scoped content differs from the "
+                               "one this run was trained with (data files changed?)")
     cls = model_class(spec.model)
     model = cls(dataset, data_split, cls.Config(**saved["model_config"]), seed=spec.seed)
     _, meta = load_checkpoint(directory / "best", model, dataset=dataset, split=data_split)

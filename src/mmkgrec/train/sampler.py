@@ -24,6 +24,9 @@ Strategies (``NegativeSampler(strategy=...)``):
     The split's own ctr negatives (the ``label == 0`` rows of train), the same every epoch, as
     KGCN trains. ctr protocol only; ``n_negatives`` is then decided by the split's ``neg_ratio``.
 
+Under the cold-start protocol the held-out items (:attr:`Split.cold_items`) are never drawn:
+they do not exist at training time.
+
 ``uniform`` and ``ratio`` never return a train positive of the user: candidates are checked on
 int64 keys ``user * n_items + item`` against the sorted train-positive keys and only rejected
 entries are redrawn, for a bounded number of rounds; entries still rejected after that (users
@@ -90,8 +93,13 @@ class NegativeSampler:
             raise ConfigError(f"{int(full.sum())} users (e.g. user {int(np.argmax(full))}) have "
                               "every item as a train positive: no negative can be drawn for them")
         self.cdf = None  # [n_items] cumulative weights of ratio sampling; None = uniform
+        weights = None  # [n_items]
         if strategy == "ratio" and self.alpha != 0.0:
-            weights = (split.item_popularity() + 1.0) ** self.alpha  # [n_items]
+            weights = (split.item_popularity() + 1.0) ** self.alpha
+        if split.cold_items:  # cold-start protocol: held-out items do not exist at train time
+            weights = np.ones(self.n_items) if weights is None else weights
+            weights[np.concatenate(list(split.cold_items.values()))] = 0.0
+        if weights is not None:
             self.cdf = np.cumsum(weights / weights.sum())
 
     def probabilities(self) -> np.ndarray:

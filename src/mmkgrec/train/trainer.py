@@ -21,6 +21,16 @@ ranking of all items for its test positives, so both views come from one run).
 
 ``fit(resume=True)`` continues from ``last/`` and gives the same metrics as an uninterrupted run
 (same machine, device and thread count).
+
+Under torchrun (``WORLD_SIZE > 1``) the same ``fit`` trains data-parallel with
+DistributedDataParallel (see :mod:`mmkgrec.train.distributed`): each rank trains on its shard of
+the epoch's rows with ``ceil(batch_size / world)`` rows per step, rank 0 evaluates, decides early
+stopping (broadcast to all ranks) and writes every file; checkpoints hold the plain model.
+
+``sparse_embeddings=True`` trains the large ID-embedding tables with row-sparse gradients and
+``torch.optim.SparseAdam`` (lazy Adam: moments of untouched rows are not decayed), the rest with
+Adam, so a step costs O(batch) instead of O(table rows); it needs a model that reads its tables
+by lookup only (e.g. ``l2_scope="batch"``; LightGCN's full propagation cannot). Off by default.
 """
 
 from __future__ import annotations
@@ -43,9 +53,9 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import Tensor, nn
 
+from mmkgrec.config import parse_config
 from mmkgrec.data.dataset import MMKG
 from mmkgrec.data.split import Split
-from mmkgrec.config import parse_config
 from mmkgrec.errors import ConfigError, MMKGRecError
 from mmkgrec.evaluate.ranking import evaluate_ctr, evaluate_topk
 from mmkgrec.train.checkpoint import (
@@ -63,6 +73,8 @@ from mmkgrec.train.checkpoint import (
     save_optimizer,
     save_rng_state,
 )
+from mmkgrec.train.distributed import DistContext, shard_indices
+from mmkgrec.train.distributed import setup as setup_distributed
 from mmkgrec.train.sampler import NegativeSampler
 
 MONITOR_K = 20  # topk early stopping watches NDCG@20
@@ -90,6 +102,7 @@ class TrainConfig(BaseModel):
     eval_batch_users: int = Field(256, ge=1)
     ks: list[int] = Field(default_factory=lambda: [5, 10, 20, 50])
     max_train_seconds: float | None = Field(None, gt=0)  # checked after each epoch
+    sparse_embeddings: bool = False  # SparseAdam on the large ID tables (module docstring)
 
     @field_validator("ks")
     @classmethod
@@ -152,6 +165,7 @@ class Trainer:
                               f"this split is {split.protocol!r}: use 'uniform' or 'ratio'")
         self.model, self.split, self.dataset = model, split, dataset
         self.out_dir = Path(out_dir) if out_dir is not None else None
+        self._writer = self.out_dir  # where files go: out_dir, or None on ranks other than 0
         self.device = resolve_device(self.config.device)
         self.progress = sys.stdout.isatty() if progress is None else progress
         self.monitor = "auc" if split.protocol == "ctr" else f"ndcg@{MONITOR_K}"
@@ -176,36 +190,67 @@ class Trainer:
             "stop_reason", "train_seconds_per_epoch", "eval_seconds": {"valid", "test"},
             "monitor", "model", "protocol", "device"}``; also written to ``out_dir/metrics.json``.
             Epochs are 1-based; ``eval_seconds.valid`` is the mean of one validation pass.
+            Under torchrun every rank returns rank 0's results (with ``"world_size"``).
         """
-        cfg, model = self.config, self.model
         if resume and self.out_dir is None:
             raise ConfigError("resume=True needs the out_dir of the interrupted run")
+        context = setup_distributed(self.config.device)  # None in a single process
+        try:
+            return self._fit(context, resume, on_batch, evaluate_test)
+        finally:
+            if context is not None:
+                context.close()
+
+    def _fit(self, context: DistContext | None, resume: bool, on_batch, evaluate_test: bool
+             ) -> dict:
+        cfg, model = self.config, self.model
+        main = context is None or context.is_main
+        self._writer = self.out_dir if main else None  # only rank 0 writes files
+        if context is not None:
+            self.device = context.device
+            self.progress = self.progress and main
         seed_everything(cfg.seed)
         self.rng = np.random.default_rng(cfg.seed)
         model.to(self.device)
         trainable = getattr(model, "trainable", True)
-        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr) if trainable else None
-        state = _fresh_state()
-        best_weights = None  # state dict snapshot of the best evaluation
-        last = latest_complete(self.out_dir / "last") if resume else None
-        if last is not None:
-            state, best_weights = self._resume(last, optimizer)
-        elif self.out_dir is not None:
-            self._clear_out_dir()
+        sparse = _sparsify(model) if trainable and cfg.sparse_embeddings else {}
+        try:
+            optimizer = _optimizer(model, sparse, cfg.lr) if trainable else None
+            state = _fresh_state()
+            best_weights = None  # state dict snapshot of the best evaluation
+            last = latest_complete(self.out_dir / "last") if resume else None
+            if last is not None:
+                state, best_weights = self._resume(last, optimizer)
+            elif self._writer is not None:
+                self._clear_out_dir()
 
-        if not trainable:  # fitted in closed form: validate once, no optimisation
-            valid, seconds = self._evaluate("valid")
-            state.update(best_valid=valid, stop_reason="not trainable", valid_seconds=[seconds])
-            state["log"].append({"epoch": 0, "valid": valid, "eval_seconds": seconds})
-            self._append_log(state["log"][-1])
-        else:
-            sampler = NegativeSampler(self.split, cfg.negatives, cfg.alpha, cfg.n_negatives,
-                                      self.rng)
-            while state["stop_reason"] is None:
-                best_weights = self._run_epoch(state, optimizer, sampler, on_batch, best_weights)
-            if best_weights is not None:
-                load_model_state(model, *best_weights, where="the best epoch's snapshot")
+            if not trainable:  # fitted in closed form: validate once, no optimisation
+                if main:
+                    valid, seconds = self._evaluate("valid")
+                    state.update(best_valid=valid, stop_reason="not trainable",
+                                 valid_seconds=[seconds])
+                    state["log"].append({"epoch": 0, "valid": valid, "eval_seconds": seconds})
+                    self._append_log(state["log"][-1])
+            else:
+                sampler = NegativeSampler(self.split, cfg.negatives, cfg.alpha, cfg.n_negatives,
+                                          self.rng)
+                step = self._step_function(context, sparse)
+                while state["stop_reason"] is None:
+                    best_weights = self._run_epoch(state, optimizer, sampler, on_batch,
+                                                   best_weights, context, step)
+                if best_weights is not None and main:
+                    load_model_state(model, *best_weights, where="the best epoch's snapshot")
+        finally:
+            for module, was_sparse in sparse.values():
+                module.sparse = was_sparse
 
+        results = self._results(state, evaluate_test) if main else None
+        if context is not None:
+            results = context.broadcast(results)
+        return results
+
+    def _results(self, state: dict, evaluate_test: bool) -> dict:
+        """Rank 0: test evaluation, the results dict, ``best/``, ``metrics.json``, ``curve.png``."""
         test, test_seconds = self._evaluate("test") if evaluate_test else (None, 0.0)
         train_seconds = state["train_seconds"]
         results = {
@@ -217,72 +262,131 @@ class Trainer:
                              "test": test_seconds},
             "device": str(self.device),
         }
-        if self.out_dir is not None:
-            self._save_model(self.out_dir / "best", metrics=results)
-            (self.out_dir / "metrics.json").write_text(json.dumps(results, indent=2) + "\n")
-            _plot_curve(self.out_dir / "curve.png", state["log"], self.monitor)
+        if state.get("world_size", 1) > 1:
+            results["world_size"] = state["world_size"]
+        if self._writer is not None:
+            self._save_model(self._writer / "best", metrics=results)
+            (self._writer / "metrics.json").write_text(json.dumps(results, indent=2) + "\n")
+            _plot_curve(self._writer / "curve.png", state["log"], self.monitor)
         return results
 
+    def _step_function(self, context: DistContext | None, sparse: dict
+                       ) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
+        """The training loss of a batch: ``self._loss``, or it inside DDP under torchrun.
+
+        DDP wraps a module whose forward is the whole loss (model forward, L2 term, auxiliary
+        loss), so gradients of parameters used outside ``model.forward`` are reduced too.
+        ``find_unused_parameters`` lets models leave parameters unused in a step; buffers are
+        not broadcast each step (every rank resamples them from the same seeded stream).
+        """
+        if context is None:
+            return self._loss
+        if sparse and context.backend == "nccl":
+            raise ConfigError("sparse_embeddings is not supported with DDP on NCCL (sparse "
+                              "all-reduce); use sparse_embeddings=false on GPUs")
+        import inspect
+
+        from torch.nn.parallel import DistributedDataParallel
+
+        # No buffer broadcast before every forward (it is deprecated under a new name in recent
+        # torch): the buffers are identical on every rank already.
+        no_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in
+                   inspect.signature(DistributedDataParallel.__init__).parameters
+                   else {"broadcast_buffers": False})
+        return DistributedDataParallel(
+            _LossModule(self.model, self._loss),
+            device_ids=[context.device.index] if context.device.type == "cuda" else None,
+            find_unused_parameters=True, **no_sync)
+
     def _run_epoch(self, state: dict, optimizer, sampler: NegativeSampler, on_batch,
-                   best_weights):
-        """Train one epoch, validate when due, update ``state``, write ``last/``."""
+                   best_weights, context: DistContext | None = None, step=None):
+        """Train one epoch, validate when due, update ``state``, write ``last/``.
+
+        Under torchrun only rank 0 validates and writes; its ``state`` (early stopping, time
+        limit) is then broadcast so that every rank stops after the same epoch.
+        """
         cfg = self.config
+        main = context is None or context.is_main
         epoch = state["epoch"]  # 0-based index of this epoch
         self.model.train()
         self.model.start_epoch(epoch, self.rng)
         start = time.perf_counter()
-        loss = self._train_epoch(epoch, optimizer, sampler, on_batch)
+        loss = self._train_epoch(epoch, optimizer, sampler, on_batch, context, step)
         seconds = time.perf_counter() - start
-        state["epoch"] = epoch + 1
-        state["train_seconds"].append(seconds)
-        out_of_time = (cfg.max_train_seconds is not None
-                       and sum(state["train_seconds"]) >= cfg.max_train_seconds)
-        final = state["epoch"] >= cfg.epochs or out_of_time
-        record = {"epoch": epoch + 1, "loss": loss, "train_seconds": seconds}
-        if state["epoch"] % cfg.eval_every == 0 or final:
-            valid, eval_seconds = self._evaluate("valid")
-            state["valid_seconds"].append(eval_seconds)
-            record.update(valid=valid, eval_seconds=eval_seconds)
-            if state["best_metric"] is None or valid[self.monitor] > state["best_metric"]:
-                state.update(best_metric=valid[self.monitor], best_epoch=epoch + 1,
-                             best_valid=valid, bad_evaluations=0)
-                best_weights = _snapshot(self.model)
-                if self.out_dir is not None:
-                    self._save_model(self.out_dir / "best", metrics={"valid": valid},
-                                     extra={"epoch": epoch + 1})
-            else:
-                state["bad_evaluations"] += 1
-                if cfg.patience is not None and state["bad_evaluations"] >= cfg.patience:
-                    state["stop_reason"] = "early stopping"
-        if state["stop_reason"] is None and final:
-            state["stop_reason"] = "time limit" if out_of_time else "epochs"
-        state["log"].append(record)
-        self._append_log(record)
-        if self.out_dir is not None:
-            self._save_last(state, optimizer)
+        if main:
+            state["epoch"] = epoch + 1
+            state["train_seconds"].append(seconds)
+            if context is not None:
+                state["world_size"] = context.world_size
+            out_of_time = (cfg.max_train_seconds is not None
+                           and sum(state["train_seconds"]) >= cfg.max_train_seconds)
+            final = state["epoch"] >= cfg.epochs or out_of_time
+            record = {"epoch": epoch + 1, "loss": loss, "train_seconds": seconds}
+            if state["epoch"] % cfg.eval_every == 0 or final:
+                valid, eval_seconds = self._evaluate("valid")
+                state["valid_seconds"].append(eval_seconds)
+                record.update(valid=valid, eval_seconds=eval_seconds)
+                if state["best_metric"] is None or valid[self.monitor] > state["best_metric"]:
+                    state.update(best_metric=valid[self.monitor], best_epoch=epoch + 1,
+                                 best_valid=valid, bad_evaluations=0)
+                    best_weights = _snapshot(self.model)
+                    if self._writer is not None:
+                        self._save_model(self._writer / "best", metrics={"valid": valid},
+                                         extra={"epoch": epoch + 1})
+                else:
+                    state["bad_evaluations"] += 1
+                    if cfg.patience is not None and state["bad_evaluations"] >= cfg.patience:
+                        state["stop_reason"] = "early stopping"
+            if state["stop_reason"] is None and final:
+                state["stop_reason"] = "time limit" if out_of_time else "epochs"
+            state["log"].append(record)
+            self._append_log(record)
+            if self._writer is not None:
+                self._save_last(state, optimizer)
+        if context is not None:  # every rank continues (or stops) as rank 0 decided
+            decided = context.broadcast(state)
+            if not main:
+                state.clear()
+                state.update(decided)
         return best_weights
 
-    def _train_epoch(self, epoch: int, optimizer, sampler: NegativeSampler, on_batch) -> float:
-        """One pass over the epoch's rows; returns the mean loss (data loss + l2 term)."""
+    def _train_epoch(self, epoch: int, optimizer, sampler: NegativeSampler, on_batch,
+                     context: DistContext | None = None, step=None) -> float:
+        """One pass over the epoch's rows (this rank's shard); returns the mean loss (data loss
+        + l2 term) over all rows of all ranks."""
         cfg, device = self.config, self.device
+        step = step or self._loss
         rows = sampler.epoch_pairs() if cfg.loss == "bce" else sampler.epoch_triples()
         columns = [torch.as_tensor(column, device=device) for column in rows]  # 3 x [n]
         n = len(columns[0])
-        order = torch.randperm(n).to(device)  # [n], drawn on the CPU generator on every device
+        if context is None:
+            order = torch.randperm(n).to(device)  # [n], drawn on the CPU generator on every device
+            batch_size = cfg.batch_size
+        else:  # DistributedSampler's shard; batch_size stays the global batch
+            order = shard_indices(n, epoch, cfg.seed, context.rank,
+                                  context.world_size).to(device)  # [ceil(n / world)]
+            batch_size = math.ceil(cfg.batch_size / context.world_size)
+        m = len(order)
+        sparse_params = getattr(optimizer, "sparse_params", {})
         total = torch.zeros((), device=device)
-        n_batches = math.ceil(n / cfg.batch_size)
+        n_batches = math.ceil(m / batch_size)
         with _progress(self.progress, f"epoch {epoch + 1}/{cfg.epochs}", n_batches) as advance:
-            for batch, start in enumerate(range(0, n, cfg.batch_size)):
-                index = order[start:start + cfg.batch_size]  # [B]
-                loss = self._loss(*(column[index] for column in columns))
+            for batch, start in enumerate(range(0, m, batch_size)):
+                index = order[start:start + batch_size]  # [B]
+                loss = step(*(column[index] for column in columns))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                if sparse_params:
+                    _check_sparse_gradients(sparse_params, self.model_name)
                 optimizer.step()
                 total += loss.detach() * len(index)
                 if on_batch is not None:
                     on_batch(epoch, batch)
                 advance()
-        mean = total.item() / max(n, 1)
+        if context is not None:  # the mean over every rank's rows
+            sums = context.all_reduce_sum(torch.stack([total.float(), total.new_tensor(m)]))
+            total, m = sums[0], int(sums[1].item())
+        mean = total.item() / max(m, 1)
         if not math.isfinite(mean):
             raise MMKGRecError(f"training diverged: the loss of epoch {epoch + 1} is {mean}; "
                                f"lower lr (now {cfg.lr:g}) or raise l2")
@@ -355,8 +459,10 @@ class Trainer:
         _, meta = load_checkpoint(last, self.model, dataset=self.dataset, split=self.split)
         saved = meta["train_config"]
         current = self.config.model_dump(mode="json")
+        defaults = TrainConfig().model_dump(mode="json")  # keys older checkpoints lack
         changed = sorted(k for k in set(saved) | set(current)
-                         if saved.get(k) != current.get(k) and k not in RESUMABLE_CHANGES)
+                         if saved.get(k, defaults.get(k)) != current.get(k)
+                         and k not in RESUMABLE_CHANGES)
         if changed:
             raise CheckpointError(
                 f"cannot resume {last}: training options changed since it was written: "
@@ -389,17 +495,119 @@ class Trainer:
             (self.out_dir / name).unlink(missing_ok=True)
 
     def _append_log(self, record: dict) -> None:
-        if self.out_dir is not None:
-            with open(self.out_dir / "log.jsonl", "a", encoding="utf-8") as handle:
+        if self._writer is not None:
+            with open(self._writer / "log.jsonl", "a", encoding="utf-8") as handle:
                 handle.write(json.dumps(record) + "\n")
 
     def _rewrite_log(self, log: list[dict]) -> None:
         """After a resume: the log as of the checkpoint (drops records of the lost epoch)."""
+        if self._writer is None:
+            return
         text = "".join(json.dumps(record) + "\n" for record in log)
-        (self.out_dir / "log.jsonl").write_text(text, encoding="utf-8")
+        (self._writer / "log.jsonl").write_text(text, encoding="utf-8")
 
 
 # ---- helpers -------------------------------------------------------------------------------------
+class _LossModule(nn.Module):
+    """The model plus the trainer's loss, as one module for DistributedDataParallel."""
+
+    def __init__(self, model: nn.Module, loss: Callable[[Tensor, Tensor, Tensor], Tensor]):
+        super().__init__()
+        self.model = model
+        self._loss = loss
+
+    def forward(self, users: Tensor, items: Tensor, third: Tensor) -> Tensor:
+        return self._loss(users, items, third)
+
+
+def _sparsify(model: nn.Module) -> dict[str, tuple[nn.Embedding, bool]]:
+    """Switch the model's ID tables to sparse gradients: ``nn.Embedding`` modules with at least
+    ``min(n_users, n_items)`` rows (users, items, entities; not the few relation embeddings).
+
+    Returns:
+        parameter name -> (module, its former ``sparse`` flag), to restore after training.
+    """
+    sizes = [getattr(model, key, None) for key in ("n_users", "n_items")]
+    floor = min([s for s in sizes if s] or [0])
+    out = {}
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Embedding) and module.num_embeddings >= floor:
+            out[f"{name}.weight" if name else "weight"] = (module, module.sparse)
+            module.sparse = True
+    if not out:
+        raise ConfigError("sparse_embeddings=true but the model has no embedding table with "
+                          f">= {floor} rows")
+    return out
+
+
+def _optimizer(model: nn.Module, sparse: dict, lr: float):
+    """Adam over every parameter; with sparse tables, SparseAdam for them and Adam for the rest."""
+    if not sparse:
+        return torch.optim.Adam(model.parameters(), lr=lr)
+    tables = {id(module.weight): name for name, (module, _) in sparse.items()}
+    dense = [p for p in model.parameters() if id(p) not in tables]
+    sparse_params = {tables[id(p)]: p for p in model.parameters() if id(p) in tables}
+    return MixedAdam(dense, sparse_params, lr)
+
+
+class MixedAdam:
+    """Adam (dense parameters) + SparseAdam (row-sparse embedding tables) behind one interface.
+
+    ``state_dict`` / ``load_state_dict`` use the ``torch.optim`` layout (parameters numbered
+    across Adam's groups, then SparseAdam's), so checkpoints store it like any optimizer.
+    """
+
+    def __init__(self, dense: list[nn.Parameter], sparse: dict[str, nn.Parameter], lr: float):
+        self.sparse_params = sparse  # name -> parameter
+        self.parts = [torch.optim.SparseAdam(list(sparse.values()), lr=lr)]
+        if dense:
+            self.parts.insert(0, torch.optim.Adam(dense, lr=lr))
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return [group for part in self.parts for group in part.param_groups]
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for part in self.parts:
+            part.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        for part in self.parts:
+            part.step()
+
+    def state_dict(self) -> dict:
+        state, groups, offset = {}, [], 0
+        for part in self.parts:
+            sub = part.state_dict()
+            state.update({index + offset: slots for index, slots in sub["state"].items()})
+            for group in sub["param_groups"]:
+                groups.append({**group, "params": [index + offset for index in group["params"]]})
+            offset += sum(len(group["params"]) for group in sub["param_groups"])
+        return {"state": state, "param_groups": groups}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        groups = list(state_dict["param_groups"])
+        offset = 0
+        for part in self.parts:
+            mine, groups = groups[:len(part.param_groups)], groups[len(part.param_groups):]
+            indices = [i for group in mine for i in group["params"]]
+            part.load_state_dict({
+                "state": {i - offset: s for i, s in state_dict["state"].items() if i in indices},
+                "param_groups": [{**g, "params": [i - offset for i in g["params"]]} for g in mine],
+            })
+            offset += len(indices)
+
+
+def _check_sparse_gradients(params: dict[str, nn.Parameter], model_name: str) -> None:
+    """ConfigError when a table meant for SparseAdam got a dense gradient."""
+    for name, param in params.items():
+        if param.grad is not None and not param.grad.is_sparse:
+            raise ConfigError(
+                f"sparse_embeddings: {model_name}'s table {name} received a dense gradient: the "
+                f"model reads the whole table in a step (e.g. l2_scope='all', or graph "
+                f"propagation as in LightGCN); use sparse_embeddings=false or l2_scope='batch'")
+
+
 def _fresh_state() -> dict:
     """Trainer state saved in ``last/`` (JSON): everything a resumed run needs besides tensors."""
     return {"epoch": 0, "best_metric": None, "best_epoch": 0, "best_valid": {},

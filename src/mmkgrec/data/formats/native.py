@@ -27,6 +27,9 @@ failure is a :class:`~mmkgrec.errors.DataFormatError` naming the file.
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Literal
 
@@ -43,6 +46,9 @@ from mmkgrec.errors import DataFormatError, MMKGRecError
 MANIFEST = "dataset.json"
 FORMAT = "mmkgrec-native"
 SCHEMA_VERSION = 1
+MMAP_ENV = "MMKGREC_MMAP"  # read_native's default for mmap
+MMAP_DIR = ".mmap"  # the .npy cache of memory-mapped loading, inside the dataset folder
+MMAP_STAMP = "cache.json"
 
 
 class Counts(BaseModel):
@@ -147,18 +153,32 @@ def _counts(dataset: MMKG) -> dict[str, int]:
 
 
 # ---- reading ---------------------------------------------------------------------------------
-def read_native(directory: str | Path) -> MMKG:
+def read_native(directory: str | Path, mmap: bool | None = None, *,
+                cache_dir: str | Path | None = None) -> MMKG:
     """Read a native-format directory, checking it against its manifest.
 
     Args:
         directory: a directory written by :func:`write_native`.
+        mmap: memory-mapped loading (default: ``$MMKGREC_MMAP`` set to anything but ``0``).
+            The Parquet files are opened memory-mapped, and the bulk numeric arrays
+            (interaction columns, triples, modality matrices) are read-only ``numpy.memmap``
+            views of an uncompressed ``.npy`` cache: pages load on first touch
+            and are shared, through the OS page cache, by every process that maps them (DDP
+            ranks, data-loader workers) instead of being decoded into each one's memory. The
+            cache is written once, atomically, to ``<directory>/.mmap/`` (or ``cache_dir``; a
+            folder under ``$MMKGREC_CACHE`` when the dataset folder is read-only) and rebuilt
+            whenever the dataset's files change.
+        cache_dir: where the ``.npy`` cache goes instead of ``<directory>/.mmap``.
 
     Returns:
-        The dataset, identical to the one written (``equals``), with provenance, notes and meta.
+        The dataset, identical to the one written (``equals``), with provenance, notes and meta
+        (with ``mmap``, the same fingerprint; its arrays are read-only).
 
     Raises:
         DataFormatError: an unknown schema version, a missing / changed / malformed file (naming it).
     """
+    if mmap is None:
+        mmap = os.environ.get(MMAP_ENV, "0") not in ("", "0")
     directory = Path(directory)
     manifest_path = directory / MANIFEST
     m = read_manifest(manifest_path)
@@ -171,53 +191,36 @@ def read_native(directory: str | Path) -> MMKG:
     counts = m.counts
 
     def ids(file: str, column: str, rows: int) -> np.ndarray:
-        table = _read_parquet(directory / file, {column: pa.types.is_string}, rows)
+        table = _read_parquet(directory / file, {column: pa.types.is_string}, rows, mmap)
         return table.column(column).to_numpy(zero_copy_only=False).astype(str)
 
     users = ids("users.parquet", "id", counts.users)
     items = ids("items.parquet", "id", counts.items)
     entities = ids("entities.parquet", "id", counts.entities)
     relations = ids("relations.parquet", "name", counts.relations)
-    is_int64 = lambda t: t == pa.int64()  # noqa: E731
-    is_float64 = lambda t: t == pa.float64()  # noqa: E731
-    interaction_types = {"user": is_int64, "item": is_int64, "value": is_float64}
-    if m.has_timestamps:
-        interaction_types["timestamp"] = is_float64
-    interactions = _read_parquet(directory / "interactions.parquet", interaction_types,
-                                 counts.interactions).to_pandas()
-    if list(interactions.columns[:3]) != ["user", "item", "value"]:
-        raise DataFormatError(directory / "interactions.parquet", "columns must begin user, item, value")
-    if ("timestamp" in interactions.columns) != m.has_timestamps:
-        raise DataFormatError(directory / "interactions.parquet", "timestamp column disagrees with dataset.json")
-    table = _read_parquet(directory / "triples.parquet",
-                          {"head": is_int64, "relation": is_int64, "tail": is_int64}, counts.triples)
-    triples = np.column_stack([table.column(c).to_numpy() for c in ("head", "relation", "tail")]
-                              ).astype(np.int64).reshape(-1, 3)  # [n_triples, 3]
+    if mmap:
+        arrays = _mapped_arrays(directory, m, cache_dir)
+    else:  # eager: private, writable arrays
+        arrays = {key: a if a.flags.writeable else a.copy()
+                  for key, a in _read_arrays(directory, m, memory_map=False).items()}
+    interactions = pd.DataFrame({c[len("interactions."):]: a for c, a in arrays.items()
+                                 if c.startswith("interactions.")}, copy=False)
+    triples = arrays["triples"]  # [n_triples, 3]
+    modalities = {name: arrays[f"modality.{k}"] for k, name in enumerate(m.modalities)}
+    # Masks are tiny and models wrap them as tensors without copying: keep them private and
+    # writable (a tensor over a read-only map would fault when a checkpoint is loaded into it).
+    masks = {name: np.array(arrays[f"present.{k}"]) for k, name in enumerate(m.modalities)}
 
     item_attrs = None
     if m.item_attr_columns is not None:
         item_attrs = pd.DataFrame(index=pd.RangeIndex(counts.items))
         if m.item_attr_columns:
             table = _read_parquet(directory / "item_attrs.parquet",
-                                  {c: pa.types.is_string for c in m.item_attr_columns}, counts.items)
+                                  {c: pa.types.is_string for c in m.item_attr_columns},
+                                  counts.items, mmap)
             for column in m.item_attr_columns:
                 item_attrs[column] = table.column(column).to_numpy(zero_copy_only=False)
             item_attrs = item_attrs.astype(str)
-
-    modalities, masks = {}, {}
-    for k, (name, dim) in enumerate(m.modalities.items()):
-        path = directory / f"modality_{k}.parquet"
-        want = {"present": pa.types.is_boolean}
-        if dim:
-            want["vector"] = lambda t, d=dim: (pa.types.is_fixed_size_list(t) and t.list_size == d
-                                               and t.value_type == pa.float32())
-        table = _read_parquet(path, want, counts.items)
-        masks[name] = table.column("present").to_numpy().astype(bool)  # [n_items]
-        if dim:
-            vectors = table.column("vector").combine_chunks()
-            modalities[name] = vectors.flatten().to_numpy().astype(np.float32).reshape(-1, dim)
-        else:
-            modalities[name] = np.zeros((counts.items, 0), dtype=np.float32)
 
     dataset = MMKG(
         name=m.name, users=users, items=items, entities=entities, relations=relations,
@@ -233,6 +236,120 @@ def read_native(directory: str | Path) -> MMKG:
         raise DataFormatError(manifest_path, "files changed since written: the data's fingerprint "
                                              "differs from the one recorded")
     return dataset
+
+
+def _read_arrays(directory: Path, m: Manifest, memory_map: bool) -> dict[str, np.ndarray]:
+    """The bulk numeric arrays, decoded from Parquet and checked against the manifest.
+
+    Returns:
+        ``interactions.<column>`` [n_interactions] (user, item int64; value, timestamp float64),
+        ``triples`` [n_triples, 3] int64, ``modality.<k>`` [n_items, d_k] float32 and
+        ``present.<k>`` [n_items] bool.
+    """
+    counts = m.counts
+    is_int64 = lambda t: t == pa.int64()
+    is_float64 = lambda t: t == pa.float64()
+    interaction_types = {"user": is_int64, "item": is_int64, "value": is_float64}
+    if m.has_timestamps:
+        interaction_types["timestamp"] = is_float64
+    path = directory / "interactions.parquet"
+    table = _read_parquet(path, interaction_types, counts.interactions, memory_map)
+    if table.column_names[:3] != ["user", "item", "value"]:
+        raise DataFormatError(path, "columns must begin user, item, value")
+    if ("timestamp" in table.column_names) != m.has_timestamps:
+        raise DataFormatError(path, "timestamp column disagrees with dataset.json")
+    arrays = {f"interactions.{c}": _column(table, c) for c in table.column_names}
+    table = _read_parquet(directory / "triples.parquet",
+                          {"head": is_int64, "relation": is_int64, "tail": is_int64},
+                          counts.triples, memory_map)
+    arrays["triples"] = np.column_stack([_column(table, c) for c in ("head", "relation", "tail")]
+                                        ).astype(np.int64, copy=False).reshape(-1, 3)
+    for k, dim in enumerate(m.modalities.values()):
+        path = directory / f"modality_{k}.parquet"
+        want = {"present": pa.types.is_boolean}
+        if dim:
+            want["vector"] = lambda t, d=dim: (pa.types.is_fixed_size_list(t) and t.list_size == d
+                                               and t.value_type == pa.float32())
+        table = _read_parquet(path, want, counts.items, memory_map)
+        arrays[f"present.{k}"] = table.column("present").to_numpy().astype(bool)  # [n_items]
+        if dim:
+            vectors = table.column("vector").combine_chunks()
+            arrays[f"modality.{k}"] = vectors.flatten().to_numpy().astype(
+                np.float32, copy=False).reshape(-1, dim)  # [n_items, dim]
+        else:
+            arrays[f"modality.{k}"] = np.zeros((counts.items, 0), dtype=np.float32)
+    return arrays
+
+
+def _column(table: pa.Table, name: str) -> np.ndarray:
+    """One column as a numpy array (no copy when it is a single chunk)."""
+    column = table.column(name)
+    chunk = column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
+    return chunk.to_numpy(zero_copy_only=False)
+
+
+def _mapped_arrays(directory: Path, m: Manifest, cache_dir: str | Path | None
+                   ) -> dict[str, np.ndarray]:
+    """:func:`_read_arrays` as read-only memmaps of the ``.npy`` cache (built when missing)."""
+    stamp = {"fingerprint": m.fingerprint, "files": m.files}
+    candidates = [Path(cache_dir)] if cache_dir is not None else [
+        directory / MMAP_DIR,
+        Path(os.environ.get("MMKGREC_CACHE", Path.home() / ".cache" / "mmkgrec")) / "mmap"
+        / m.fingerprint[:24]]
+    for cache in candidates:
+        found = _cache_stamp(cache) or {}
+        if all(found.get(key) == value for key, value in stamp.items()):
+            return _load_cache(cache)
+    errors = []
+    for cache in candidates:  # the first writable place
+        try:
+            _write_cache(cache, _read_arrays(directory, m, memory_map=True), stamp)
+        except OSError as error:
+            errors.append(f"{cache}: {error}")
+            continue
+        return _load_cache(cache)
+    raise DataFormatError(directory, "cannot write the memory-map cache (" + "; ".join(errors)
+                          + "); pass cache_dir= or set MMKGREC_CACHE")
+
+
+def _cache_stamp(cache: Path) -> dict | None:
+    try:
+        return json.loads((cache / MMAP_STAMP).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _write_cache(cache: Path, arrays: dict[str, np.ndarray], stamp: dict) -> None:
+    """Write ``<key>.npy`` files and the stamp into a fresh folder, then move it into place
+    (atomic; when another process got there first, its identical cache is kept)."""
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f"{cache.name}.tmp-", dir=cache.parent))
+    try:
+        for key, array in arrays.items():
+            np.save(staging / f"{key}.npy", np.ascontiguousarray(array), allow_pickle=False)
+        (staging / MMAP_STAMP).write_text(json.dumps({**stamp, "keys": list(arrays)}) + "\n",
+                                          encoding="utf-8")
+        if cache.exists():  # stale (or concurrently written): replace
+            old = cache.with_name(f"{cache.name}.old-{os.getpid()}")
+            try:
+                cache.rename(old)
+            except OSError:
+                pass
+            else:
+                shutil.rmtree(old, ignore_errors=True)
+        try:
+            staging.rename(cache)
+        except OSError:
+            if _cache_stamp(cache) is None:
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _load_cache(cache: Path) -> dict[str, np.ndarray]:
+    stamp = json.loads((cache / MMAP_STAMP).read_text(encoding="utf-8"))
+    return {key: np.load(cache / f"{key}.npy", mmap_mode="r", allow_pickle=False)
+            for key in stamp["keys"]}
 
 
 def read_manifest(path: Path) -> Manifest:
@@ -265,12 +382,12 @@ def _line_of(text: str, key: str) -> int | None:
     return text.count("\n", 0, at) + 1 if at >= 0 else None
 
 
-def _read_parquet(path: Path, want: dict, rows: int) -> pa.Table:
+def _read_parquet(path: Path, want: dict, rows: int, memory_map: bool = False) -> pa.Table:
     """Read a Parquet file and check its columns (name -> type predicate), nulls and row count."""
     if not path.is_file():
         raise DataFormatError(path, "file not found")
     try:
-        table = pq.read_table(path)
+        table = pq.read_table(path, memory_map=memory_map)
     except (pa.ArrowException, OSError) as error:
         raise DataFormatError(path, f"not a readable Parquet file: {error}") from None
     for column, type_ok in want.items():

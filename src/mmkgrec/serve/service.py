@@ -1,0 +1,481 @@
+"""The recommendation service: a trained run, its feedback and registered items, and every
+operation the HTTP API exposes, as plain Python (the FastAPI layer in :mod:`.app` only maps
+requests and errors).
+
+State and concurrency: the catalogue (:class:`~.engine.Catalogue`) is an immutable snapshot that
+a registration replaces whole; per-user feedback lives in a dict guarded by a lock and is copied
+per request; writes (feedback, items) are serialised by a write lock and are committed to SQLite
+(fsynced) BEFORE they change memory or are acknowledged. Every ranking scores the whole
+catalogue in one tensor program (exact), or the faiss candidates only (two-stage).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import torch
+
+from mmkgrec.errors import MMKGRecError
+from mmkgrec.graph.kg import user_item_csr
+from mmkgrec.models.kgcn import KGBackbone
+from mmkgrec.serve.engine import Catalogue, KGEngine, ScoreEngine
+from mmkgrec.serve.explain import describe_path, find_paths, weigh_paths
+from mmkgrec.serve.retrieval import ItemIndex
+from mmkgrec.serve.store import FeedbackStore
+from mmkgrec.train.run import Run, load_run
+
+Retrieval = Literal["exact", "two-stage"]
+
+
+class ServiceError(MMKGRecError):
+    """A request the service refuses; ``status`` is its HTTP status."""
+
+    status = 400
+    kind = "bad_request"
+
+
+class NotFoundError(ServiceError):
+    status, kind = 404, "not_found"
+
+
+class UnsupportedError(ServiceError):
+    """The served model cannot do this (e.g. KGCN has no way to build a new listener)."""
+
+    status, kind = 409, "unsupported_by_model"
+
+
+class ConflictError(ServiceError):
+    status, kind = 409, "conflict"
+
+
+class InvalidInputError(ServiceError):
+    status, kind = 422, "invalid_input"
+
+
+class RecService:
+    """Serve a trained run. See the module docstring.
+
+    Args:
+        run: a loaded run (:func:`mmkgrec.train.run.load_run`).
+        store: the feedback database; its registered items and feedback are replayed.
+        index: faiss index kind for two-stage retrieval (``auto``, ``flat``, ``hnsw``, ``ivf``)
+            or ``none`` (exact full ranking only). Only for MKGCN / KGCN.
+        retrieval: the default ranking mode (``exact`` or ``two-stage``; the latter needs an index).
+        candidates: how many faiss candidates the exact model re-ranks.
+    """
+
+    @torch.inference_mode()
+    def __init__(self, run: Run, store: FeedbackStore, *, index: str = "none",
+                 retrieval: Retrieval | None = None, candidates: int = 200,
+                 index_options: dict | None = None, max_concurrent: int | None = None):
+        self.run, self.store = run, store
+        ds = run.dataset
+        self.dataset = ds
+        self.model_name = run.spec.model
+        run.model.eval()
+        is_kg = isinstance(getattr(run.model, "backbone", None), KGBackbone)
+        self.engine: KGEngine | ScoreEngine = KGEngine(run) if is_kg else ScoreEngine(run)
+        self.user_index = pd.Index(ds.users)
+        inter = ds.interactions
+        self.seen_indptr, self.seen_items = user_item_csr(
+            inter["user"].to_numpy(), inter["item"].to_numpy(), ds.n_users, ds.n_items)
+        self.train_indptr, self.train_items = run.split.user_history()
+        self.attrs = ds.item_attrs
+        self.candidates = int(candidates)
+        self._search_text: pd.Series | None = None
+        # Scoring runs in the server's thread pool; more concurrent tensor programs than cores
+        # only thrash caches and the GIL, so at most ``max_concurrent`` (default: the CPU count)
+        # rank at once and the others queue.
+        self._scoring = threading.BoundedSemaphore(max_concurrent or os.cpu_count() or 1)
+        self._write_lock = threading.Lock()
+        self._state_lock = threading.Lock()
+        self._feedback: dict[str, dict[int, float]] = {}
+        self.started = time.time()
+        self.notes: list[str] = []
+        catalogue = self.engine.build((), ds.items)
+        self.retriever: ItemIndex | None = None
+        if index != "none":
+            if not is_kg:
+                raise MMKGRecError(f"two-stage retrieval needs a model with user-independent item "
+                                   f"vectors (mkgcn, kgcn); {self.model_name} serves exact ranking "
+                                   f"only: use --index none")
+            self.retriever = ItemIndex(catalogue.item_vectors.numpy(), index,  # type: ignore[arg-type]
+                                       seed=run.spec.seed, **(index_options or {}))
+        self.retrieval: Retrieval = retrieval or ("two-stage" if self.retriever else "exact")
+        if self.retrieval == "two-stage" and self.retriever is None:
+            raise MMKGRecError("two-stage retrieval needs an index (--index auto|flat|hnsw|ivf)")
+        self._catalogue = catalogue
+        self._replay()
+
+    @classmethod
+    def from_run_dir(cls, run_dir: str | Path, db: str | Path, **options) -> RecService:
+        """Load ``run_dir`` (safetensors + JSON only) and open the feedback database ``db``."""
+        return cls(load_run(run_dir), FeedbackStore(db), **options)
+
+    # ---- startup ---------------------------------------------------------------------------------
+    def _replay(self) -> None:
+        """Re-register stored items, then re-apply stored feedback (latest value per pair)."""
+        stored = self.store.items()
+        if stored:
+            catalogue = self._catalogue
+            new = list(catalogue.new)
+            for item_id, payload in stored:
+                partial = self._partial_catalogue(catalogue, tuple(new))
+                new.append(self._make_item(item_id, payload, partial))
+            self._catalogue = self.engine.build(tuple(new), self.dataset.items)
+            if self.retriever is not None:
+                self.retriever.add(self._catalogue.item_vectors[catalogue.n_items:].numpy())
+        skipped = 0
+        index = self._catalogue.id_index
+        for _, user_id, item_id, value, _ in self.store.feedback():
+            position = index.get_indexer([item_id])[0]
+            if position < 0:
+                skipped += 1
+                continue
+            self._feedback.setdefault(user_id, {})[int(position)] = float(value)
+        if skipped:
+            self.notes.append(f"{skipped} stored feedback rows name items this run does not have")
+
+    def _partial_catalogue(self, catalogue: Catalogue, new: tuple) -> Catalogue:
+        """A catalogue view with ``new`` items' ids (for resolving links while replaying)."""
+        ids = np.concatenate([self.dataset.items, np.array([x.item_id for x in new], dtype=str)])
+        return Catalogue(catalogue.n_base, new, ids, pd.Index(ids), None, None, None,
+                         catalogue.item_vectors, catalogue.item_unit, catalogue.triples,
+                         self.dataset.n_entities + len(new), catalogue.n_relations)
+
+    # ---- lookups ---------------------------------------------------------------------------------
+    @property
+    def catalogue(self) -> Catalogue:
+        return self._catalogue
+
+    def _item(self, catalogue: Catalogue, item_id: str | int) -> int:
+        position = catalogue.id_index.get_indexer([str(item_id)])[0]
+        if position < 0:
+            raise NotFoundError(f"unknown item {str(item_id)!r}")
+        return int(position)
+
+    def _items(self, catalogue: Catalogue, item_ids: list) -> np.ndarray:
+        keys = [str(x) for x in item_ids]
+        positions = catalogue.id_index.get_indexer(keys)
+        if (positions < 0).any():
+            bad = [k for k, p in zip(keys, positions) if p < 0]
+            raise NotFoundError(f"unknown items {bad[:10]}" + (" ..." if len(bad) > 10 else ""))
+        return positions.astype(np.int64)
+
+    def _user(self, user_id: str) -> tuple[int | None, dict[int, float]]:
+        """(dataset user index or None, a copy of the user's feedback); 404 if neither exists."""
+        position = self.user_index.get_indexer([user_id])[0]
+        with self._state_lock:
+            feedback = dict(self._feedback.get(user_id, {}))
+        if position < 0 and user_id not in self._feedback:
+            raise NotFoundError(f"unknown user {user_id!r} (neither in the training data nor "
+                                f"seen through POST /feedback)")
+        return (int(position) if position >= 0 else None), feedback
+
+    def item_name(self, catalogue: Catalogue, item: int) -> str | None:
+        if item >= catalogue.n_base:
+            return catalogue.new[item - catalogue.n_base].name
+        if self.attrs is not None and "name" in self.attrs.columns:
+            return str(self.attrs["name"].iat[item])
+        return None
+
+    def entity_name(self, catalogue: Catalogue, entity: int) -> str:
+        """Display name of a model-space entity: an item's name (else its id), or the entity id."""
+        if entity < catalogue.n_items:
+            return self.item_name(catalogue, entity) or str(catalogue.item_ids[entity])
+        return str(self.dataset.entities[entity - len(catalogue.new)])
+
+    def _describe_items(self, catalogue: Catalogue, items: np.ndarray, logits: np.ndarray,
+                        key: str = "score") -> list[dict]:
+        out = []
+        attrs = self.attrs
+        columns = [c for c in attrs.columns if c != "name"] if attrs is not None else []
+        for rank, (item, logit) in enumerate(zip(items.tolist(), logits.tolist()), start=1):
+            row = {"rank": rank, "item_id": str(catalogue.item_ids[item]),
+                   "name": self.item_name(catalogue, item)}
+            if key == "score":
+                row["score"] = 1.0 / (1.0 + math.exp(-logit)) if logit > -700 else 0.0
+                row["logit"] = float(logit)
+            else:
+                row[key] = float(logit)
+            row["attributes"] = ({c: str(attrs[c].iat[item]) for c in columns}
+                                 if attrs is not None and item < catalogue.n_base else {})
+            out.append(row)
+        return out
+
+    # ---- ranking ---------------------------------------------------------------------------------
+    def _history(self, feedback: dict[int, float]) -> tuple[np.ndarray, np.ndarray]:
+        """(positive feedback items, all feedback items) as int64 arrays."""
+        items = np.fromiter(feedback.keys(), dtype=np.int64, count=len(feedback))
+        values = np.fromiter(feedback.values(), dtype=np.float64, count=len(feedback))
+        return items[values > 0], items
+
+    def _rank(self, catalogue: Catalogue, user: int | None, liked: np.ndarray, exclude: np.ndarray,
+              k: int, retrieval: Retrieval | None) -> tuple[np.ndarray, np.ndarray, str]:
+        """Top-k (items [k'], logits [k'], mode) for a user (index or None) plus liked items."""
+        with self._scoring:
+            return self._rank_now(catalogue, user, liked, exclude, k, retrieval)
+
+    def _rank_now(self, catalogue: Catalogue, user: int | None, liked: np.ndarray,
+                  exclude: np.ndarray, k: int, retrieval: Retrieval | None
+                  ) -> tuple[np.ndarray, np.ndarray, str]:
+        mode = retrieval or self.retrieval
+        exclude = np.unique(exclude)
+        if isinstance(self.engine, ScoreEngine):
+            if user is None:
+                raise UnsupportedError(f"{self.model_name} scores only users it was trained on (it "
+                                       f"has a user ID embedding); serve an mkgcn run for new listeners")
+            mode = "exact"
+            scores = self.engine.score_known(user).clone()  # [I]
+            candidates = None
+        else:
+            if user is None and not self.engine.builds_users:
+                raise UnsupportedError(f"{self.model_name} cannot build a user from liked items (it "
+                                       f"has a user ID embedding); only mkgcn serves new listeners")
+            u = self.engine.user_vector(catalogue, user, liked)  # [1, d]
+            if mode == "two-stage":
+                if self.retriever is None:
+                    raise InvalidInputError("two-stage retrieval needs a server started with --index")
+                found = self.retriever.search(u.numpy(), self.candidates + len(exclude))[0]
+                found = found[(found >= 0) & (found < catalogue.n_items)]
+                candidates = found[~np.isin(found, exclude)][: self.candidates]  # [C]
+                scores = self.engine.score_items(catalogue, u, candidates)  # [C]
+            else:
+                scores = self.engine.score_all(catalogue, u)  # [I']
+                candidates = None
+        if candidates is None:
+            if len(exclude):
+                scores[torch.as_tensor(exclude)] = -torch.inf
+            top_scores, top = torch.topk(scores, min(k, len(scores)))
+            keep = torch.isfinite(top_scores)
+            return top[keep].numpy(), top_scores[keep].numpy(), mode
+        top_scores, top = torch.topk(scores, min(k, len(scores)))
+        return candidates[top.numpy()], top_scores.numpy(), mode
+
+    @torch.inference_mode()
+    def recommend_user(self, user_id: str, k: int = 20, exclude_seen: bool = True,
+                       retrieval: Retrieval | None = None) -> dict:
+        """Top-k for a known user (train history + positive feedback) or a feedback-only user."""
+        catalogue = self._catalogue
+        user, feedback = self._user(user_id)
+        liked, touched = self._history(feedback)
+        exclude = np.zeros(0, dtype=np.int64)
+        if exclude_seen:
+            seen = (self.seen_items[self.seen_indptr[user]:self.seen_indptr[user + 1]]
+                    if user is not None else exclude)
+            exclude = np.concatenate([seen, touched])
+        items, logits, mode = self._rank(catalogue, user, liked, exclude, k, retrieval)
+        return {"user_id": user_id, "known_user": user is not None, "k": k,
+                "retrieval": mode, "feedback_items": len(touched), "liked_items": len(liked),
+                "items": self._describe_items(catalogue, items, logits)}
+
+    @torch.inference_mode()
+    def recommend_liked(self, liked_ids: list, k: int = 20,
+                        retrieval: Retrieval | None = None) -> dict:
+        """Top-k for a new listener given only liked items (no retraining); liked ones excluded."""
+        catalogue = self._catalogue
+        liked = self._items(catalogue, liked_ids)
+        items, logits, mode = self._rank(catalogue, None, liked, liked, k, retrieval)
+        return {"liked": [str(catalogue.item_ids[i]) for i in liked], "k": k, "retrieval": mode,
+                "items": self._describe_items(catalogue, items, logits)}
+
+    @torch.inference_mode()
+    def similar(self, item_id: str, k: int = 20) -> dict:
+        """Nearest items by cosine over user-independent item vectors (one matrix-vector op)."""
+        catalogue = self._catalogue
+        item = self._item(catalogue, item_id)
+        sims = catalogue.item_unit @ catalogue.item_unit[item]  # [I']
+        sims[item] = -torch.inf
+        top_sims, top = torch.topk(sims, min(k, catalogue.n_items - 1))
+        return {"item_id": str(catalogue.item_ids[item]), "name": self.item_name(catalogue, item),
+                "k": k, "items": self._describe_items(catalogue, top.numpy(), top_sims.numpy(),
+                                                       key="similarity")}
+
+    # ---- feedback and items ----------------------------------------------------------------------
+    @torch.inference_mode()
+    def add_feedback(self, user_id: str, item_id: str, value: float) -> dict:
+        """Store durably, then apply: the user's next ranking uses it (404 for an unknown item)."""
+        if not math.isfinite(value):
+            raise InvalidInputError("value must be a finite number")
+        with self._write_lock:
+            catalogue = self._catalogue
+            item = self._item(catalogue, item_id)
+            new_user = (self.user_index.get_indexer([user_id])[0] < 0
+                        and user_id not in self._feedback)
+            row = self.store.add_feedback(user_id, str(catalogue.item_ids[item]), float(value))
+            with self._state_lock:
+                self._feedback.setdefault(user_id, {})[item] = float(value)
+        return {"id": row, "user_id": user_id, "item_id": str(catalogue.item_ids[item]),
+                "value": float(value), "new_user": bool(new_user), "stored": True}
+
+    def _make_item(self, item_id: str, payload: dict, catalogue: Catalogue):
+        if isinstance(self.engine, ScoreEngine):
+            raise UnsupportedError(f"{self.model_name} cannot score items it was not trained on; "
+                                   f"new items need a KG model (mkgcn, kgcn)")
+        links = payload.get("links", [])
+        relation_index = pd.Index(self.dataset.relations)
+        rel = relation_index.get_indexer([str(link["relation"]) for link in links])
+        if (rel < 0).any():
+            bad = sorted({str(link["relation"]) for link, r in zip(links, rel) if r < 0})
+            raise NotFoundError(f"unknown relations {bad}; the dataset has {list(self.dataset.relations)[:20]}")
+        entities = self._storage_entities(catalogue, [str(link["entity"]) for link in links])
+        features = {}
+        for name, values in (payload.get("features") or {}).items():
+            if name not in self.engine.modality_names:
+                raise InvalidInputError(f"unknown modality {name!r}; the model uses "
+                                        f"{self.engine.modality_names or 'none'}")
+            row = np.asarray(values, dtype=np.float64)
+            width = self.dataset.modalities[name].shape[1]
+            if row.shape != (width,) or not np.isfinite(row).all():
+                raise InvalidInputError(f"modality {name!r} needs {width} finite numbers, got "
+                                        f"{row.size}")
+            features[name] = row
+        if not len(entities) and not features:
+            raise InvalidInputError("a new item needs at least one KG link or one modality feature")
+        return self.engine.new_item(item_id, payload.get("name"), rel.astype(np.int64), entities,
+                                    features, catalogue)
+
+    def _storage_entities(self, catalogue: Catalogue, keys: list[str]) -> np.ndarray:
+        """Entity ids (original) -> storage ids: dataset entities, then registered items."""
+        entity_index = pd.Index(self.dataset.entities)
+        positions = entity_index.get_indexer(keys)
+        new_ids = pd.Index([x.item_id for x in catalogue.new]).get_indexer(keys)
+        if len(new_ids):
+            positions = np.where((positions < 0) & (new_ids >= 0),
+                                 self.dataset.n_entities + new_ids, positions)
+        if (positions < 0).any():
+            bad = [k for k, p in zip(keys, positions) if p < 0]
+            raise NotFoundError(f"unknown entities {bad[:10]}")
+        return positions.astype(np.int64)
+
+    @torch.inference_mode()
+    def add_item(self, payload: dict) -> dict:
+        """Register a new song (KG links + optional modality rows); recommendable at once."""
+        item_id = str(payload["item_id"])
+        with self._write_lock:
+            catalogue = self._catalogue
+            if catalogue.id_index.get_indexer([item_id])[0] >= 0:
+                raise ConflictError(f"item {item_id!r} already exists")
+            if self.dataset.entities.size and pd.Index(self.dataset.entities).get_indexer([item_id])[0] >= 0:
+                raise ConflictError(f"{item_id!r} is already an entity id of the KG")
+            new = self._make_item(item_id, payload, catalogue)
+            updated = self.engine.build(catalogue.new + (new,), self.dataset.items)
+            self.store.add_item(item_id, payload)  # durable before it is visible
+            if self.retriever is not None:
+                self.retriever.add(updated.item_vectors[catalogue.n_items:].numpy())
+            self._catalogue = updated
+        return {"item_id": item_id, "index": updated.n_items - 1, "name": new.name,
+                "links": len(new.entities),
+                "modalities": [n for n, p in zip(self.engine.modality_names, new.present) if p]}
+
+    # ---- explanations ----------------------------------------------------------------------------
+    @torch.inference_mode()
+    def explain(self, user_id: str, item_id: str, limit: int = 10) -> dict:
+        """KG paths from the user's history (train positives + liked feedback) to the item, with
+        the model's relation attention; the item's sampled neighbourhood; modality shares."""
+        catalogue = self._catalogue
+        user, feedback = self._user(user_id)
+        item = self._item(catalogue, item_id)
+        liked, _ = self._history(feedback)
+        own = (self.train_items[self.train_indptr[user]:self.train_indptr[user + 1]]
+               if user is not None else np.zeros(0, dtype=np.int64))
+        history = np.unique(np.concatenate([own, liked]))  # model-space item ids
+        weights, score, neighbourhood = None, None, []
+        if isinstance(self.engine, KGEngine) and (user is not None or self.engine.builds_users):
+            u = self.engine.user_vector(catalogue, user, liked)
+            weights = self.engine.relation_weights(u)
+            score = float(self.engine.score_items(catalogue, u, np.array([item]))[0])
+            frame = self.engine.neighbourhood(catalogue, u, item)
+            neighbourhood = [{"entity": self.entity_name(catalogue, int(e)),
+                              "relation": self._relation_name(int(r)), "weight": round(float(w), 6)}
+                             for e, r, w in frame[["entity", "relation", "weight"]].itertuples(index=False)]
+        elif isinstance(self.engine, ScoreEngine) and user is not None:
+            score = float(self.engine.score_known(user)[item])
+        paths = find_paths(catalogue.graph(), history, item)
+        total = len(paths)
+        best = weigh_paths(paths, weights, limit)
+        best["target"] = item
+        name_of = lambda e: self.entity_name(catalogue, e)
+        out_paths = []
+        for row in best.itertuples(index=False):
+            nodes = [int(row.source)] + ([int(row.middle)] if row.hops == 2 else []) + [item]
+            rels = [int(row.r1)] + ([int(row.r2)] if row.hops == 2 else [])
+            hop_weights = [row.w1] + ([row.w2] if row.hops == 2 else [])
+            out_paths.append({
+                "hops": int(row.hops),
+                "weight": None if np.isnan(row.weight) else round(float(row.weight), 6),
+                "text": describe_path(row, name_of, self._relation_name),
+                "nodes": [{"entity": self._entity_id(catalogue, n), "name": name_of(n)} for n in nodes],
+                "relations": [{"relation": self._relation_name(r),
+                               "weight": None if np.isnan(w) else round(float(w), 6)}
+                              for r, w in zip(rels, hop_weights)],
+            })
+        relation_weights = {}
+        if weights is not None:
+            order = np.argsort(-weights, kind="stable")
+            relation_weights = {self._relation_name(int(r)): round(float(weights[r]), 6) for r in order}
+        modalities = (self.engine.modality_shares(catalogue, item)
+                      if isinstance(self.engine, KGEngine) else [])
+        return {"user_id": user_id, "item_id": str(catalogue.item_ids[item]),
+                "name": self.item_name(catalogue, item),
+                "score": None if score is None else 1.0 / (1.0 + math.exp(-score)),
+                "logit": score, "history_items": len(history), "n_paths": int(total),
+                "paths": out_paths, "relation_weights": relation_weights,
+                "neighbourhood": neighbourhood, "modalities": modalities}
+
+    def _relation_name(self, relation: int) -> str:
+        relations = self.dataset.relations
+        return str(relations[relation]) if relation < len(relations) else "(none)"
+
+    def _entity_id(self, catalogue: Catalogue, entity: int) -> str:
+        if entity < catalogue.n_items:
+            return str(catalogue.item_ids[entity])
+        return str(self.dataset.entities[entity - len(catalogue.new)])
+
+    # ---- listing ---------------------------------------------------------------------------------
+    def users(self, limit: int = 50, offset: int = 0) -> dict:
+        """Dataset users (with train-history sizes), then users created through feedback."""
+        sizes = np.diff(self.train_indptr)
+        with self._state_lock:
+            extra = [u for u in self._feedback if self.user_index.get_indexer([u])[0] < 0]
+        ids = list(self.dataset.users[offset:offset + limit])
+        rows = [{"user_id": str(u), "history": int(sizes[offset + i]), "known": True}
+                for i, u in enumerate(ids)]
+        rest = max(0, offset + limit - self.dataset.n_users)
+        start = max(0, offset - self.dataset.n_users)
+        rows += [{"user_id": u, "history": 0, "known": False} for u in extra[start:start + rest]]
+        return {"total": self.dataset.n_users + len(extra), "users": rows}
+
+    def search_items(self, query: str = "", limit: int = 20) -> dict:
+        """Items whose id or display name contains ``query`` (case-insensitive)."""
+        catalogue = self._catalogue
+        if self._search_text is None:  # trained items' "name id" strings, built once
+            names = (self.attrs["name"].astype(str) if self.attrs is not None
+                     and "name" in self.attrs.columns else pd.Series([""] * catalogue.n_base))
+            self._search_text = (names.reset_index(drop=True) + " "
+                                 + pd.Series(self.dataset.items)).str.lower()
+        new = pd.Series([f"{x.name or ''} {x.item_id}" for x in catalogue.new], dtype=object).str.lower()
+        text = pd.concat([self._search_text, new], ignore_index=True)
+        hits = np.flatnonzero(text.str.contains(query.lower(), regex=False).to_numpy())[:limit]
+        return {"query": query, "items": [{"item_id": str(catalogue.item_ids[i]),
+                                           "name": self.item_name(catalogue, int(i))} for i in hits]}
+
+    def health(self) -> dict:
+        catalogue = self._catalogue
+        with self._state_lock:
+            n_feedback_users = len(self._feedback)
+        return {"status": "ok", "model": self.model_name, "dataset": self.dataset.name,
+                "users": self.dataset.n_users, "items": catalogue.n_items,
+                "new_items": len(catalogue.new), "feedback_users": n_feedback_users,
+                "feedback_rows": self.store.count(), "retrieval": self.retrieval,
+                "index": self.retriever.params if self.retriever else None,
+                "new_listeners": bool(getattr(self.engine, "builds_users", False)),
+                "modalities": list(self.engine.modality_names),
+                "uptime_s": round(time.time() - self.started, 3), "notes": self.notes}
