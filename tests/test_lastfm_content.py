@@ -1,7 +1,6 @@
 """Real text and sentiment content for lastfm-kgcn's artists from HetRec tags (tf-idf: fast)."""
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from mmkgrec.data.split import split

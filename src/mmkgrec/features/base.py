@@ -160,6 +160,40 @@ class Extractor(ABC):
         return hashlib.sha256(self.state_bytes()).hexdigest()
 
 
+class BatchExtractor(Extractor):
+    """An extractor that computes many items in one call (a model forward, one VADER pass).
+
+    Subclasses implement :meth:`prepare` (one item's input; raises on a bad file) and
+    :meth:`compute` (the prepared inputs of the good items -> ``[g, width]``).
+    """
+
+    def prepare(self, item: CatalogueItem) -> Any:
+        raise NotImplementedError
+
+    def compute(self, prepared: list[Any]) -> np.ndarray:
+        raise NotImplementedError
+
+    def extract_batch(self, items: list[CatalogueItem]) -> list[np.ndarray | BaseException]:
+        out: list[Any] = []
+        for item in items:
+            try:
+                out.append(self.prepare(item))
+            except Exception as error:  # noqa: BLE001 - one bad file must not stop the batch
+                out.append(error)
+        good = [i for i, value in enumerate(out) if not isinstance(value, BaseException)]
+        if good:
+            rows = self.compute([out[i] for i in good])  # [g, width]
+            for row, i in enumerate(good):
+                out[i] = self.checked(rows[row])
+        return out
+
+    def extract_one(self, item: CatalogueItem) -> np.ndarray:
+        result = self.extract_batch([item])[0]
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+
 def dump_state(arrays: dict[str, np.ndarray], meta: dict) -> bytes:
     """Serialise a fit state without pickle: safetensors with the JSON dict in its metadata."""
     from safetensors.numpy import save

@@ -15,25 +15,17 @@ transaction, so an interrupted run keeps everything finished before it.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sqlite3
 from pathlib import Path
 
 import numpy as np
 
+from mmkgrec.data.textio import sha256_of as file_sha256
 from mmkgrec.errors import MMKGRecError
 from mmkgrec.features.base import ExtractionError
 
 CACHE_FILE = "features-cache.sqlite"
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class MemoryCache:

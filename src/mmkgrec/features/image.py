@@ -25,7 +25,7 @@ import numpy as np
 from pydantic import Field
 
 from mmkgrec.errors import MMKGRecError
-from mmkgrec.features.base import ExtractionError, Extractor, Options, missing_modules
+from mmkgrec.features.base import BatchExtractor, ExtractionError, Extractor, Options, missing_modules
 from mmkgrec.features.catalogue import CatalogueItem
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
@@ -100,7 +100,7 @@ def preprocess(image, size: int = 224) -> np.ndarray:
     return np.ascontiguousarray(pixels.transpose(2, 0, 1))
 
 
-class EfficientNetLite0(ImageExtractor):
+class EfficientNetLite0(BatchExtractor, ImageExtractor):
     """Global-average-pooled penultimate features (1280-d) of the pretrained EfficientNet-Lite0."""
 
     name = "efficientnet_lite0"
@@ -131,27 +131,11 @@ class EfficientNetLite0(ImageExtractor):
                 out.append(model.extract_features(x).mean(dim=(2, 3)).numpy())  # [b, 1280]
         return np.concatenate(out).astype(np.float32) if out else np.zeros((0, 1280), np.float32)
 
-    def extract_batch(self, items: list[CatalogueItem]) -> list[np.ndarray | BaseException]:
-        out: list[np.ndarray | BaseException] = []
-        pixels = []
-        for item in items:
-            try:
-                pixels.append(preprocess(load_image(item.image_path)))
-                out.append(np.empty(0))  # placeholder, filled below
-            except Exception as error:  # noqa: BLE001 - one bad image must not stop the batch
-                out.append(error)
-        good = [i for i, r in enumerate(out) if not isinstance(r, BaseException)]
-        if good:
-            features = self.embed(np.stack(pixels))  # [g, 1280]
-            for row, i in enumerate(good):
-                out[i] = self.checked(features[row])
-        return out
+    def prepare(self, item: CatalogueItem) -> np.ndarray:
+        return preprocess(load_image(item.image_path))  # [3, 224, 224]
 
-    def extract_one(self, item: CatalogueItem) -> np.ndarray:
-        result = self.extract_batch([item])[0]
-        if isinstance(result, BaseException):
-            raise result
-        return result
+    def compute(self, prepared: list[np.ndarray]) -> np.ndarray:
+        return self.embed(np.stack(prepared))  # [g, 1280]
 
 
 # ---- colour histogram ----------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from typing import ClassVar, Literal
 
 import numpy as np
 
-from mmkgrec.features.base import Extractor, Options, missing_modules, sha256_text
+from mmkgrec.features.base import BatchExtractor, Options, missing_modules, sha256_text
 from mmkgrec.features.catalogue import CatalogueItem
 
 SENTIMENT_COLUMNS = ("compound_mean", "compound_std", "compound_min", "compound_max", "pos_mean",
@@ -77,7 +77,7 @@ class VaderOptions(Options):
     source: Literal["lyrics_or_tags", "lyrics", "tags", "lyrics_and_tags"] = "lyrics_or_tags"
 
 
-class Vader(Extractor):
+class Vader(BatchExtractor):
     """VADER sentiment of the lyric lines (else the tags), summarised (9 columns)."""
 
     name = "vader"
@@ -117,22 +117,8 @@ class Vader(Extractor):
     def input_digest(self, item: CatalogueItem, file_digest) -> str:
         return sha256_text("\x1f".join(self.segments(item)))
 
-    def extract_batch(self, items: list[CatalogueItem]) -> list[np.ndarray | BaseException]:
-        segs: list[list[str] | BaseException] = []
-        for item in items:
-            try:
-                segs.append(self.segments(item))
-            except Exception as error:  # noqa: BLE001 - an unreadable lyrics file
-                segs.append(error)
-        good = [i for i, s in enumerate(segs) if not isinstance(s, BaseException)]
-        scores = sentiment_scores([segs[i] for i in good])  # [g, 9]
-        out: list[np.ndarray | BaseException] = list(segs)  # type: ignore[arg-type]
-        for row, i in enumerate(good):
-            out[i] = self.checked(scores[row])
-        return out
+    def prepare(self, item: CatalogueItem) -> list[str]:
+        return self.segments(item)
 
-    def extract_one(self, item: CatalogueItem) -> np.ndarray:
-        result = self.extract_batch([item])[0]
-        if isinstance(result, BaseException):
-            raise result
-        return result
+    def compute(self, prepared: list[list[str]]) -> np.ndarray:
+        return sentiment_scores(prepared)  # [g, 9]

@@ -20,7 +20,7 @@ import numpy as np
 from pydantic import Field
 
 from mmkgrec.errors import ConfigError, MMKGRecError
-from mmkgrec.features.base import Extractor, Options, missing_modules, sha256_text
+from mmkgrec.features.base import BatchExtractor, Options, missing_modules, sha256_text
 from mmkgrec.features.catalogue import CatalogueItem
 
 TextField = Literal["title", "artist", "tags", "lyrics"]
@@ -47,7 +47,7 @@ class TextOptions(Options):
                                     min_length=1)
 
 
-class TextExtractor(Extractor):
+class TextExtractor(BatchExtractor):
     modality: ClassVar[str] = "text"
     inputs: ClassVar[tuple[str, ...]] = ("title", "artist", "tags", "lyrics")
 
@@ -56,6 +56,9 @@ class TextExtractor(Extractor):
 
     def text(self, item: CatalogueItem) -> str:
         return compose_text(item, self.options.fields)
+
+    def prepare(self, item: CatalogueItem) -> str:
+        return self.text(item)
 
     def input_digest(self, item: CatalogueItem, file_digest) -> str:
         return sha256_text(self.text(item))
@@ -167,26 +170,9 @@ class MiniLM(TextExtractor):
             return BUNDLED_WIDTH
         return _st_width(load_sentence_model(self.options.model))
 
-    def extract_batch(self, items: list[CatalogueItem]) -> list[np.ndarray | BaseException]:
-        texts: list[str | BaseException] = []
-        for item in items:
-            try:
-                texts.append(self.text(item))
-            except Exception as error:  # noqa: BLE001 - an unreadable lyrics file
-                texts.append(error)
-        good = [i for i, t in enumerate(texts) if isinstance(t, str)]
-        vectors = encode_sentences([texts[i] for i in good], self.options.model,
-                                   self.options.batch_size, self.options.normalize)  # [g, d]
-        out: list[np.ndarray | BaseException] = list(texts)  # type: ignore[arg-type]
-        for row, i in enumerate(good):
-            out[i] = self.checked(vectors[row])
-        return out
-
-    def extract_one(self, item: CatalogueItem) -> np.ndarray:
-        result = self.extract_batch([item])[0]
-        if isinstance(result, BaseException):
-            raise result
-        return result
+    def compute(self, prepared: list[str]) -> np.ndarray:
+        return encode_sentences(prepared, self.options.model, self.options.batch_size,
+                                self.options.normalize)  # [g, d]
 
 
 # ---- TF-IDF + SVD ------------------------------------------------------------------------------
@@ -289,27 +275,10 @@ class TfidfSvd(TextExtractor):
         self._arrays, self._meta = arrays, meta
         super().set_state(arrays, meta)
 
-    def extract_batch(self, items: list[CatalogueItem]) -> list[np.ndarray | BaseException]:
+    def compute(self, prepared: list[str]) -> np.ndarray:
         self.require_fitted()
-        texts: list[str | BaseException] = []
-        for item in items:
-            try:
-                texts.append(self.text(item))
-            except Exception as error:  # noqa: BLE001
-                texts.append(error)
-        good = [i for i, t in enumerate(texts) if isinstance(t, str)]
-        z = transform_tfidf_svd([texts[i] for i in good], self._arrays, self._meta,
-                                self.options.normalize)  # [g, dim]
-        out: list[np.ndarray | BaseException] = list(texts)  # type: ignore[arg-type]
-        for row, i in enumerate(good):
-            out[i] = self.checked(z[row])
-        return out
-
-    def extract_one(self, item: CatalogueItem) -> np.ndarray:
-        result = self.extract_batch([item])[0]
-        if isinstance(result, BaseException):
-            raise result
-        return result
+        return transform_tfidf_svd(prepared, self._arrays, self._meta,
+                                   self.options.normalize)  # [g, dim]
 
 
 # ---- public helper -----------------------------------------------------------------------------

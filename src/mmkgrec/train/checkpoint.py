@@ -21,7 +21,6 @@ it is given and raises :class:`CheckpointError` on any mismatch or corruption.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import shutil
@@ -35,6 +34,7 @@ from torch import Tensor, nn
 
 from mmkgrec.data.dataset import MMKG
 from mmkgrec.data.split import Split
+from mmkgrec.data.textio import sha256_of
 from mmkgrec.errors import MMKGRecError
 
 FORMAT = "mmkgrec-checkpoint/1"
@@ -315,14 +315,14 @@ def _save_tensors(path: Path, tensors: dict[str, Tensor]) -> tuple[str, dict[str
         seen[key] = name
         stored[name] = value.to("cpu", copy=True).contiguous()  # own memory: no sharing left
     save_file(stored, str(path))
-    return _sha256(path), aliases
+    return sha256_of(path), aliases
 
 
 def load_tensors(path: Path, sha256: str, aliases: dict[str, str]) -> dict[str, Tensor]:
     """Read a safetensors file after checking its sha256; re-create the aliases."""
     if not path.is_file():
         raise CheckpointError(f"{path}: file not found (incomplete checkpoint)")
-    if _sha256(path) != sha256:
+    if sha256_of(path) != sha256:
         raise CheckpointError(f"{path} is corrupt or was modified: its sha256 differs from the "
                               "one recorded when it was written")
     try:
@@ -331,14 +331,6 @@ def load_tensors(path: Path, sha256: str, aliases: dict[str, str]) -> dict[str, 
         raise CheckpointError(f"{path}: cannot read the tensors: {err}") from None
     tensors.update({alias: tensors[source] for alias, source in aliases.items()})
     return tensors
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _write_json(path: Path, payload: dict) -> None:
