@@ -37,6 +37,8 @@ def test_pair_scores_equal_full_ranking_scores(tiny_topk, name, aggregator, n_ho
     with torch.no_grad():
         full = model.score_users(users)  # [6, I]
         assert full.shape == (6, model.n_items)
+        model.prepare_ranking()  # cached user-independent first round: the same scores
+        torch.testing.assert_close(model.score_users(users), full, rtol=1e-6, atol=1e-6)
         if name == "mkgcn":  # pairs must use the same (evaluation) histories as ranking
             _, table, valid = model._ranking_cache
             model.history, model.history_valid = table, valid

@@ -66,10 +66,18 @@ class KGBackbone(nn.Module):
         return self.aggregator.forward_pairs(users, items, base_vectors, self.relation_emb.weight,
                                              self.neighbors, self.neighbor_relations)
 
-    def all_item_vectors(self, users: Tensor, base: Tensor) -> Tensor:
-        """users [B, d], base [E, d] -> [B, I, d] (all items at once; ranking)."""
+    def all_item_vectors(self, users: Tensor, base: Tensor, slots: Tensor | None = None) -> Tensor:
+        """users [B, d], base [E, d] -> [B, I, d] (all items at once; ranking). ``slots``: the
+        cached :meth:`ranking_slots` of the same ``base``."""
         return self.aggregator.forward_all_items(users, base, self.relation_emb.weight,
-                                                 self.neighbors, self.neighbor_relations, self.n_items)
+                                                 self.neighbors, self.neighbor_relations,
+                                                 self.n_items, slots)
+
+    def ranking_slots(self, base: Tensor) -> Tensor | None:
+        """The user-independent first aggregation round over ``base`` (None with 0 hops)."""
+        if self.config.n_hops == 0:
+            return None
+        return self.aggregator.first_round_slots(base, self.neighbors, self.n_items)
 
 
 def all_parameters_l2(module: nn.Module) -> Tensor:
@@ -87,6 +95,7 @@ class KGCN(Recommender):
         super().__init__(dataset, split, config)
         self.backbone = KGBackbone(dataset, config, np.random.default_rng(seed))
         self.user_emb = nn.Embedding(dataset.n_users, config.dim)
+        self._ranking_slots: Tensor | None = None  # [rows, K, d+1], see prepare_ranking
         nn.init.xavier_uniform_(self.user_emb.weight)
 
     def start_epoch(self, epoch: int, rng: np.random.Generator) -> None:
@@ -106,7 +115,17 @@ class KGCN(Recommender):
         u, e = self.user_emb(users), self.backbone.entity_emb(items)
         return 0.5 * (u.pow(2).sum() + e.pow(2).sum()) / len(users)
 
+    @torch.no_grad()
+    def prepare_ranking(self) -> None:
+        """Cache the user-independent first aggregation round for the ranking pass."""
+        self._ranking_slots = self.backbone.ranking_slots(self.backbone.entity_emb.weight)
+
     def score_users(self, users: Tensor) -> Tensor:
         u = self.user_emb(users)  # [B, d]
-        v = self.backbone.all_item_vectors(u, self.backbone.entity_emb.weight)  # [B, I, d]
+        v = self.backbone.all_item_vectors(u, self.backbone.entity_emb.weight,
+                                           self._ranking_slots)  # [B, I, d]
         return torch.einsum("bd,bid->bi", u, v)
+
+    def train(self, mode: bool = True):
+        self._ranking_slots = None  # parameters may change: recompute before ranking again
+        return super().train(mode)

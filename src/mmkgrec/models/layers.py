@@ -116,8 +116,24 @@ class KGItemAggregator(nn.Module):
             return weight[:, : self.dim], weight[:, self.dim:]
         return None, weight
 
+    def first_round_slots(self, base: Tensor, neighbors: Tensor, n_items: int) -> Tensor:
+        """The user-independent part of round 0 for every row it covers: ``[rows, K, d + 1]``.
+
+        Slot k of row e is W_self h_e + b + W_neigh h_{n_k(e)} (the weights sum to 1, so the self
+        term and bias fold into every slot), plus a ones column that yields the softmax
+        normaliser. Full ranking computes it once per ranking pass (``prepare_ranking``).
+        """
+        rows = n_items if self.n_hops == 1 else base.shape[0]
+        nb = neighbors[:rows]  # [rows, K]
+        w_self, w_neigh = self._split_linear(0)
+        bias = self.linears[0].bias
+        own = bias.expand(rows, -1) if w_self is None else base[:rows] @ w_self.T + bias  # [rows, d]
+        slots = (base @ w_neigh.T)[nb] + own.unsqueeze(1)  # [rows, K, d]
+        return torch.cat([slots, slots.new_ones(rows, nb.shape[1], 1)], dim=-1)
+
     def forward_all_items(self, users: Tensor, base: Tensor, relation_emb: Tensor,
-                          neighbors: Tensor, relations: Tensor, n_items: int) -> Tensor:
+                          neighbors: Tensor, relations: Tensor, n_items: int,
+                          slots: Tensor | None = None) -> Tensor:
         """Item vectors of every item for a block of users.
 
         The linear map is applied to entity vectors BEFORE the weighted neighbour sum
@@ -130,6 +146,7 @@ class KGItemAggregator(nn.Module):
             base: [E, d] base entity vectors (user-independent).
             relation_emb: [R, d]; neighbors, relations: [E, K].
             n_items: I; items are entities 0..I-1.
+            slots: :meth:`first_round_slots` when already computed (it does not depend on users).
         Returns:
             [B, I, d].
         """
@@ -147,12 +164,10 @@ class KGItemAggregator(nn.Module):
             w_self, w_neigh = self._split_linear(round_)
             bias = self.linears[round_].bias
             if h is None:
-                # User-independent: fold self term and bias into every neighbour slot (the weights
-                # sum to 1) and append a ones column that yields the normaliser, so one batched
-                # matmul over rows gives the whole pre-activation.
-                own = bias.expand(rows, -1) if w_self is None else base[:rows] @ w_self.T + bias  # [rows, d]
-                slots = (base @ w_neigh.T)[nb] + own.unsqueeze(1)  # [rows, K, d]
-                slots = torch.cat([slots, slots.new_ones(rows, nb.shape[1], 1)], dim=-1)
+                # User-independent slots: one batched matmul over rows gives the whole
+                # pre-activation and its normaliser.
+                if slots is None:
+                    slots = self.first_round_slots(base, neighbors, n_items)  # [rows, K, d+1]
                 out = torch.bmm(unnormalised.transpose(0, 1), slots).transpose(0, 1)  # [B, rows, d+1]
                 pre = out[..., :-1] / out[..., -1:]
             else:  # user-specific table: gather one neighbour slot at a time

@@ -98,6 +98,7 @@ class MKGCN(Recommender):
         self.register_buffer("history_valid", torch.zeros(0, dtype=torch.bool))  # [U, S]
         self._set_history(config.history_size, rng)
         self._ranking_cache: tuple[Tensor, Tensor, Tensor] | None = None
+        self._ranking_slots: Tensor | None = None  # [rows, K, d+1], see prepare_ranking
         self._eval_seed = seed
 
     def _set_history(self, size: int, rng: np.random.Generator) -> None:
@@ -179,25 +180,29 @@ class MKGCN(Recommender):
                                       np.random.default_rng(self._eval_seed))
         self._ranking_cache = (base, torch.as_tensor(table, device=base.device),
                                torch.as_tensor(valid, device=base.device))
+        self._ranking_slots = self.backbone.ranking_slots(base)
 
     def score_users(self, users: Tensor) -> Tensor:
         if self._ranking_cache is None:
             self.prepare_ranking()
         base, table, valid = self._ranking_cache
-        return self.score_histories(table[users], valid[users], base)
+        return self.score_histories(table[users], valid[users], base, self._ranking_slots)
 
-    def score_histories(self, history: Tensor, valid: Tensor, base: Tensor | None = None) -> Tensor:
+    def score_histories(self, history: Tensor, valid: Tensor, base: Tensor | None = None,
+                        slots: Tensor | None = None) -> Tensor:
         """Users given only by their liked items (new listeners too): history [B, S] item ids,
-        valid [B, S] -> logits for every item [B, I]."""
+        valid [B, S] -> logits for every item [B, I]. ``slots``: the backbone's ranking slots
+        of this ``base``, when cached."""
         if base is None:
             base = self.base_vectors(torch.arange(self.backbone.entity_emb.num_embeddings,
                                                   device=history.device))
         u = self.user_vectors(history, valid, base)  # [B, d]
-        v = self.backbone.all_item_vectors(u, base)  # [B, I, d]
+        v = self.backbone.all_item_vectors(u, base, slots)  # [B, I, d]
         return torch.einsum("bd,bid->bi", u, v)
 
     def train(self, mode: bool = True):
         self._ranking_cache = None  # parameters may change: recompute before ranking again
+        self._ranking_slots = None
         return super().train(mode)
 
 
