@@ -182,3 +182,14 @@ def test_invalid_configs_are_rejected(tiny_topk):
 def test_kg_only_mkgcn_has_no_fusion_parameters(tiny_topk):
     model = build("mkgcn", tiny_topk, modalities=[])
     assert not any("fusion" in k for k, _ in model.named_parameters())
+
+
+def test_float16_feature_buffers_score_like_float32(tiny_topk):
+    """feature_dtype=float16 halves the feature buffers and changes scores only by rounding."""
+    full = build("mkgcn", tiny_topk).eval()
+    half = build("mkgcn", tiny_topk, feature_dtype="float16").eval()
+    assert half.features_0.dtype == torch.float16 and half.features_0.shape == full.features_0.shape
+    assert half.backbone.neighbors.dtype == torch.int32  # compact neighbour tables
+    with torch.no_grad():
+        torch.testing.assert_close(half.score_users(torch.arange(4)),
+                                   full.score_users(torch.arange(4)), rtol=1e-2, atol=1e-2)

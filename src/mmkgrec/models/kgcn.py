@@ -49,8 +49,8 @@ class KGBackbone(nn.Module):
         self.relation_emb = nn.Embedding(self.graph.n_relations + 1, config.dim)  # + padding
         nn.init.xavier_uniform_(self.entity_emb.weight)
         nn.init.xavier_uniform_(self.relation_emb.weight)
-        self.register_buffer("neighbors", torch.zeros(0, dtype=torch.long))  # [E, K]
-        self.register_buffer("neighbor_relations", torch.zeros(0, dtype=torch.long))  # [E, K]
+        self.register_buffer("neighbors", torch.zeros(0, dtype=torch.int32))  # [E, K]
+        self.register_buffer("neighbor_relations", torch.zeros(0, dtype=torch.int32))  # [E, K]
         self.resample(rng)
         self.aggregator = KGItemAggregator(config.dim, config.n_hops, config.aggregator,
                                            config.inner_activation)
@@ -58,8 +58,9 @@ class KGBackbone(nn.Module):
     def resample(self, rng: np.random.Generator) -> None:
         neighbors, relations = sample_neighbors(self.graph, self.config.n_neighbors, rng)
         device = self.entity_emb.weight.device
-        self.neighbors = torch.as_tensor(neighbors, device=device)
-        self.neighbor_relations = torch.as_tensor(relations, device=device)
+        # int32 storage halves the [E, K] tables; torch indexes with int32 directly.
+        self.neighbors = torch.as_tensor(neighbors, dtype=torch.int32, device=device)
+        self.neighbor_relations = torch.as_tensor(relations, dtype=torch.int32, device=device)
 
     def item_vectors(self, users: Tensor, items: Tensor, base_vectors) -> Tensor:
         """users [B, d], items [B] -> [B, d] (receptive-field tree; training)."""

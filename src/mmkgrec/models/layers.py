@@ -208,10 +208,12 @@ def modality_statistics(dataset, name: str, train_items: np.ndarray) -> tuple[np
     return fit.mean(axis=0), fit.std(axis=0) + 1e-6
 
 
-def register_modalities(module: nn.Module, dataset, split, names: list[str] | None) -> np.ndarray:
+def register_modalities(module: nn.Module, dataset, split, names: list[str] | None,
+                        dtype: torch.dtype = torch.float32) -> np.ndarray:
     """Validate modality ``names`` (None = all of the dataset's), z-score each with train-item
-    statistics and register it on ``module`` as buffers ``features_{k}`` [I, d_k] and
-    ``present_{k}`` [I]; sets ``module.modality_names``. Returns the [I] bool train-item mask."""
+    statistics and register it on ``module`` as buffers ``features_{k}`` [I, d_k] (``dtype``:
+    float16 halves the largest MKGCN buffer; consumers cast to float32) and ``present_{k}``
+    [I]; sets ``module.modality_names``. Returns the [I] bool train-item mask."""
     names = list(dataset.modalities) if names is None else list(names)
     unknown = sorted(set(names) - set(dataset.modalities))
     if unknown:
@@ -221,7 +223,7 @@ def register_modalities(module: nn.Module, dataset, split, names: list[str] | No
     train_items[split.train_positives()["item"].to_numpy()] = True
     for k, name in enumerate(names):
         features, mask = standardised_modality(dataset, name, train_items)
-        module.register_buffer(f"features_{k}", torch.as_tensor(features))  # [I, d_k]
+        module.register_buffer(f"features_{k}", torch.as_tensor(features, dtype=dtype))  # [I, d_k]
         module.register_buffer(f"present_{k}", torch.as_tensor(mask))  # [I]
     module.modality_names = names
     return train_items
@@ -261,6 +263,7 @@ class MultiModalFusion(nn.Module):
 
     def project(self, k: int, features: Tensor) -> Tensor:
         """Modality k's raw features [..., d_k] -> [..., d]."""
+        features = features.float()  # float16 feature buffers are stored, not computed in
         if self.pca:
             return (features - getattr(self, f"pca_mean_{k}")) @ getattr(self, f"pca_basis_{k}")
         return self.projections[k](features)

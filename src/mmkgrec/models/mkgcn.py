@@ -41,6 +41,7 @@ class MKGCNConfig(KGConfig):
     history_size: int = Field(8, ge=1)  # items sampled per user per epoch
     eval_history_size: int = Field(64, ge=1)  # items per user when ranking (seeded sample)
     mask_target_in_history: bool = True
+    feature_dtype: Literal["float32", "float16"] = "float32"  # storage of the feature buffers
 
     @model_validator(mode="after")
     def _heads_divide_dim(self):
@@ -83,7 +84,8 @@ class MKGCN(Recommender):
         super().__init__(dataset, split, config)
         rng = np.random.default_rng(seed)
         self.backbone = KGBackbone(dataset, config, rng)
-        train_items = register_modalities(self, dataset, split, config.modalities)
+        train_items = register_modalities(self, dataset, split, config.modalities,
+                                          getattr(torch, config.feature_dtype))
         names = self.modality_names
         pca = None
         if config.projection == "pca":
@@ -94,7 +96,7 @@ class MKGCN(Recommender):
         self.users = UserAggregator(config.dim, config.user_pooling, config.n_heads)
         indptr, items = split.user_history()  # TRAIN positives only
         self.history_indptr, self.history_items = indptr, items
-        self.register_buffer("history", torch.zeros(0, dtype=torch.long))  # [U, S] this epoch
+        self.register_buffer("history", torch.zeros(0, dtype=torch.int32))  # [U, S] this epoch
         self.register_buffer("history_valid", torch.zeros(0, dtype=torch.bool))  # [U, S]
         self._set_history(config.history_size, rng)
         self._ranking_cache: tuple[Tensor, Tensor, Tensor] | None = None
@@ -105,7 +107,7 @@ class MKGCN(Recommender):
         table, valid = sample_history(self.history_indptr, self.history_items,
                                       np.arange(self.n_users), size, rng)
         device = self.backbone.entity_emb.weight.device
-        self.history = torch.as_tensor(table, device=device)
+        self.history = torch.as_tensor(table, dtype=torch.int32, device=device)  # [U, S]
         self.history_valid = torch.as_tensor(valid, device=device)
 
     def start_epoch(self, epoch: int, rng: np.random.Generator) -> None:
@@ -209,7 +211,7 @@ class MKGCN(Recommender):
 def train_rows(module: nn.Module, k: int, train_items: np.ndarray) -> np.ndarray:
     """Standardised rows of modality k for the train items that have it: [n, d_k]."""
     present = getattr(module, f"present_{k}").numpy() & train_items
-    return getattr(module, f"features_{k}").numpy()[present]
+    return getattr(module, f"features_{k}").float().numpy()[present]
 
 
 def _pca_basis(fit: np.ndarray, dim: int) -> tuple[Tensor, Tensor]:
