@@ -1,10 +1,11 @@
 """Real text and sentiment content for lastfm-kgcn's artists from HetRec tags (tf-idf: fast)."""
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from mmkgrec.data.split import split
-from mmkgrec.features.lastfm import attach_lastfm_content, tag_assignments, train_scoped_content
+from mmkgrec.features.lastfm import attach_lastfm_content, scoped_content, tag_assignments
 from tests.conftest import requires_data
 
 real_data = requires_data("lastfm-kgcn", "hetrec-lastfm-2k")
@@ -47,13 +48,21 @@ def test_sentiment_follows_the_tags(content):
 @real_data
 def test_train_scope_uses_only_train_positive_tags(content, real_root):
     data_split = split(content, "topk", seed=0)
-    scoped = train_scoped_content(content, data_split.train_positives())
+    scoped = scoped_content(content, data_split, "train")
     tags = tag_assignments(real_root / "hetrec-lastfm-2k")
     train = data_split.train_positives()
     train_keys = set(zip(content.users[train["user"]], content.items[train["item"]]))
     kept_items = {item for user, item in zip(tags["user"], tags["item"]) if (user, item) in train_keys}
     np.testing.assert_array_equal(scoped.modality_masks["text"], np.isin(content.items, list(kept_items)))
     assert scoped.modality_masks["text"].sum() < content.modality_masks["text"].sum()
+    # no-eval: everything but the assignments on valid / test positives
+    no_eval = scoped_content(content, data_split, "no-eval")
+    held = pd.concat([data_split.positives("valid"), data_split.positives("test")])
+    held_keys = set(zip(content.users[held["user"]], content.items[held["item"]]))
+    kept_items = {i for u, i in zip(tags["user"], tags["item"]) if (u, i) not in held_keys}
+    np.testing.assert_array_equal(no_eval.modality_masks["text"],
+                                  np.isin(content.items, list(kept_items)))
+    assert (scoped.modality_masks["text"] <= no_eval.modality_masks["text"]).all()
     # the original dataset is untouched and the split still matches its ids
     assert content.meta["content scope"] == "all" and scoped.meta["content scope"] == "train"
     assert scoped.n_items == content.n_items and scoped.triples is content.triples

@@ -47,11 +47,13 @@ class TargetFormat(str, Enum):
 class ContentScope(str, Enum):
     all = "all"
     train = "train"
+    no_eval = "no-eval"
 
 
 CONTENT_SCOPE_OPTION = typer.Option(
-    ContentScope.all, "--content-scope", help="all, or train: rebuild user-contributed content "
-    "(lastfm-kgcn-content's tags) from train positives only.")
+    ContentScope.all, "--content-scope", help="all; train: rebuild user-contributed content "
+    "(lastfm-kgcn-content's tags) from train positives only; no-eval: from everything but the "
+    "valid / test positives.")
 
 
 class Protocol(str, Enum):

@@ -90,18 +90,19 @@ def _lastfm_content(dataset: MMKG, hetrec_dir: Path) -> MMKG:
 
 
 def scope_content(dataset: MMKG, data_split, scope: str):
-    """``(dataset, split)`` with user-contributed content (tags) rebuilt from the split's train
-    positives when ``scope="train"``; the split is re-pointed at the rebuilt dataset (its parts
-    are unchanged). ``scope="all"`` returns both as they are."""
+    """``(dataset, split)`` with user-contributed content (tags) rebuilt from a leak-controlled
+    subset (``train``: train positives' tags only; ``no-eval``: all but valid/test positives'
+    tags); the split is re-pointed at the rebuilt dataset (its parts are unchanged).
+    ``scope="all"`` returns both as they are."""
     if scope == "all":
         return dataset, data_split
-    if scope != "train":
-        raise ConfigError(f"content scope must be 'all' or 'train', got {scope!r}")
+    if scope not in ("train", "no-eval"):
+        raise ConfigError(f"content scope must be 'all', 'train' or 'no-eval', got {scope!r}")
     from dataclasses import replace
 
-    from mmkgrec.features.lastfm import train_scoped_content
+    from mmkgrec.features.lastfm import scoped_content
 
-    scoped = train_scoped_content(dataset, data_split.train_positives())
+    scoped = scoped_content(dataset, data_split, scope)
     return scoped, replace(data_split, dataset_fingerprint=scoped.fingerprint())
 
 

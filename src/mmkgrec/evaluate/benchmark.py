@@ -81,7 +81,7 @@ class BenchmarkSpec(BaseModel):
     tuned: str | None = None  # folder holding <dataset>/<model>.toml from `mmkgrec tune`
     overrides: list[str] = []  # KEY=VALUE; KEY: model.X, train.X, <model>.X or a bare X
     source: str | None = None
-    content_scope: Literal["all", "train"] = "all"  # train: tag content from train positives only
+    content_scope: Literal["all", "train", "no-eval"] = "all"  # tag content scope (scope_content)
 
     @field_validator("models")
     @classmethod

@@ -13,8 +13,9 @@ Artists nobody tagged get mask False in both (about a fifth of them).
 
 Caveat: tags come from the same users whose plays are predicted. ``scope="all"`` uses every tag
 assignment (a tag given on a held-out play then shapes the artist's document); ``scope="train"``
-(:func:`train_scoped_content`) keeps only assignments whose (user, artist) pair is a TRAIN
-positive of the split, so no valid/test interaction leaves a trace. Results report both.
+(:func:`scoped_content`) keeps only assignments whose (user, artist) pair is a TRAIN positive of
+the split, so no valid/test interaction leaves a trace; ``scope="no-eval"`` drops only the
+assignments on valid/test positives. Results report them side by side.
 """
 
 from __future__ import annotations
@@ -126,31 +127,41 @@ def attach_lastfm_content(dataset: MMKG, hetrec_dir: str | Path,
     return dataset
 
 
-def train_scoped_content(dataset: MMKG, train_pairs: pd.DataFrame) -> MMKG:
-    """The same modalities from the tag assignments of TRAIN positives only (``scope="train"``).
+def scoped_content(dataset: MMKG, data_split, scope: str) -> MMKG:
+    """The same modalities rebuilt from a leak-controlled subset of the tag assignments.
+
+    ``scope="train"``: only assignments whose (user, artist) pair is a TRAIN positive of the
+    split. ``scope="no-eval"``: every assignment except those on a valid or test positive (a
+    held-out play never shapes the artist's document, but tags from users who tagged without
+    playing, or whose play is in train, stay).
 
     Args:
         dataset: a dataset made by :func:`attach_lastfm_content` (it names the HetRec folder).
-        train_pairs: ``user``, ``item`` int64 train positives of the split.
+        data_split: the split whose positives decide what is kept.
     Returns:
         a copy of ``dataset`` with rebuilt ``text`` / ``sentiment`` (ids, interactions and KG
         are shared, not copied).
     """
     if "content hetrec dir" not in dataset.meta:
-        raise MMKGRecError(f"dataset {dataset.name!r} has no tag content to scope to train")
+        raise MMKGRecError(f"dataset {dataset.name!r} has no tag content to scope")
+    if scope not in ("train", "no-eval"):
+        raise MMKGRecError(f"unknown content scope {scope!r}; expected train or no-eval")
     assignments = tag_assignments(dataset.meta["content hetrec dir"])
     assignments = assignments[assignments["item"].isin(dataset.items)]
-    keys = pd.Index(dataset.users[train_pairs["user"].to_numpy()] + "\t"
-                    + dataset.items[train_pairs["item"].to_numpy()])
-    kept = assignments[keys.get_indexer(assignments["user"] + "\t" + assignments["item"]) >= 0]
+    parts = ["train"] if scope == "train" else ["valid", "test"]
+    pairs = pd.concat([data_split.positives(part) for part in parts], ignore_index=True)
+    keys = pd.Index(dataset.users[pairs["user"].to_numpy()] + "\t"
+                    + dataset.items[pairs["item"].to_numpy()])
+    listed = keys.get_indexer(assignments["user"] + "\t" + assignments["item"]) >= 0
+    kept = assignments[listed if scope == "train" else ~listed]
     scoped = replace(dataset, modalities=dict(dataset.modalities), notes=list(dataset.notes),
                      modality_masks=dict(dataset.modality_masks), meta=dict(dataset.meta))
     _set_modalities(scoped, content_modalities(
         scoped, kept, text_backend=str(dataset.meta.get("content text backend", "minilm"))))
-    scoped.meta["content scope"] = "train"
+    scoped.meta["content scope"] = scope
     scoped.notes.append(
-        f"content scoped to train: {len(kept)}/{len(assignments)} tag assignments are on train "
-        f"positives; {int(scoped.modality_masks['text'].sum())}/{scoped.n_items} artists keep tags")
+        f"content scope {scope}: {len(kept)}/{len(assignments)} tag assignments kept; "
+        f"{int(scoped.modality_masks['text'].sum())}/{scoped.n_items} artists keep tags")
     return scoped
 
 

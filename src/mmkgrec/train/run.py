@@ -53,7 +53,7 @@ class RunSpec(BaseModel):
     protocol: str = "ctr"
     presplit: str | None = None  # folder with train/valid/test.tsv (topk)
     seed: int = 0
-    content_scope: Literal["all", "train"] = "all"  # train: tag content from train positives only
+    content_scope: Literal["all", "train", "no-eval"] = "all"  # tag content scope (scope_content)
     model_options: dict[str, Any] = {}
     train_options: dict[str, Any] = {}
 
