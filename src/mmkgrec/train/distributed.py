@@ -104,6 +104,9 @@ class DistContext:
         import torch.distributed as dist
 
         if self.owns_group and dist.is_initialized():
+            # Every rank arrives before the group goes: destroying it while a peer still talks
+            # aborts that peer's gloo threads ("terminate called without an active exception").
+            self.barrier()
             dist.destroy_process_group()
             self.owns_group = False
 

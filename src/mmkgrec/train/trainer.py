@@ -35,6 +35,7 @@ by lookup only (e.g. ``l2_scope="batch"``; LightGCN's full propagation cannot). 
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import os
@@ -199,6 +200,7 @@ class Trainer:
             return self._fit(context, resume, on_batch, evaluate_test)
         finally:
             if context is not None:
+                gc.collect()  # free the DDP wrapper (its reducer) while the group still exists
                 context.close()
 
     def _fit(self, context: DistContext | None, resume: bool, on_batch, evaluate_test: bool
