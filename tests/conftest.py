@@ -25,6 +25,20 @@ def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
     return info.value.code or 0, captured.out, captured.err
 
 
+def assert_pair_scores_match_ranking(model, n_users: int = 5) -> None:
+    """The model's per-pair forward (training) and ``score_users`` (full ranking) agree."""
+    import torch
+
+    model.eval()
+    users = torch.arange(n_users)
+    with torch.no_grad():
+        full = model.score_users(users)  # [n_users, I]
+        assert full.shape == (n_users, model.n_items)
+        pairs = model(users.repeat_interleave(model.n_items),
+                      torch.arange(model.n_items).repeat(n_users)).reshape(n_users, -1)
+    torch.testing.assert_close(pairs, full, rtol=1e-5, atol=1e-5)
+
+
 def requires_data(*folders: str):
     """Skip unless every named folder exists under the data root."""
     root = data_root()

@@ -12,6 +12,7 @@ from mmkgrec.models import default_config
 from mmkgrec.models.kgat import KGAT, CollaborativeKG, neighbor_sum, segment_softmax
 from mmkgrec.models.pop import Pop
 from mmkgrec.train.trainer import TrainConfig, Trainer
+from tests.conftest import assert_pair_scores_match_ranking
 
 
 def build(data, **overrides):
@@ -99,14 +100,7 @@ def test_attention_is_refreshed_each_epoch_and_checkpointed(tiny_topk):
 @pytest.mark.parametrize("aggregator", ["bi-interaction", "gcn", "graphsage"])
 def test_pair_scores_equal_full_ranking_scores(tiny_topk, aggregator):
     model = build(tiny_topk, aggregator=aggregator, layers=[16, 8])
-    model.eval()
-    users = torch.arange(5)
-    with torch.no_grad():
-        full = model.score_users(users)  # [5, I]
-        assert full.shape == (5, model.n_items)
-        u = users.repeat_interleave(model.n_items)
-        pairs = model(u, torch.arange(model.n_items).repeat(5)).reshape(5, -1)
-    torch.testing.assert_close(pairs, full, rtol=1e-5, atol=1e-5)
+    assert_pair_scores_match_ranking(model)
     assert model.node_table().shape[1] == model.output_dim == 64 + 16 + 8
 
 

@@ -15,6 +15,7 @@ from mmkgrec.models import default_config
 from mmkgrec.models.mkgat import MKGAT, MKGATLayer
 from mmkgrec.models.pop import Pop
 from mmkgrec.train.trainer import TrainConfig, Trainer
+from tests.conftest import assert_pair_scores_match_ranking
 
 
 def build(ds, sp, **overrides):
@@ -75,14 +76,7 @@ def test_attention_layer_equals_its_per_edge_definition(aggregation):
 @pytest.mark.parametrize("fusion", ["residual", "mean"])
 def test_pair_scores_equal_full_ranking_scores(tiny_topk, fusion):
     ds, sp = tiny_topk
-    model = build(ds, sp, layers=[16, 8], fusion=fusion).eval()
-    users = torch.arange(5)
-    with torch.no_grad():
-        full = model.score_users(users)  # [5, I]
-        assert full.shape == (5, ds.n_items)
-        u = users.repeat_interleave(ds.n_items)
-        pairs = model(u, torch.arange(ds.n_items).repeat(5)).reshape(5, -1)
-    torch.testing.assert_close(pairs, full, rtol=1e-5, atol=1e-5)
+    assert_pair_scores_match_ranking(build(ds, sp, layers=[16, 8], fusion=fusion))
 
 
 def test_gradients_reach_fusion_layers_and_relations(tiny_topk):

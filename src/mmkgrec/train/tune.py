@@ -26,11 +26,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from mmkgrec.data.registry import load
-from mmkgrec.data.split import apply_presplit, split
 from mmkgrec.errors import ConfigError
 from mmkgrec.models import model_class
-from mmkgrec.train.run import RunSpec, build_model, parse_overrides, resolved_configs
+from mmkgrec.train.run import RunSpec, build_model, parse_overrides, prepare_data, resolved_configs
 from mmkgrec.train.trainer import TrainConfig, Trainer
 
 if sys.version_info >= (3, 11):
@@ -136,20 +134,14 @@ def tune(spec: TuneSpec, out_dir: str | Path, *, progress: bool = False) -> dict
     optuna = _import_optuna()
     space = search_space(spec.model)
     fixed_model, fixed_train = parse_overrides(spec.overrides, spec.model)
-    dataset = load(spec.dataset, source=spec.source)
-    if spec.presplit is not None:
-        if spec.protocol != "topk":
-            raise ConfigError("a pre-split (train/valid/test.tsv) is a topk protocol; "
-                              "use --protocol topk")
-        data_split = apply_presplit(dataset, spec.presplit)
-    else:
-        data_split = split(dataset, protocol=spec.protocol, seed=spec.seed)
+    base = RunSpec(model=spec.model, dataset=spec.dataset, source=spec.source,
+                   protocol=spec.protocol, presplit=spec.presplit, seed=spec.seed)
+    dataset, data_split = prepare_data(base)  # the same data path as a single run
     monitor = "auc" if data_split.protocol == "ctr" else "ndcg@20"
 
     def trial_spec(model_options: dict, train_options: dict) -> RunSpec:
-        return RunSpec(model=spec.model, dataset=spec.dataset, protocol=spec.protocol,
-                       seed=spec.seed, model_options={**fixed_model, **model_options},
-                       train_options={**fixed_train, **train_options})
+        return base.model_copy(update={"model_options": {**fixed_model, **model_options},
+                                       "train_options": {**fixed_train, **train_options}})
 
     def objective(trial) -> float:
         run_spec = trial_spec(*suggest(trial, space))
