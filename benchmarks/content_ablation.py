@@ -1,12 +1,18 @@
 """Real content on Last.FM: MKGCN with and without the HetRec tag modalities, and MMKG modes.
 
-Variants (each a `mmkgrec benchmark` folder under --out/<protocol>/<variant>, so reruns resume):
+Content is leak-free unless a variant says otherwise: tags are rebuilt per split from the train
+positives' tag assignments only (content scope ``train``, the default), and the TF-IDF / k-means
+transforms are fitted on train items. Variants (each a `mmkgrec benchmark` folder under
+--out/<protocol>/<variant>, so reruns resume):
 
 - ``kg-only``: MKGCN on lastfm-kgcn-content with ``modalities=[]`` (the KG alone);
-- ``text``, ``sentiment``: one modality each; ``text+sentiment``: both (tags from ALL users);
-- ``text+sentiment (train tags)``: both, rebuilt from the tag assignments of train positives only;
-- ``entity``: MKGCN and KGCN on the entity-based MMKG (tags, moods, text clusters as entities,
-  built by ``mmkgrec data build-mmkg --mode entity``) next to KGCN on the attribute-based one.
+- ``text``, ``sentiment``: one modality each; ``text+sentiment``: both (train tags);
+- ``text+sentiment (no-eval tags)``: both, from every tag except those on valid / test plays;
+- ``text+sentiment (all tags, upper bound)``: every tag, held-out plays' included: NOT leak-free,
+  a labelled upper bound only;
+- ``kgcn attribute``: KGCN (ignores the modalities);
+- ``entity``: MKGCN and KGCN on the entity-based MMKG (tags, moods and text clusters as entities,
+  built per split from the train tags: ``--mmkg entity``).
 
 Then one table per protocol (mean ± std over seeds) with paired per-user tests of every variant
 against ``kg-only`` (top-K metrics; Holm-corrected Wilcoxon). Usage::
@@ -24,22 +30,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mmkgrec.data import load
-from mmkgrec.data.formats.native import write_native
 from mmkgrec.evaluate.benchmark import BenchmarkSpec, run_benchmark
 from mmkgrec.evaluate.significance import holm, paired_tests
-from mmkgrec.graph.mmkg_build import build_mmkg
 
 DATASET = "lastfm-kgcn-content"
-# name -> (models, --set overrides, content scope, dataset: None = DATASET, "entity" = built)
+# name -> (models, --set overrides, content scope, MMKG mode)
 VARIANTS = {
-    "kg-only": (["mkgcn"], ["mkgcn.modalities=[]"], "all", None),
-    "text": (["mkgcn"], ['mkgcn.modalities=["text"]'], "all", None),
-    "sentiment": (["mkgcn"], ['mkgcn.modalities=["sentiment"]'], "all", None),
-    "text+sentiment": (["mkgcn"], [], "all", None),
-    "text+sentiment (train tags)": (["mkgcn"], [], "train", None),
-    "kgcn attribute": (["kgcn"], [], "all", None),
-    "entity": (["mkgcn", "kgcn"], [], "all", "entity"),
+    "kg-only": (["mkgcn"], ["mkgcn.modalities=[]"], "train", "attribute"),
+    "text": (["mkgcn"], ['mkgcn.modalities=["text"]'], "train", "attribute"),
+    "sentiment": (["mkgcn"], ['mkgcn.modalities=["sentiment"]'], "train", "attribute"),
+    "text+sentiment": (["mkgcn"], [], "train", "attribute"),
+    "text+sentiment (no-eval tags)": (["mkgcn"], [], "no-eval", "attribute"),
+    "text+sentiment (all tags, upper bound)": (["mkgcn"], [], "all", "attribute"),
+    "kgcn attribute": (["kgcn"], [], "train", "attribute"),
+    "entity": (["mkgcn", "kgcn"], [], "train", "entity"),
 }
 METRICS = {"ctr": ["auc", "f1", "recall@20", "ndcg@20"], "topk": ["recall@20", "ndcg@20"]}
 # topk: validate every 4 epochs instead of 2 (full ranking dominates MKGCN's top-K run time);
@@ -48,27 +52,19 @@ PROTOCOL_SET = {"ctr": [], "topk": ["train.eval_every=4"]}
 
 
 def slug(name: str) -> str:
-    return name.replace(" ", "-").replace("(", "").replace(")", "").replace("+", "-")
-
-
-def entity_dataset(out: Path) -> str:
-    """Build (once) the entity-based MMKG of lastfm-kgcn-content as a native folder."""
-    folder = out / "lastfm-kgcn-entity"
-    if not (folder / "dataset.json").is_file():
-        write_native(build_mmkg(load(DATASET), "entity", clusters=32), folder)
-    return str(folder)
+    return (name.replace(" ", "-").replace("(", "").replace(")", "").replace("+", "-")
+            .replace(",", ""))
 
 
 def run(protocols: list[str], seeds: int, out: Path, only: list[str] | None) -> None:
     for protocol in protocols:
-        for name, (models, overrides, scope, which) in VARIANTS.items():
+        for name, (models, overrides, scope, mmkg) in VARIANTS.items():
             if only and name not in only:
                 continue
-            dataset = entity_dataset(out) if which == "entity" else DATASET
-            spec = BenchmarkSpec.parse(datasets=[dataset], models=models, protocol=protocol,
+            spec = BenchmarkSpec.parse(datasets=[DATASET], models=models, protocol=protocol,
                                        seeds=list(range(seeds)),
                                        overrides=overrides + PROTOCOL_SET[protocol],
-                                       content_scope=scope)
+                                       content_scope=scope, mmkg=mmkg)
             print(f"== {protocol} · {name}", flush=True)
             run_benchmark(spec, out / protocol / slug(name), progress=False)
         summarise(out, protocol)
@@ -125,7 +121,7 @@ def main() -> None:
     run(args.protocols.split(","), args.seeds, args.out,
         [v for v in args.only.split(",") if v] or None)
     (args.out / "variants.json").write_text(json.dumps(
-        {k: {"models": v[0], "set": v[1], "content_scope": v[2], "dataset": v[3] or DATASET}
+        {k: {"models": v[0], "set": v[1], "content_scope": v[2], "mmkg": v[3], "dataset": DATASET}
          for k, v in VARIANTS.items()}, indent=2) + "\n")
 
 

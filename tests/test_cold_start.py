@@ -56,6 +56,7 @@ class ByIdScorer(Recommender):
 
 
 def test_ranking_considers_only_the_stage_cold_items(cold):
+    cold = cold.with_candidates("held-out")
     users, _, _ = cold.ground_truth("test")
     top = rank_stage(ByIdScorer(cold.n_items), cold, "test", users, 5, 64, "cpu")
     chosen = top[top >= 0]
@@ -101,3 +102,31 @@ def test_popularity_breaks_ties_at_random_not_by_item_id(tiny_dataset, cold):
     counts = cold.item_popularity()
     top = Pop(tiny_dataset, cold).logits.argsort(descending=True).numpy()
     assert (np.diff(counts[top]) <= 0).all()  # jitter never reorders different counts
+
+
+@pytest.mark.parametrize("candidates", ["new", "held-out", "all"])
+def test_cold_candidate_sets_mask_exactly_what_they_say(cold, candidates):
+    """new: every item without a train positive competes (both stages' held-out songs and songs
+    nobody played); held-out: the stage's own; all: every item. Ranking returns exactly them."""
+    chosen_split = cold.with_candidates(candidates)
+    untrained = np.flatnonzero(cold.item_popularity() == 0)
+    expected = {"new": untrained, "held-out": cold.cold_items["test"],
+                "all": np.arange(cold.n_items)}[candidates]
+    allowed = chosen_split.candidate_items("test")
+    np.testing.assert_array_equal(np.arange(cold.n_items) if allowed is None else allowed, expected)
+    assert set(cold.cold_items["valid"]) <= set(untrained)  # new: the other stage competes too
+    users, _, _ = cold.ground_truth("test")
+    n = len(expected)
+    top = rank_stage(ByIdScorer(cold.n_items), chosen_split, "test", users[:1], n + 5, 64, "cpu")
+    exclusions = set(cold.test["item"][cold.test["user"] == users[0]]) | set()  # stage items stay
+    known = set(cold.train["item"][cold.train["user"] == users[0]]) | set(
+        cold.valid["item"][cold.valid["user"] == users[0]])
+    assert set(top[0][top[0] >= 0]) == set(expected) - known
+    assert exclusions <= set(top[0][top[0] >= 0])
+
+
+def test_candidate_set_must_fit_the_protocol(cold, tiny_topk):
+    with pytest.raises(ConfigError, match="does not fit"):
+        cold.with_candidates("positive")
+    with pytest.raises(ConfigError, match="does not fit"):
+        tiny_topk[1].with_candidates("new")

@@ -105,3 +105,86 @@ def test_train_scoped_run_saves_and_reloads(tmp_path):
     users = torch.arange(5)
     run.model.prepare_ranking(), again.model.prepare_ranking()
     torch.testing.assert_close(run.model.score_users(users), again.model.score_users(users))
+
+
+def _content_dir(tmp_path, name, base, extra_rows=(), extra_tag=None):
+    """A native lastfm-style content dataset over ``base`` whose HetRec folder has, besides the
+    fake_hetrec tags, ``extra_rows`` (user, item, tagID) assignments of ``extra_tag``."""
+    from mmkgrec.data.formats.native import write_native
+
+    hetrec = tmp_path / f"{name}-hetrec"
+    fake_hetrec(hetrec, list(base.items), list(base.users[:20]))
+    if extra_tag is not None:
+        with open(hetrec / "tags.dat", "a") as f:
+            f.write(f"9\t{extra_tag}\n")
+        with open(hetrec / "user_taggedartists.dat", "a") as f:
+            f.writelines(f"{u}\t{i}\t9\t1\t1\t2009\n" for u, i in extra_rows)
+    from mmkgrec.data.formats.hetrec import attach_hetrec_text
+
+    ds = attach_hetrec_text(base, hetrec)
+    write_native(attach_lastfm_content(ds, hetrec, text_backend="tfidf"), tmp_path / name)
+    return str(tmp_path / name)
+
+
+@pytest.fixture
+def plain_base():
+    from mmkgrec.data import load
+
+    base = load("synthetic-tiny")
+    base.modalities, base.modality_masks = {}, {}
+    base.item_attrs = None
+    return base
+
+
+def test_default_scope_keeps_held_out_tags_out_of_every_feature(tmp_path, plain_base):
+    """A tag given only on valid / test plays reaches no feature, attribute or entity under the
+    default content scope; under the labelled upper bound "all" it does (so the test can fail)."""
+    from dataclasses import replace
+
+    from mmkgrec.train.run import RunSpec, prepare_data
+
+    held = split(plain_base, "topk", seed=0)
+    pairs = pd.concat([held.positives("valid"), held.positives("test")])
+    rows = list(zip(plain_base.users[pairs["user"]], plain_base.items[pairs["item"]]))[:40]
+    clean = _content_dir(tmp_path, "clean", replace(plain_base, meta={}, notes=[]))
+    leaky = _content_dir(tmp_path, "leaky", replace(plain_base, meta={}, notes=[]), rows,
+                         "zzleak happy")
+    assert RunSpec().content_scope == "train"  # the default everywhere
+
+    def derived(path, **options):
+        spec = RunSpec(model="mkgcn", dataset=path, protocol="topk", seed=0, **options)
+        return prepare_data(spec)[0]
+
+    for options in ({}, {"content_scope": "no-eval"}, {"mmkg": "entity"}):
+        a, b = derived(clean, **options), derived(leaky, **options)
+        assert a.fingerprint() == b.fingerprint(), options  # modalities, KG: identical
+        assert not b.item_attrs["tags"].str.contains("zzleak").any()
+        assert not any("zzleak" in str(e) for e in b.entities)
+    upper_a, upper_b = derived(clean, content_scope="all"), derived(leaky, content_scope="all")
+    assert upper_a.fingerprint() != upper_b.fingerprint()
+    assert upper_b.item_attrs["tags"].str.contains("zzleak").any()
+
+
+def test_text_transform_is_fitted_on_train_items_only(tmp_path, plain_base):
+    """Cold split, no-eval scope: tags on a held-out song (from users who never played it) give
+    it content, but the TF-IDF / SVD fitted on train items does not move: every train item's
+    text vector is the same with or without them."""
+    from dataclasses import replace
+
+    from mmkgrec.train.run import RunSpec, prepare_data
+
+    cold = split(plain_base, "cold", seed=0)
+    item = plain_base.items[cold.cold_items["test"][0]]
+    players = set(plain_base.users[cold.test["user"][cold.test["item"] == cold.cold_items["test"][0]]])
+    taggers = [u for u in plain_base.users[:20] if u not in players][:5]
+    base = replace(plain_base, meta={}, notes=[])
+    without = _content_dir(tmp_path, "without", base)
+    with_tags = _content_dir(tmp_path, "with", base, [(u, item) for u in taggers],
+                             "brand new words only here")
+    spec = dict(model="mkgcn", protocol="cold", seed=0, content_scope="no-eval")
+    a = prepare_data(RunSpec(dataset=without, **spec))
+    b = prepare_data(RunSpec(dataset=with_tags, **spec))
+    train_items = a[1].item_popularity() > 0
+    np.testing.assert_array_equal(a[0].modalities["text"][train_items],
+                                  b[0].modalities["text"][train_items])
+    assert b[0].modality_masks["text"][cold.cold_items["test"][0]]

@@ -404,3 +404,39 @@ def test_synthetic_if_available():
         assert_leak_free(split(ds, "topk", seed=seed), ds)
         if ds.has_timestamps:
             assert_leak_free(split(ds, "topk", seed=seed, temporal=True), ds)
+
+
+def test_positive_candidates_are_the_items_with_a_positive_in_the_split(tiny_topk):
+    """topk's default candidate set (RecBole's): items with a positive in train, valid or test.
+    An item without one is never ranked; with candidates="all" it is."""
+    from dataclasses import replace
+
+    import torch
+
+    from mmkgrec.evaluate.ranking import rank_stage
+
+    ds, sp = tiny_topk
+    assert sp.candidates == "positive"
+    dropped = np.array([0, 5])  # items whose positives we remove from every part
+    parts = {name: getattr(sp, name)[~getattr(sp, name)["item"].isin(dropped)]
+             .reset_index(drop=True) for name in ("train", "valid", "test")}
+    pruned = replace(sp, **parts)
+    expected = np.setdiff1d(np.unique(np.concatenate(
+        [parts[n]["item"].to_numpy() for n in parts])), dropped)
+    np.testing.assert_array_equal(pruned.candidate_items("test"), expected)
+    assert pruned.with_candidates("all").candidate_items("test") is None
+
+    class ByIdScorer(torch.nn.Module):  # item i scores -i: item 0 would be first everywhere
+        def score_users(self, users):
+            return -torch.arange(ds.n_items, dtype=torch.float32).expand(len(users), -1).clone()
+
+        def prepare_ranking(self):
+            pass
+
+    users, _, _ = pruned.ground_truth("test")
+    top = rank_stage(ByIdScorer(), pruned, "test", users, 10, 64, "cpu")
+    assert not np.isin(top, dropped).any()
+    top_all = rank_stage(ByIdScorer(), pruned.with_candidates("all"), "test", users, 10, 64, "cpu")
+    assert (top_all[:, 0] == 0).all()  # nobody knows item 0 any more: first for everyone
+    # the candidate set is part of the split's identity (and survives save / load)
+    assert pruned.fingerprint() != pruned.with_candidates("all").fingerprint()

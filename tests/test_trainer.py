@@ -326,6 +326,9 @@ def test_evaluate_topk_matches_a_dense_reference(data):
     starts = ex_indptr[users]
     cols = np.concatenate([ex_items[s:e] for s, e in zip(starts, ex_indptr[users + 1])])
     scores[rows, cols] = -np.inf
+    allowed = sp.candidate_items("test")  # topk default: items with a positive in the split
+    assert sp.candidates == "positive" and allowed is not None
+    scores[:, np.setdiff1d(np.arange(ds.n_items), allowed)] = -np.inf
     order = np.argsort(-scores, axis=1, kind="stable")  # [n_eval, n_items]
     top = np.where(np.take_along_axis(scores, order, 1) == -np.inf, -1, order)
     top = np.pad(top, ((0, 0), (0, 500 - ds.n_items)), constant_values=-1)

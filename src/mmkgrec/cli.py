@@ -51,9 +51,28 @@ class ContentScope(str, Enum):
 
 
 CONTENT_SCOPE_OPTION = typer.Option(
-    ContentScope.all, "--content-scope", help="all; train: rebuild user-contributed content "
-    "(lastfm-kgcn-content's tags) from train positives only; no-eval: from everything but the "
-    "valid / test positives.")
+    ContentScope.train, "--content-scope", help="Where user-contributed content (the HetRec "
+    "tags of lastfm-kgcn-content / -tags) comes from: train (default: train positives' tags "
+    "only), no-eval (all but the valid / test positives' tags) or all (every tag: a labelled "
+    "upper bound that sees held-out plays).")
+CANDIDATES_OPTION = typer.Option(
+    None, "--candidates", help="Items ranked: all, positive (items with a positive in the split, "
+    "as RecBole ranks; topk default), new (cold default: every song without a train positive) "
+    "or held-out (cold: only the stage's held-out songs). Default: the protocol's.")
+THRESHOLD_OPTION = typer.Option(
+    None, "--threshold", help="A positive is an interaction with value >= THRESHOLD (play count, "
+    "rating); default: the dataset's own (docs/data.md).")
+
+
+class MmkgMode(str, Enum):
+    attribute = "attribute"
+    entity = "entity"
+
+
+MMKG_OPTION = typer.Option(
+    MmkgMode.attribute, "--mmkg", help="attribute (content stays item features) or entity "
+    "(tags, moods and content clusters become KG entities, built per split from its train "
+    "items).")
 
 
 class Protocol(str, Enum):
@@ -93,12 +112,13 @@ def data_stats(
     name: str = typer.Argument(..., help="Dataset name (see `mmkgrec data list`) or directory."),
     source: Optional[Path] = SOURCE_OPTION,
     seed: int = SEED_OPTION,
+    threshold: Optional[float] = THRESHOLD_OPTION,
 ) -> None:
     """Print the counts of a dataset: users, items, entities, relations, triples, positives."""
     from mmkgrec.data import load
 
     with console.status(f"loading {name}"):
-        dataset = load(name, source=source, seed=seed)
+        dataset = load(name, source=source, seed=seed, threshold=threshold)
     table = Table(title=f"{dataset.name}")
     table.add_column("quantity")
     table.add_column("value", justify="right")
@@ -147,11 +167,6 @@ def data_fetch(
     console.print(f"{name}: files verified in {path}")
 
 
-class MmkgMode(str, Enum):
-    attribute = "attribute"
-    entity = "entity"
-
-
 @data_app.command("build-mmkg")
 def data_build_mmkg(
     name: str = typer.Argument(..., help="Dataset name or directory (with modalities / tags)."),
@@ -163,17 +178,42 @@ def data_build_mmkg(
     min_tag_items: int = typer.Option(2, "--min-tag-items", min=1, help="Drop tags on fewer items."),
     keep_modalities: bool = typer.Option(False, "--keep-modalities", help="entity: keep the "
                                          "feature matrices as attributes too."),
+    content_scope: ContentScope = CONTENT_SCOPE_OPTION,
+    protocol: Protocol = typer.Option(Protocol.topk, "--protocol", help="The split the content "
+                                      "is scoped to (with --seed), saved as OUT/split."),
+    presplit: Optional[Path] = typer.Option(None, "--presplit", help="Folder with "
+                                            "train/valid/test.tsv to scope the content to."),
     source: Optional[Path] = SOURCE_OPTION,
     seed: int = SEED_OPTION,
+    threshold: Optional[float] = THRESHOLD_OPTION,
 ) -> None:
-    """Build the attribute-based or entity-based MMKG of a dataset and write it (native format)."""
+    """Build the attribute-based or entity-based MMKG of a dataset and write it (native format).
+
+    User-contributed content (tags) is first scoped to one split (--content-scope; default:
+    train positives' tags only) and content clusters are fitted on that split's train items; the
+    split is saved as OUT/split (train/valid/test.tsv, original ids) so that training on OUT uses
+    exactly it: `mmkgrec train --dataset OUT --protocol topk --presplit OUT/split`.
+    """
     from mmkgrec.data import load
     from mmkgrec.data.formats.native import write_native
+    from mmkgrec.data.registry import has_user_content, scope_content
+    from mmkgrec.data.split import apply_presplit, split as make_split
     from mmkgrec.graph.mmkg_build import build_mmkg
 
-    dataset = load(name, source=source, seed=seed)
+    dataset = load(name, source=source, seed=seed, threshold=threshold)
+    fit_items = None
+    if has_user_content(dataset) or mode is MmkgMode.entity:
+        parts = (apply_presplit(dataset, presplit) if presplit is not None
+                 else make_split(dataset, protocol=protocol.value, seed=seed))
+        dataset, parts = scope_content(dataset, parts, content_scope.value)
+        fit_items = parts.item_popularity() > 0
+        if has_user_content(dataset) and content_scope is not ContentScope.all:
+            for key in ("content hetrec dir", "hetrec dir"):  # scoped once, for this split
+                dataset.meta.pop(key, None)
+        parts.save(out / "split")
+        _write_presplit(dataset, parts, out / "split")
     built = build_mmkg(dataset, mode.value, clusters=clusters, min_tag_items=min_tag_items,
-                       keep_modalities=keep_modalities, seed=seed)
+                       keep_modalities=keep_modalities, seed=seed, fit_items=fit_items)
     write_native(built, out)
     table = Table(title=f"{built.name}: {mode.value}-based MMKG")
     for column in ("entities", "relations", "triples", "modalities"):
@@ -185,7 +225,25 @@ def data_build_mmkg(
     console.print(table)
     if mode is MmkgMode.entity:
         console.print(f"[dim]note:[/] {built.notes[-1]}")
+    if fit_items is not None:
+        same = (f"--presplit {out / 'split'}" if protocol is Protocol.topk or presplit
+                else f"--protocol {protocol.value} --seed {seed}")
+        console.print(f"content scoped ({built.meta.get('content scope', content_scope.value)}) "
+                      f"to the split saved in {out / 'split'}; train on that split: {same}",
+                      highlight=False)
     console.print(f"saved to {out}")
+
+
+def _write_presplit(dataset, parts, folder: Path) -> None:
+    """train/valid/test.tsv (original ids, the play value) of a topk-style split."""
+    import pandas as pd
+
+    values = dataset.positives().set_index(["user", "item"])["value"]
+    for name in ("train", "valid", "test"):
+        frame = parts.positives(name)
+        pd.DataFrame({"user_id": dataset.users[frame["user"]], "item_id": dataset.items[frame["item"]],
+                      "rating": values.reindex(pd.MultiIndex.from_frame(frame)).to_numpy()}
+                     ).to_csv(folder / f"{name}.tsv", sep="\t", index=False)
 
 
 @data_app.command("split")
@@ -245,6 +303,9 @@ def train(
                                         "train option, e.g. --set dim=32 --set epochs=5."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out."),
     content_scope: ContentScope = CONTENT_SCOPE_OPTION,
+    candidates: Optional[str] = CANDIDATES_OPTION,
+    threshold: Optional[float] = THRESHOLD_OPTION,
+    mmkg: MmkgMode = MMKG_OPTION,
     nproc: int = typer.Option(1, "--nproc", min=1, help="Processes on this machine: DDP via "
                               "torchrun (one per GPU on CUDA); several machines: docs/scaling.md."),
     source: Optional[Path] = SOURCE_OPTION,
@@ -261,7 +322,8 @@ def train(
     spec = RunSpec(model=model.value, dataset=dataset, protocol=protocol.value, seed=seed,
                    source=str(source) if source else None,
                    presplit=str(presplit) if presplit else None,
-                   content_scope=content_scope.value,
+                   content_scope=content_scope.value, candidates=candidates,
+                   threshold=threshold, mmkg=mmkg.value,
                    model_options={**file_model, **set_model},
                    train_options={**file_train, **set_train})
     run = run_experiment(spec, out, resume=resume)
@@ -336,9 +398,14 @@ def benchmark(
     overrides: list[str] = typer.Option([], "--set", help="KEY=VALUE for every model that has "
                                         "KEY: model.KEY, train.KEY, or <model>.KEY for one."),
     content_scope: ContentScope = CONTENT_SCOPE_OPTION,
+    candidates: Optional[str] = CANDIDATES_OPTION,
+    threshold: Optional[float] = THRESHOLD_OPTION,
+    mmkg: MmkgMode = MMKG_OPTION,
     source: Optional[Path] = SOURCE_OPTION,
 ) -> None:
-    """Compare models on identical splits over seeds: tables, significance, breakdowns, plots."""
+    """Compare models on identical splits over seeds: tables, significance, breakdowns, plots.
+
+    --datasets takes registry names, directories (labelled by their folder name) or LABEL=DIR."""
     from mmkgrec.evaluate.benchmark import BenchmarkSpec, run_benchmark
 
     spec = BenchmarkSpec.parse(
@@ -347,7 +414,8 @@ def benchmark(
         presplit_root=str(presplit_root) if presplit_root else None,
         recbole_reference=recbole_reference, tuned=str(tuned) if tuned else None,
         overrides=overrides, source=str(source) if source else None,
-        content_scope=content_scope.value)
+        content_scope=content_scope.value, candidates=candidates, threshold=threshold,
+        mmkg=mmkg.value)
     report = run_benchmark(spec, out, console=console)
     from rich.markdown import Markdown
 
@@ -370,6 +438,10 @@ def tune(
     overrides: list[str] = typer.Option([], "--set", help="KEY=VALUE fixed in every trial."),
     timeout: Optional[float] = typer.Option(None, "--timeout", help="Stop after this many "
                                             "seconds (finishing the running trial)."),
+    content_scope: ContentScope = CONTENT_SCOPE_OPTION,
+    candidates: Optional[str] = CANDIDATES_OPTION,
+    threshold: Optional[float] = THRESHOLD_OPTION,
+    mmkg: MmkgMode = MMKG_OPTION,
     source: Optional[Path] = SOURCE_OPTION,
 ) -> None:
     """Search a model's hyper-parameters (Optuna TPE) on the validation metric, never test."""
@@ -380,7 +452,8 @@ def tune(
     spec = TuneSpec(model=model, dataset=dataset, protocol=protocol.value, trials=trials,
                     seed=seed, presplit=str(presplit) if presplit else None,
                     source=str(source) if source else None, overrides=overrides,
-                    timeout_s=timeout)
+                    timeout_s=timeout, content_scope=content_scope.value,
+                    candidates=candidates, threshold=threshold, mmkg=mmkg.value)
     result = run_tune(spec, out, progress=sys.stdout.isatty())
     console.print(f"best valid {result['monitor']} {result['best_value']:.4f} with "
                   f"{result['best_params']}", highlight=False, soft_wrap=True)

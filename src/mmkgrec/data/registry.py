@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -89,15 +90,38 @@ def _lastfm_content(dataset: MMKG, hetrec_dir: Path) -> MMKG:
     return attach_lastfm_content(dataset, hetrec_dir)
 
 
+CONTENT_SCOPES = ("train", "no-eval", "all")  # the first is the default everywhere
+
+
+def has_user_content(dataset: MMKG) -> bool:
+    """Whether part of ``dataset``'s content comes from users (HetRec tags), so that it must be
+    rebuilt per split (:func:`scope_content`)."""
+    return "content hetrec dir" in dataset.meta or "hetrec dir" in dataset.meta
+
+
 def scope_content(dataset: MMKG, data_split, scope: str):
     """``(dataset, split)`` with user-contributed content (tags) rebuilt from a leak-controlled
-    subset (``train``: train positives' tags only; ``no-eval``: all but valid/test positives'
-    tags); the split is re-pointed at the rebuilt dataset (its parts are unchanged).
-    ``scope="all"`` returns both as they are."""
-    if scope == "all":
+    subset (``train``, the default: train positives' tags only; ``no-eval``: all but valid/test
+    positives' tags); the split is re-pointed at the rebuilt dataset (its parts are unchanged).
+    ``scope="all"`` (a labelled upper bound that sees held-out plays) and datasets without user
+    content return both as they are.
+
+    Raises:
+        ConfigError: an unknown scope, or a dataset whose content was scoped against another
+            split (e.g. written by ``mmkgrec data build-mmkg --content-scope``).
+    """
+    if scope not in CONTENT_SCOPES:
+        raise ConfigError(f"content scope must be one of {', '.join(CONTENT_SCOPES)}, got {scope!r}")
+    built_for = dataset.meta.get("content split")
+    if built_for is not None:  # already scoped (e.g. by `mmkgrec data build-mmkg`)
+        if built_for != data_split.fingerprint(with_candidates=False) or dataset.meta.get("content scope") != scope:
+            raise ConfigError(
+                f"dataset {dataset.name!r}: its content was scoped ({dataset.meta.get('content scope')}) "
+                f"against split {str(built_for)[:12]}...; train it with that scope on that split "
+                f"(build-mmkg saves it as <out>/split) or rebuild it for this one")
         return dataset, data_split
-    if scope not in ("train", "no-eval"):
-        raise ConfigError(f"content scope must be 'all', 'train' or 'no-eval', got {scope!r}")
+    if scope == "all" or not has_user_content(dataset):
+        return dataset, data_split
     from dataclasses import replace
 
     from mmkgrec.features.lastfm import scoped_content
@@ -146,8 +170,10 @@ def available_names() -> list[str]:
     return list(DATASETS) + ["synthetic"] + [f"synthetic-{p}" for p in PRESETS]
 
 
-def load(name: str | Path, *, source: str | Path | None = None, seed: int = 0) -> MMKG:
-    """Load a dataset by name or from a directory.
+def load(name: str | Path, *, source: str | Path | None = None, seed: int = 0,
+         threshold: float | None = None) -> MMKG:
+    """Load a dataset by name or from a directory; ``threshold`` overrides its positive
+    threshold (see :func:`with_threshold`).
 
     Args:
         name: a registry name (``lastfm-kgcn``, ``music-d``, ``hetrec-lastfm-2k``,
@@ -155,13 +181,40 @@ def load(name: str | Path, *, source: str | Path | None = None, seed: int = 0) -
             supported format (native, RecBole atomic, KGCN, MKGCN, HetRec; detected from its files).
         source: directory holding the named dataset's folder (see module docstring).
         seed: seed of the synthetic generator.
+        threshold: a positive is an interaction with ``value >= threshold``; None keeps the
+            format's own (e.g. music-d's 5 plays, a RecBole folder's sidecar, 0 elsewhere).
 
     Example:
         >>> ds = load("synthetic-tiny")
         >>> ds.n_items > 0
         True
     """
-    key = str(name)
+    return with_threshold(_load(str(name), source, seed), threshold)
+
+
+def with_threshold(dataset: MMKG, threshold: float | None) -> MMKG:
+    """``dataset`` with positives redefined as ``value >= threshold`` (None: unchanged)."""
+    if threshold is None:
+        return dataset
+    if not math.isfinite(threshold):
+        raise ConfigError(f"threshold must be a finite number, got {threshold}")
+    if float(threshold) == dataset.threshold:
+        return dataset
+    from dataclasses import replace
+
+    n_positive = int((dataset.interactions["value"].to_numpy() >= threshold).sum())
+    if n_positive == 0:
+        raise ConfigError(f"threshold {threshold:g} leaves dataset {dataset.name!r} without a "
+                          f"positive (its largest value is {dataset.interactions['value'].max():g})")
+    out = replace(dataset, threshold=float(threshold), notes=[
+        *dataset.notes, f"positive threshold {threshold:g} (the format's own: "
+        f"{dataset.threshold:g}): {n_positive:,} of {len(dataset.interactions):,} interactions "
+        f"are positives"], meta=dict(dataset.meta))
+    out.validate()
+    return out
+
+
+def _load(key: str, source: str | Path | None, seed: int) -> MMKG:
     if key == "synthetic" or key.startswith("synthetic-"):
         from mmkgrec.data.synthetic import PRESETS, generate
 

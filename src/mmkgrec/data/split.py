@@ -23,6 +23,17 @@ Three protocols, all seeded (numpy ``Generator``) and vectorised:
     (:meth:`Split.candidate_items`): the question is which NEW songs a user will like, answered
     from their KG links and content alone. Parts: ``user``, ``item`` int64, all positives.
 
+Candidate items (``Split.candidates``, :meth:`Split.candidate_items`): which items full ranking
+may return at a stage, an explicit option of every protocol, stated in every results table:
+
+``all``       every item of the catalogue (linked items nobody played included); ctr's default.
+``positive``  items with at least one positive in the split (train, valid or test): the items
+              RecBole ranks (those of its ``.inter`` file); topk's default.
+``new``       cold: every item without a train positive (held-out songs of both stages and songs
+              nobody played compete); cold's default.
+``held-out``  cold: only the stage's held-out items, which all have a positive in that stage:
+              optimistic by construction (never-played new songs never compete).
+
 Everything a model may see comes from :class:`Split`: ``train_positives``, ``user_history`` (the
 MKGCN user aggregator's input) and ``item_popularity`` use train rows only (ctr: label 1);
 ``ranking_exclusions`` masks what is known before a stage; ``ground_truth`` is the stage's
@@ -60,6 +71,14 @@ MANIFEST = "split.json"
 _FORMAT = "mmkgrec-split/1"
 _MAX_REJECTION_ROUNDS = 64  # slots still empty after this are filled by ranking
 _RANK_BLOCK = 1 << 24  # elements of one [users, n_items] block of random scores
+CANDIDATES = {"ctr": ("all", "positive"), "topk": ("positive", "all"),
+              "cold": ("new", "held-out", "all")}  # per protocol; the first is the default
+_LEGACY_CANDIDATES = {"ctr": "all", "topk": "all", "cold": "held-out"}  # before the option
+
+
+def default_candidates(protocol: str) -> str:
+    """The default candidate set of ``protocol`` (see the module docstring)."""
+    return CANDIDATES.get(protocol, ("all",))[0]
 
 
 class SplitConfig(BaseModel):
@@ -126,6 +145,11 @@ class Split:
     dataset_name: str = ""
     dataset_fingerprint: str = ""
     cold_items: dict[str, np.ndarray] = field(default_factory=dict)  # cold: stage -> sorted ids
+    candidates: str = ""  # candidate set (module docstring); "" = the protocol's default
+
+    def __post_init__(self):
+        if not self.candidates:
+            self.candidates = default_candidates(self.protocol)
 
     # ---- views (what models may see) ---------------------------------------------------------
     def part(self, name: str) -> pd.DataFrame:
@@ -165,8 +189,28 @@ class Split:
         return _csr(frame["user"].to_numpy(), frame["item"].to_numpy(), self.n_users)
 
     def candidate_items(self, stage: Stage) -> np.ndarray | None:
-        """Items that may be ranked at ``stage``: its cold items (cold protocol), else None (all)."""
-        return self.cold_items.get(_check_stage(stage)) if self.cold_items else None
+        """Sorted ids of the items full ranking may return at ``stage``; None: every item.
+        See the module docstring for each candidate set."""
+        stage = _check_stage(stage)
+        if self.candidates == "all":
+            return None
+        if self.candidates == "held-out":
+            return self.cold_items[stage]
+        seen = np.zeros(self.n_items, dtype=bool)  # [n_items]
+        parts = PARTS if self.candidates == "positive" else ("train",)
+        for name in parts:
+            seen[self.positives(name)["item"].to_numpy()] = True
+        return np.flatnonzero(seen if self.candidates == "positive" else ~seen).astype(np.int64)
+
+    def with_candidates(self, candidates: str | None) -> Split:
+        """The same split ranking over ``candidates`` (None: the protocol's default)."""
+        from dataclasses import replace
+
+        chosen = candidates or default_candidates(self.protocol)
+        if chosen not in CANDIDATES[self.protocol]:
+            raise ConfigError(f"candidate set {chosen!r} does not fit the {self.protocol} "
+                              f"protocol; choose {' or '.join(CANDIDATES[self.protocol])}")
+        return replace(self, candidates=chosen, notes=list(self.notes))
 
     def ground_truth(self, stage: Stage) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The stage's positives for full-ranking metrics.
@@ -183,8 +227,9 @@ class Split:
         return eval_users, np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), items
 
     # ---- identity, checks, files -------------------------------------------------------------
-    def fingerprint(self) -> str:
-        """sha256 over protocol, sizes and the three parts: identifies the exact split."""
+    def fingerprint(self, with_candidates: bool = True) -> str:
+        """sha256 over protocol, sizes, the three parts (and the candidate set): identifies the
+        exact split; ``with_candidates=False``: its parts only."""
         digest = hashlib.sha256(f"{self.protocol}|{self.n_users}|{self.n_items}".encode())
         for name in PARTS:
             frame = self.part(name)
@@ -195,6 +240,9 @@ class Split:
         for stage, items in sorted(self.cold_items.items()):
             digest.update(f"|cold {stage}:".encode())
             digest.update(np.ascontiguousarray(items, dtype=np.int64).tobytes())
+        if with_candidates and self.candidates != _LEGACY_CANDIDATES.get(self.protocol):
+            # (the legacy set adds nothing, so fingerprints from before the option stay valid)
+            digest.update(f"|candidates:{self.candidates}".encode())
         return digest.hexdigest()
 
     def validate(self) -> None:
@@ -219,6 +267,9 @@ class Split:
         keys = np.concatenate(keys)
         if not _first_occurrence(keys).all():
             raise MMKGRecError("split parts overlap: a (user, item) pair is in two parts or twice")
+        if self.candidates not in CANDIDATES.get(self.protocol, ()):
+            raise MMKGRecError(f"candidate set {self.candidates!r} does not fit the "
+                               f"{self.protocol} protocol")
         if self.protocol == "cold":
             self._validate_cold()
 
@@ -254,6 +305,7 @@ class Split:
             "notes": self.notes,
             "rows": {name: len(self.part(name)) for name in PARTS},
             "cold_items": {stage: items.tolist() for stage, items in self.cold_items.items()},
+            "candidates": self.candidates,
             "dataset": {"name": self.dataset_name, "fingerprint": self.dataset_fingerprint},
             "fingerprint": self.fingerprint(),
         }
@@ -304,6 +356,8 @@ class Split:
             dataset_fingerprint=manifest["dataset"].get("fingerprint", ""), **parts,
             cold_items={stage: np.asarray(items, dtype=np.int64)
                         for stage, items in manifest.get("cold_items", {}).items()},
+            candidates=str(manifest.get("candidates", _LEGACY_CANDIDATES.get(
+                manifest["protocol"], ""))),
         )
         try:
             split_.validate()

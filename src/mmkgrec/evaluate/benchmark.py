@@ -37,7 +37,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from rich.console import Console
 
 from mmkgrec.data.dataset import MMKG
@@ -81,7 +81,35 @@ class BenchmarkSpec(BaseModel):
     tuned: str | None = None  # folder holding <dataset>/<model>.toml from `mmkgrec tune`
     overrides: list[str] = []  # KEY=VALUE; KEY: model.X, train.X, <model>.X or a bare X
     source: str | None = None
-    content_scope: Literal["all", "train", "no-eval"] = "all"  # tag content scope (scope_content)
+    # user content built from train positives only (default) / all but valid+test / everything
+    content_scope: Literal["train", "no-eval", "all"] = "train"
+    candidates: str | None = None  # items ranked (data.split.CANDIDATES); None: protocol default
+    threshold: float | None = None  # positive threshold for every dataset (None: their own)
+    mmkg: Literal["attribute", "entity"] = "attribute"  # entity: content -> KG entities per split
+    paths: dict[str, str] = {}  # label -> what to load; filled from "LABEL=DIR" entries
+
+    @model_validator(mode="after")
+    def _label_datasets(self):
+        """``LABEL=DIR`` entries of ``datasets`` -> label + path; a bare directory is labelled by
+        its folder name; a registry name is its own label."""
+        labels = []
+        for entry in self.datasets:
+            label, sep, path = entry.partition("=")
+            if not sep:
+                label, path = entry, entry
+                if Path(entry).is_dir() and entry not in available_names():
+                    label = Path(entry).resolve().name
+            if not label or label in labels:
+                raise ValueError(f"dataset label {label!r} is empty or used twice; give "
+                                 f"LABEL=DIR to tell datasets apart")
+            labels.append(label)
+            self.paths.setdefault(label, path)
+        self.datasets = labels
+        return self
+
+    def path_of(self, label: str) -> str:
+        """What to load for the dataset labelled ``label``."""
+        return self.paths.get(label, label)
 
     @field_validator("models")
     @classmethod
@@ -137,24 +165,26 @@ def run_benchmark(spec: BenchmarkSpec, out_dir: str | Path, *, progress: bool | 
         task = bar.add_task("benchmark", total=n_cells)
         for dataset_name in spec.datasets:
             bar.update(task, description=f"loading {dataset_name}")
-            dataset = load(dataset_name, source=spec.source)
+            dataset = load(spec.path_of(dataset_name), source=spec.source,
+                           threshold=spec.threshold)
             presplit = _presplit_dir(spec, dataset_name)
             fixed = apply_presplit(dataset, presplit) if presplit else None
             for seed in spec.seeds:
                 data_split = (fixed if fixed is not None
                               else split(dataset, protocol=spec.protocol, seed=seed))
-                cell_dataset, cell_split = scope_content(dataset, data_split, spec.content_scope)
+                data_split = data_split.with_candidates(spec.candidates)
+                cell_dataset, cell_split = _derive(spec, seed, dataset, data_split)
                 for model in spec.models:
                     bar.update(task, description=f"{dataset_name} · {model} · seed {seed}")
                     run_spec, source_label = _cell_spec(spec, dataset_name, model, seed, presplit)
-                    config_hash = _config_hash(run_spec, cell_split)
+                    config_hash = _config_hash(run_spec, cell_split, cell_dataset.meta)
                     done = _find(results, dataset_name, model, seed)
                     if (len(done) and done["config_hash"].iloc[0] == config_hash
                             and _per_user_path(out, dataset_name, model, seed).is_file()):
                         skipped += 1
                     else:
                         row = _run_and_save(run_spec, cell_dataset, cell_split, out, config_hash,
-                                            source_label)
+                                            source_label, dataset_name)
                         bar.console.print(
                             f"{dataset_name} {model} seed {seed}: test NDCG@20 "
                             f"{row.get('test_ndcg@20', float('nan')):.4f}, Recall@20 "
@@ -168,13 +198,22 @@ def run_benchmark(spec: BenchmarkSpec, out_dir: str | Path, *, progress: bool | 
     return write_report(spec, out)
 
 
+def _derive(spec: BenchmarkSpec, seed: int, dataset: MMKG, data_split: Split
+            ) -> tuple[MMKG, Split]:
+    """The split-dependent data of a cell (scoped content, entity MMKG) as a single run does."""
+    from mmkgrec.train.run import derive_data
+
+    run_spec = RunSpec(dataset="-", seed=seed, content_scope=spec.content_scope, mmkg=spec.mmkg)
+    return derive_data(run_spec, dataset, data_split)
+
+
 def _run_and_save(run_spec: RunSpec, dataset: MMKG, data_split: Split, out: Path,
-                  config_hash: str, source_label: str) -> dict:
+                  config_hash: str, source_label: str, label: str) -> dict:
     """Run one cell and save it: per-user arrays, then its breakdown rows, then its results row
     (so a row in results.csv implies the rest is on disk). Returns the results row."""
-    row, per_user, groups = _run_cell(run_spec, dataset, data_split, out, config_hash)
+    row, per_user, groups = _run_cell(run_spec, dataset, data_split, out, config_hash, label)
     row["config_source"] = source_label
-    key = (run_spec.dataset, run_spec.model, run_spec.seed)
+    key = (label, run_spec.model, run_spec.seed)
     npz = _per_user_path(out, *key)
     npz.parent.mkdir(parents=True, exist_ok=True)
     np.savez(npz, **per_user)
@@ -186,9 +225,11 @@ def _run_and_save(run_spec: RunSpec, dataset: MMKG, data_split: Split, out: Path
 def _check_spec(spec: BenchmarkSpec) -> None:
     """Fail before any training on options that cannot work."""
     for name in spec.datasets:
-        if name not in available_names() and not Path(name).is_dir():
-            raise ConfigError(f"unknown dataset {name!r}; choose from "
-                              f"{', '.join(available_names())} or give a directory")
+        path = spec.path_of(name)
+        if path not in available_names() and not Path(path).is_dir():
+            raise ConfigError(f"unknown dataset {path!r}; choose from "
+                              f"{', '.join(available_names())} or give a directory "
+                              f"(LABEL=DIR names it in the tables)")
     if spec.presplit_root is not None:
         if spec.protocol != "topk":
             raise ConfigError("--presplit-root holds topk splits; use --protocol topk")
@@ -253,30 +294,37 @@ def _cell_spec(spec: BenchmarkSpec, dataset: str, model: str, seed: int,
     set_model, set_train = parse_overrides(_overrides_for(spec.overrides, model), model)
     if spec.overrides and (set_model or set_train):
         label += " + --set"
-    run_spec = RunSpec(model=model, dataset=dataset, source=spec.source, protocol=spec.protocol,
-                       presplit=str(presplit) if presplit else None, seed=seed,
-                       content_scope=spec.content_scope,
+    run_spec = RunSpec(model=model, dataset=spec.path_of(dataset), source=spec.source,
+                       protocol=spec.protocol, presplit=str(presplit) if presplit else None,
+                       seed=seed, content_scope=spec.content_scope, candidates=spec.candidates,
+                       threshold=spec.threshold, mmkg=spec.mmkg,
                        model_options={**file_model, **set_model},
                        train_options={**file_train, **set_train})
     return run_spec, label
 
 
-def _config_hash(run_spec: RunSpec, data_split: Split) -> str:
+def _config_hash(run_spec: RunSpec, data_split: Split, dataset_meta: dict) -> str:
     model_cfg, train_cfg = resolved_configs(run_spec)
     identity = {"dataset": run_spec.dataset, "model": run_spec.model, "seed": run_spec.seed,
                 "protocol": run_spec.protocol, "split": data_split.fingerprint(),
                 "model_config": model_cfg.model_dump(mode="json"),
                 "train_config": train_cfg.model_dump(mode="json")}
-    if run_spec.content_scope != "all":
-        identity["content_scope"] = run_spec.content_scope
+    if ("content scope" in dataset_meta or "hetrec dir" in dataset_meta) and (
+            run_spec.content_scope != "all"):
+        identity["content_scope"] = run_spec.content_scope  # (old hashes of "all" stay valid)
+    for option in ("threshold", "candidates"):  # the split fingerprint holds the candidates
+        if getattr(run_spec, option) is not None:
+            identity[option] = getattr(run_spec, option)
+    if run_spec.mmkg != "attribute":
+        identity["mmkg"] = run_spec.mmkg
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _run_cell(run_spec: RunSpec, dataset: MMKG, data_split: Split, out: Path,
-              config_hash: str) -> tuple[dict, dict[str, np.ndarray], list[dict]]:
+              config_hash: str, label: str) -> tuple[dict, dict[str, np.ndarray], list[dict]]:
     """Train one cell (resuming its run directory when the hash matches); return its results row,
     per-user arrays and breakdown rows."""
-    cell_dir = out / "runs" / _slug(run_spec.dataset) / run_spec.model / f"seed{run_spec.seed}"
+    cell_dir = out / "runs" / _slug(label) / run_spec.model / f"seed{run_spec.seed}"
     marker = cell_dir / "cell.json"
     identity = {"config_hash": config_hash, "spec": run_spec.model_dump()}
     if cell_dir.exists() and (not marker.is_file() or json.loads(marker.read_text()) != identity):
@@ -305,12 +353,14 @@ def _run_cell(run_spec: RunSpec, dataset: MMKG, data_split: Split, out: Path,
     per_user = per_user_topk_metrics(top, truth_indptr, truth_items, [K], data_split.n_items)
     train_items = np.diff(data_split.user_history()[0])[users]  # [n_eval]
     arrays = {"users": users, **{m: per_user[m] for m in TESTED}, "train_items": train_items}
-    groups = [{"dataset": run_spec.dataset, "model": run_spec.model, "seed": run_spec.seed, **g}
+    groups = [{"dataset": label, "model": run_spec.model, "seed": run_spec.seed, **g}
               for g in breakdown_groups(data_split, top, per_user, train_items)]
 
-    row = {"dataset": run_spec.dataset, "model": run_spec.model, "seed": run_spec.seed,
+    row = {"dataset": label, "model": run_spec.model, "seed": run_spec.seed,
            "protocol": data_split.protocol, "config_hash": config_hash,
            "split": "presplit" if run_spec.presplit else f"seed {run_spec.seed}",
+           "candidates": f"{data_split.candidates} ({_n_candidates(data_split)} items)",
+           "content_scope": _content_label(dataset, run_spec.content_scope),
            **{f"test_{k}": v for k, v in metrics["test"].items()},
            "monitor": metrics["monitor"],
            **{f"valid_{k}": v for k, v in metrics["valid"].items()},
@@ -326,6 +376,20 @@ def _run_cell(run_spec: RunSpec, dataset: MMKG, data_split: Split, out: Path,
            "model_config": json.dumps(model_cfg.model_dump(mode="json"), sort_keys=True),
            "train_config": json.dumps(train_cfg.model_dump(mode="json"), sort_keys=True)}
     return row, arrays, groups
+
+
+def _n_candidates(data_split: Split) -> int:
+    allowed = data_split.candidate_items("test")
+    return data_split.n_items if allowed is None else len(allowed)
+
+
+def _content_label(dataset: MMKG, scope: str) -> str:
+    """The content scope as tables state it: ``none`` when no content comes from users."""
+    from mmkgrec.data.registry import has_user_content
+
+    if "content scope" not in dataset.meta and not has_user_content(dataset):
+        return "none (no user content)"
+    return "all (upper bound: sees held-out plays)" if scope == "all" else scope
 
 
 def breakdown_groups(data_split: Split, top: np.ndarray, per_user: dict[str, np.ndarray],
@@ -376,6 +440,18 @@ def breakdown_groups(data_split: Split, top: np.ndarray, per_user: dict[str, np.
 
 
 # ---- the report ----------------------------------------------------------------------------------
+def _setting_line(rows: pd.DataFrame, spec: BenchmarkSpec) -> str:
+    """What every row of a dataset's table ranked and saw: candidate set, content scope."""
+    def values(column: str) -> str:
+        if column not in rows.columns:
+            return "not recorded (cells run before the option existed)"
+        return " / ".join(str(v) for v in pd.unique(rows[column].fillna("not recorded")))
+
+    return (f"Candidate items: {values('candidates')}. Content scope: {values('content_scope')}."
+            + (f" MMKG: {spec.mmkg}-based." if spec.mmkg != "attribute" else "")
+            + (f" Positive threshold: {spec.threshold:g}." if spec.threshold is not None else ""))
+
+
 def write_report(spec: BenchmarkSpec, out_dir: str | Path) -> Path:
     """results.md, significance.csv and plots/ from the cells of ``spec`` saved in ``out_dir``."""
     out = Path(out_dir)
@@ -412,7 +488,7 @@ def write_report(spec: BenchmarkSpec, out_dir: str | Path) -> Path:
         if reference is not None and spec.protocol == "topk" and (
                 spec.recbole_reference or (spec.presplit_root and dataset in RECBOLE_DATASETS)):
             recbole = _recbole_rows(*reference, dataset)
-        lines += [f"## {dataset}", ""]
+        lines += [f"## {dataset}", "", _setting_line(rows, spec), ""]
         lines += _metric_table(rows, models, spec.protocol, tests, recbole)
         if recbole is not None:
             lines += ["", f"RecBole rows: parsed from {reference[0]} (their own runs on the same "

@@ -2,8 +2,8 @@
 
 Top-K: ``model.prepare_ranking()`` once, then per block of evaluated users (those with at least
 one positive in the stage, :meth:`Split.ground_truth`) ``model.score_users`` -> mask the items
-known before the stage (:meth:`Split.ranking_exclusions`) and, under the cold-start protocol, every
-item that is not one of the stage's new items (:meth:`Split.candidate_items`) -> ``torch.topk`` ->
+known before the stage (:meth:`Split.ranking_exclusions`) and every item outside the split's
+candidate set (:meth:`Split.candidate_items`) -> ``torch.topk`` ->
 metrics over all evaluated users. CTR: logits of every labelled row of the stage, metrics over the whole set
 (AUC is never averaged over batches).
 """
@@ -117,7 +117,7 @@ def rank_stage(model: nn.Module, split: Split, stage: Stage, users: np.ndarray, 
     items = torch.as_tensor(items, device=device)  # [nnz]
     users_t = torch.as_tensor(users, dtype=torch.int64, device=device)  # [n_eval]
     top = torch.full((len(users), k), -1, dtype=torch.int64)  # [n_eval, k]
-    allowed = split.candidate_items(stage)  # cold protocol: only the stage's new items compete
+    allowed = split.candidate_items(stage)  # the split's candidate set; None: every item
     blocked = None
     if allowed is not None:
         blocked = torch.ones(split.n_items, dtype=torch.bool, device=device)  # [n_items]

@@ -11,11 +11,14 @@ values, 186,478 assignments). For each artist we build, without user identity:
 
 Artists nobody tagged get mask False in both (about a fifth of them).
 
-Caveat: tags come from the same users whose plays are predicted. ``scope="all"`` uses every tag
-assignment (a tag given on a held-out play then shapes the artist's document); ``scope="train"``
-(:func:`scoped_content`) keeps only assignments whose (user, artist) pair is a TRAIN positive of
-the split, so no valid/test interaction leaves a trace; ``scope="no-eval"`` drops only the
-assignments on valid/test positives. Results report them side by side.
+Tags come from the same users whose plays are predicted, so content is built per split
+(:func:`scoped_content`). ``scope="train"`` (the default of every run and benchmark) keeps only
+the assignments whose (user, artist) pair is a TRAIN positive of the split; ``scope="no-eval"``
+keeps every assignment except those on a valid / test positive. Under both, no valid or test
+interaction leaves a trace, and every fitted transform (TF-IDF + SVD, PCA) is fitted on TRAIN
+items only (items with a train positive). ``scope="all"`` (:func:`attach_lastfm_content`, what
+``data.load`` returns) uses every assignment, fitted on every tagged item: an upper bound that
+sees held-out plays, reported only as a labelled row.
 """
 
 from __future__ import annotations
@@ -43,7 +46,8 @@ def tag_assignments(hetrec_dir: str | Path) -> pd.DataFrame:
 
 
 def content_modalities(dataset: MMKG, assignments: pd.DataFrame, names: pd.Series | None = None,
-                       text_backend: str = "minilm") -> dict[str, tuple[np.ndarray, np.ndarray]]:
+                       text_backend: str = "minilm", fit_items: np.ndarray | None = None
+                       ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """``{"text": (matrix, mask), "sentiment": (matrix, mask)}`` for ``dataset``'s items.
 
     Args:
@@ -52,6 +56,8 @@ def content_modalities(dataset: MMKG, assignments: pd.DataFrame, names: pd.Serie
         names: [n_items] artist names ('' when unknown); default ``dataset.item_attrs["name"]``.
         text_backend: ``minilm`` (sentence-transformers, offline) or ``tfidf`` (no weights); see
             :func:`mmkgrec.features.text.embed_texts`.
+        fit_items: bool [n_items]: the items a fitted transform (TF-IDF + SVD) may learn from
+            (pass the split's train items); None: every tagged item (the ``all`` upper bound).
     """
     if names is None:
         names = (dataset.item_attrs["name"] if dataset.item_attrs is not None
@@ -67,7 +73,10 @@ def content_modalities(dataset: MMKG, assignments: pd.DataFrame, names: pd.Serie
     tag_text = pd.Series("", index=range(dataset.n_items)).add(top, fill_value="").fillna("")
     documents = [f"{name}. {tags}" if tags else "" for name, tags in
                  zip(np.asarray(names, dtype=str), tag_text.to_numpy())]
-    text = cached_embeddings(documents, text_backend, fit_rows=present)
+    fit_rows = present if fit_items is None else present & np.asarray(fit_items, dtype=bool)
+    if not fit_rows.any():
+        fit_rows = present  # nothing tagged among the fit items: fall back (noted by the caller)
+    text = cached_embeddings(documents, text_backend, fit_rows=fit_rows)
     text[~present] = 0.0
     return {"text": (text, present),
             "sentiment": (_sentiment(counts, dataset.n_items), present)}
@@ -113,7 +122,7 @@ def attach_lastfm_content(dataset: MMKG, hetrec_dir: str | Path,
     assignments = tag_assignments(hetrec_dir)
     assignments = assignments[assignments["item"].isin(dataset.items)]
     _set_modalities(dataset, content_modalities(dataset, assignments, text_backend=text_backend))
-    dataset.meta["content scope"] = "all"
+    dataset.meta["content scope"] = "all"  # the labelled upper bound: sees held-out plays
     dataset.meta["content hetrec dir"] = str(hetrec_dir)
     dataset.meta["content text backend"] = text_backend
     tagged = int(dataset.modality_masks["text"].sum())
@@ -128,25 +137,29 @@ def attach_lastfm_content(dataset: MMKG, hetrec_dir: str | Path,
 
 
 def scoped_content(dataset: MMKG, data_split, scope: str) -> MMKG:
-    """The same modalities rebuilt from a leak-controlled subset of the tag assignments.
+    """The same content rebuilt from a leak-controlled subset of the tag assignments.
 
     ``scope="train"``: only assignments whose (user, artist) pair is a TRAIN positive of the
     split. ``scope="no-eval"``: every assignment except those on a valid or test positive (a
-    held-out play never shapes the artist's document, but tags from users who tagged without
-    playing, or whose play is in train, stay).
+    held-out play never shapes the artist's content, but tags from users who tagged without
+    playing, or whose play is in train, stay). Rebuilt: the ``text`` / ``sentiment`` modalities
+    (made by :func:`attach_lastfm_content`; TF-IDF fitted on the split's train items only) and
+    the ``tags`` display / entity attribute (made by ``attach_hetrec_text``).
 
     Args:
-        dataset: a dataset made by :func:`attach_lastfm_content` (it names the HetRec folder).
+        dataset: a dataset whose meta names its HetRec folder (``content hetrec dir`` or
+            ``hetrec dir``).
         data_split: the split whose positives decide what is kept.
     Returns:
-        a copy of ``dataset`` with rebuilt ``text`` / ``sentiment`` (ids, interactions and KG
-        are shared, not copied).
+        a copy of ``dataset`` (ids, interactions and KG are shared, not copied) whose meta
+        records the scope and the split's fingerprint.
     """
-    if "content hetrec dir" not in dataset.meta:
+    folder = dataset.meta.get("content hetrec dir", dataset.meta.get("hetrec dir"))
+    if folder is None:
         raise MMKGRecError(f"dataset {dataset.name!r} has no tag content to scope")
     if scope not in ("train", "no-eval"):
         raise MMKGRecError(f"unknown content scope {scope!r}; expected train or no-eval")
-    assignments = tag_assignments(dataset.meta["content hetrec dir"])
+    assignments = tag_assignments(folder)
     assignments = assignments[assignments["item"].isin(dataset.items)]
     parts = ["train"] if scope == "train" else ["valid", "test"]
     pairs = pd.concat([data_split.positives(part) for part in parts], ignore_index=True)
@@ -155,14 +168,35 @@ def scoped_content(dataset: MMKG, data_split, scope: str) -> MMKG:
     listed = keys.get_indexer(assignments["user"] + "\t" + assignments["item"]) >= 0
     kept = assignments[listed if scope == "train" else ~listed]
     scoped = replace(dataset, modalities=dict(dataset.modalities), notes=list(dataset.notes),
-                     modality_masks=dict(dataset.modality_masks), meta=dict(dataset.meta))
-    _set_modalities(scoped, content_modalities(
-        scoped, kept, text_backend=str(dataset.meta.get("content text backend", "minilm"))))
+                     modality_masks=dict(dataset.modality_masks), meta=dict(dataset.meta),
+                     item_attrs=None if dataset.item_attrs is None else dataset.item_attrs.copy())
+    if scoped.item_attrs is not None and "tags" in scoped.item_attrs.columns:
+        scoped.item_attrs["tags"] = tag_attribute(scoped, kept)
+    note = f"content scope {scope}: {len(kept)}/{len(assignments)} tag assignments kept"
+    if "content hetrec dir" in dataset.meta:
+        train_items = data_split.item_popularity() > 0  # [n_items] fitted transforms learn here
+        _set_modalities(scoped, content_modalities(
+            scoped, kept, text_backend=str(dataset.meta.get("content text backend", "minilm")),
+            fit_items=train_items))
+        note += (f"; {int(scoped.modality_masks['text'].sum())}/{scoped.n_items} artists keep "
+                 f"tags; TF-IDF / SVD fitted on train items only")
     scoped.meta["content scope"] = scope
-    scoped.notes.append(
-        f"content scope {scope}: {len(kept)}/{len(assignments)} tag assignments kept; "
-        f"{int(scoped.modality_masks['text'].sum())}/{scoped.n_items} artists keep tags")
+    scoped.meta["content split"] = data_split.fingerprint(with_candidates=False)
+    scoped.notes.append(note)
     return scoped
+
+
+def tag_attribute(dataset: MMKG, assignments: pd.DataFrame) -> pd.Series:
+    """[n_items] str: each item's most given tags (at most ``TOP_TAGS``), ``"; "``-joined, from
+    ``assignments`` (``item``, ``tag``) only; ``""`` for an item none of them tags."""
+    from mmkgrec.data.formats.hetrec import TOP_TAGS
+
+    index = pd.Index(dataset.items).get_indexer(assignments["item"])
+    rows = assignments[index >= 0].assign(item=index[index >= 0])
+    counts = rows.groupby(["item", "tag"]).size().rename("n").reset_index()
+    counts = counts.sort_values(["item", "n", "tag"], ascending=[True, False, True])
+    top = counts.groupby("item").head(TOP_TAGS).groupby("item")["tag"].agg("; ".join)
+    return pd.Series(top.reindex(range(dataset.n_items)).fillna("").to_numpy(dtype=str))
 
 
 def _set_modalities(dataset: MMKG, built: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:

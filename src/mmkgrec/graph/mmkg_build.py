@@ -17,7 +17,9 @@ The MKGCN paper describes both constructions:
                             of standardised M vectors)
   ========================  ==========================  =======================================
 
-  Clusters are fitted on item content only (no interactions), seeded. Absent rows (mask False)
+  Clusters are fitted on item content only (no interactions), seeded, on the ``fit_items`` (pass
+  the split's train items so no held-out song shapes them; every present item is then assigned
+  to its nearest cluster). Absent rows (mask False)
   get no link. An entity that already exists under the same name (e.g. a KG's own ``tag:x``) is
   reused. The modalities themselves are dropped unless ``keep_modalities``.
 """
@@ -41,7 +43,8 @@ TAG_SEPARATOR = ";"
 
 
 def build_mmkg(dataset: MMKG, mode: Mode, *, clusters: int = 32, min_tag_items: int = 2,
-               keep_modalities: bool = False, seed: int = 0) -> MMKG:
+               keep_modalities: bool = False, seed: int = 0,
+               fit_items: np.ndarray | None = None) -> MMKG:
     """The ``attribute`` or ``entity`` MMKG of ``dataset`` (see the module docstring).
 
     Args:
@@ -51,6 +54,8 @@ def build_mmkg(dataset: MMKG, mode: Mode, *, clusters: int = 32, min_tag_items: 
         min_tag_items: tags linked to fewer items are left out (they connect nothing).
         keep_modalities: entity mode: keep the modality matrices as attributes too.
         seed: k-means seed.
+        fit_items: bool [n_items]: the items standardisation and k-means are fitted on (the
+            split's train items); None: every present item.
     """
     if mode not in ("attribute", "entity"):
         raise ConfigError(f"mode must be 'attribute' or 'entity', got {mode!r}")
@@ -75,7 +80,7 @@ def build_mmkg(dataset: MMKG, mode: Mode, *, clusters: int = 32, min_tag_items: 
         if name == "sentiment":
             links.append(_mood_links(matrix[:, 0], mask))
         else:
-            links.append(_cluster_links(name, matrix, mask, clusters, seed))
+            links.append(_cluster_links(name, matrix, mask, clusters, seed, fit_items))
     new = pd.concat(links, ignore_index=True) if links else pd.DataFrame(
         columns=["item", "relation", "entity"])
     return _with_links(dataset, new, keep_modalities)
@@ -102,17 +107,22 @@ def _mood_links(compound: np.ndarray, mask: np.ndarray) -> pd.DataFrame:
 
 
 def _cluster_links(name: str, matrix: np.ndarray, mask: np.ndarray, clusters: int,
-                   seed: int) -> pd.DataFrame:
-    """``<name>_like`` links to the k-means cluster of each present item's standardised vector."""
+                   seed: int, fit_items: np.ndarray | None = None) -> pd.DataFrame:
+    """``<name>_like`` links to the k-means cluster of each present item's standardised vector;
+    standardisation and k-means are fitted on the present ``fit_items`` only."""
     from sklearn.cluster import KMeans
 
     items = np.flatnonzero(mask)
-    rows = matrix[items].astype(np.float64)  # [n_present, d]
-    rows = (rows - rows.mean(0)) / np.maximum(rows.std(0), 1e-8)
-    k = min(clusters, len(np.unique(rows, axis=0)))
+    fit = mask if fit_items is None else mask & np.asarray(fit_items, dtype=bool)  # [n_items]
+    if not fit.any():
+        return pd.DataFrame(columns=["item", "relation", "entity"])
+    fit_rows = matrix[fit].astype(np.float64)  # [n_fit, d]
+    mean, std = fit_rows.mean(0), np.maximum(fit_rows.std(0), 1e-8)
+    k = min(clusters, len(np.unique(fit_rows, axis=0)))
     if k < 2:
         return pd.DataFrame(columns=["item", "relation", "entity"])
-    labels = KMeans(n_clusters=k, n_init=4, random_state=seed).fit_predict(rows)  # [n_present]
+    kmeans = KMeans(n_clusters=k, n_init=4, random_state=seed).fit((fit_rows - mean) / std)
+    labels = kmeans.predict((matrix[items].astype(np.float64) - mean) / std)  # [n_present]
     return pd.DataFrame({"item": items, "relation": f"{name}_like",
                          "entity": np.char.add(f"{name}_cluster:", labels.astype(str))})
 

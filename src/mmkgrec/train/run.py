@@ -53,7 +53,12 @@ class RunSpec(BaseModel):
     protocol: str = "ctr"
     presplit: str | None = None  # folder with train/valid/test.tsv (topk)
     seed: int = 0
-    content_scope: Literal["all", "train", "no-eval"] = "all"  # tag content scope (scope_content)
+    # user-contributed content (tags) built from: train positives only (default), all but
+    # valid/test positives, or everything (a labelled upper bound); see data.registry.scope_content
+    content_scope: Literal["train", "no-eval", "all"] = "train"
+    candidates: str | None = None  # items ranked (data.split.CANDIDATES); None: protocol default
+    threshold: float | None = None  # positive threshold overriding the dataset's own
+    mmkg: Literal["attribute", "entity"] = "attribute"  # entity: content becomes KG entities
     model_options: dict[str, Any] = {}
     train_options: dict[str, Any] = {}
 
@@ -124,8 +129,9 @@ def resolved_configs(spec: RunSpec) -> tuple[BaseModel, TrainConfig]:
 
 
 def prepare_data(spec: RunSpec) -> tuple[MMKG, Split]:
-    """Load the dataset and make (or apply) the split the spec asks for."""
-    dataset = load(spec.dataset, source=spec.source)
+    """Load the dataset and make (or apply) the split the spec asks for, then derive the
+    split-dependent data (:func:`derive_data`)."""
+    dataset = load_dataset(spec)
     if spec.presplit is not None:
         if spec.protocol != "topk":
             raise ConfigError("a pre-split (train/valid/test.tsv) is a topk protocol; "
@@ -133,7 +139,27 @@ def prepare_data(spec: RunSpec) -> tuple[MMKG, Split]:
         data_split = apply_presplit(dataset, spec.presplit)
     else:
         data_split = split(dataset, protocol=spec.protocol, seed=spec.seed)
-    return scope_content(dataset, data_split, spec.content_scope)
+    return derive_data(spec, dataset, data_split.with_candidates(spec.candidates))
+
+
+def load_dataset(spec: RunSpec) -> MMKG:
+    """The spec's dataset as read, with ``spec.threshold`` applied."""
+    return load(spec.dataset, source=spec.source, threshold=spec.threshold)
+
+
+def derive_data(spec: RunSpec, dataset: MMKG, data_split: Split) -> tuple[MMKG, Split]:
+    """What depends on the split: user content scoped to it, then the entity-based MMKG (its
+    content clusters fitted on the split's train items). The split is re-pointed at the result."""
+    dataset, data_split = scope_content(dataset, data_split, spec.content_scope)
+    if spec.mmkg == "entity":
+        from dataclasses import replace
+
+        from mmkgrec.graph.mmkg_build import build_mmkg
+
+        dataset = build_mmkg(dataset, "entity", seed=spec.seed,
+                             fit_items=data_split.item_popularity() > 0)
+        data_split = replace(data_split, dataset_fingerprint=dataset.fingerprint())
+    return dataset, data_split
 
 
 def build_model(spec: RunSpec, dataset: MMKG, data_split: Split, model_cfg) -> Recommender:
@@ -174,19 +200,25 @@ def load_run(directory: str | Path) -> Run:
     if not manifest.is_file():
         raise MMKGRecError(f"{directory} is not a run directory (no run.json); pass the --out "
                            f"folder of `mmkgrec train`")
-    saved = json.loads(manifest.read_text())
-    spec = RunSpec(**saved["spec"])
-    dataset = load(spec.dataset, source=spec.source)
-    if spec.content_scope == "all":
-        data_split = Split.load(directory / "split", dataset)
-    else:  # the split was saved against the train-scoped dataset: rebuild it, then check
-        data_split = Split.load(directory / "split")
-        dataset, _ = scope_content(dataset, data_split, spec.content_scope)
-        if dataset.fingerprint() != data_split.dataset_fingerprint:
-            raise MMKGRecError(f"{directory}: the rebuilt train-scoped content differs from the "
-                               "one this run was trained with (data files changed?)")
+    try:  # a malformed run.json is named, not an anonymous JSON / key / validation error
+        saved = json.loads(manifest.read_text(encoding="utf-8"))
+        spec = RunSpec(**saved["spec"])
+        model_options = dict(saved["model_config"])
+    except ValidationError as error:
+        raise MMKGRecError(f"{manifest}: invalid spec: {describe(error)}") from None
+    except (ValueError, KeyError, TypeError, RecursionError) as error:
+        problem = (f"missing key {error}" if isinstance(error, KeyError) else
+                   "nested too deeply" if isinstance(error, RecursionError) else
+                   "expected a JSON object with spec and model_config" if isinstance(error, TypeError)
+                   else str(error))
+        raise MMKGRecError(f"{manifest}: not a valid run.json ({problem})") from None
+    data_split = Split.load(directory / "split")
+    dataset, data_split = derive_data(spec, load_dataset(spec), data_split)
+    if dataset.fingerprint() != data_split.dataset_fingerprint:
+        raise MMKGRecError(f"{directory}: the dataset (or its split-scoped content) differs from "
+                           "the one this run was trained with (data files changed?)")
     cls = model_class(spec.model)
-    model = cls(dataset, data_split, cls.Config(**saved["model_config"]), seed=spec.seed)
+    model = cls(dataset, data_split, cls.Config(**model_options), seed=spec.seed)
     _, meta = load_checkpoint(directory / "best", model, dataset=dataset, split=data_split)
     model.eval()
     return Run(spec, dataset, data_split, model, meta.get("metrics"), directory)

@@ -23,6 +23,7 @@ import sys
 import time
 from importlib import resources
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -58,6 +59,10 @@ class TuneSpec(BaseModel):
     source: str | None = None
     overrides: list[str] = []
     timeout_s: float | None = Field(None, gt=0)
+    content_scope: Literal["train", "no-eval", "all"] = "train"  # as RunSpec
+    candidates: str | None = None
+    threshold: float | None = None
+    mmkg: Literal["attribute", "entity"] = "attribute"
 
 
 def search_space(model: str) -> dict[str, tuple[str, dict]]:
@@ -135,7 +140,9 @@ def tune(spec: TuneSpec, out_dir: str | Path, *, progress: bool = False) -> dict
     space = search_space(spec.model)
     fixed_model, fixed_train = parse_overrides(spec.overrides, spec.model)
     base = RunSpec(model=spec.model, dataset=spec.dataset, source=spec.source,
-                   protocol=spec.protocol, presplit=spec.presplit, seed=spec.seed)
+                   protocol=spec.protocol, presplit=spec.presplit, seed=spec.seed,
+                   content_scope=spec.content_scope, candidates=spec.candidates,
+                   threshold=spec.threshold, mmkg=spec.mmkg)
     dataset, data_split = prepare_data(base)  # the same data path as a single run
     monitor = "auc" if data_split.protocol == "ctr" else "ndcg@20"
 

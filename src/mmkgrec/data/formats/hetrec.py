@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from mmkgrec.data.dataset import MMKG, build_mmkg, file_provenance
-from mmkgrec.data.textio import Column, read_table
+from mmkgrec.data.textio import MAX_TEXT_CHARS, Column, read_table
 
 FILES = ("artists.dat", "tags.dat", "user_artists.dat", "user_taggedartists.dat", "user_friends.dat")
 TOP_TAGS = 10  # tags kept in an artist's text attribute, most used first
@@ -26,12 +26,17 @@ TOP_TAGS = 10  # tags kept in an artist's text attribute, most used first
 
 def _read(directory: Path) -> dict[str, pd.DataFrame]:
     d = directory
+    text = MAX_TEXT_CHARS  # names, URLs and tag values are free text; ids keep the id cap
     return {
-        "artists": read_table(d / "artists.dat", [Column("id"), Column("name"), Column("url", allow_empty=True),
-                                                  Column("pictureURL", allow_empty=True)], header="required"),
-        "tags": read_table(d / "tags.dat", [Column("tagID"), Column("tagValue")], header="required"),
+        "artists": read_table(d / "artists.dat", [
+            Column("id"), Column("name", max_chars=text),
+            Column("url", allow_empty=True, max_chars=text),
+            Column("pictureURL", allow_empty=True, max_chars=text)], header="required"),
+        "tags": read_table(d / "tags.dat", [Column("tagID"), Column("tagValue", max_chars=text)],
+                           header="required"),
         "plays": read_table(d / "user_artists.dat", [Column("userID"), Column("artistID"),
-                                                     Column("weight", "float")], header="required"),
+                                                     Column("weight", "float", minimum=0)],
+                            header="required"),
         "tagged": read_table(d / "user_taggedartists.dat",
                              [Column("userID"), Column("artistID"), Column("tagID"), Column("day", "int"),
                               Column("month", "int"), Column("year", "int")], header="required"),
@@ -90,7 +95,8 @@ def attach_hetrec_text(dataset: MMKG, directory: str | Path) -> MMKG:
     dataset.item_attrs = text.reset_index(drop=True).astype(str)
     named = int((dataset.item_attrs["name"] != "").sum())
     tagged = int((dataset.item_attrs["tags"] != "").sum())
-    dataset.meta.update({"items with a HetRec name": named, "items with HetRec tags": tagged})
+    dataset.meta.update({"items with a HetRec name": named, "items with HetRec tags": tagged,
+                         "hetrec dir": str(directory)})  # the tags attribute is user content
     dataset.notes.append(
         f"HetRec text joined by artist id: {named}/{dataset.n_items} items named, "
         f"{tagged}/{dataset.n_items} with tags")
