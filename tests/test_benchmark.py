@@ -222,3 +222,28 @@ def test_recbole_readme_tables_parse(real_root):
         assert {"Pop", "BPR", "LightGCN"} <= set(table["model"])
         values = pd.to_numeric(table["Recall@20"])
         assert values.between(0, 1).all()
+
+
+def test_directories_get_readable_labels_and_tables_state_candidates(tmp_path, capsys):
+    """--datasets LABEL=DIR (or a bare DIR, labelled by its folder name); every table states its
+    candidate set and content scope."""
+    from mmkgrec.data import load
+    from mmkgrec.data.formats.native import write_native
+
+    write_native(load("synthetic-tiny"), tmp_path / "data" / "my-catalogue")
+    folder = str(tmp_path / "data" / "my-catalogue")
+    for entry, label in ((f"plays={folder}", "plays"), (folder, "my-catalogue")):
+        out = tmp_path / f"out-{label}"
+        code, text, _ = run_cli(capsys, "benchmark", "--datasets", entry, "--models", "pop",
+                                "--seeds", "1", "--out", str(out))
+        assert code == 0, text
+        results = pd.read_csv(out / "results.csv")
+        assert list(results["dataset"]) == [label]
+        assert results["candidates"].iloc[0].startswith("positive (")
+        assert results["content_scope"].iloc[0] == "none (no user content)"
+        report = (out / "results.md").read_text()
+        assert f"## {label}" in report and "Candidate items: positive" in report
+        assert (out / "per_user" / label / "pop" / "seed0.npz").is_file()
+    code, text, err = run_cli(capsys, "benchmark", "--datasets", f"a={folder},a={folder}",
+                              "--models", "pop", "--out", str(tmp_path / "dup"))
+    assert code == 2 and "used twice" in text + err

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from conftest import requires_data, run_cli
@@ -81,3 +82,23 @@ def test_console_script_entry_point_runs():
     result = subprocess.run([sys.executable, "-m", "mmkgrec", "data", "stats", "nope"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "Traceback" not in result.stderr
+
+
+def test_threshold_option_redefines_positives(tmp_path, capsys):
+    """--threshold on a RecBole folder (no sidecar: every interaction counts) changes the
+    positives `data stats` reports; a threshold that leaves none is a clear error (exit 2)."""
+    from mmkgrec.data import load
+
+    code, out, _ = run_cli(capsys, "data", "convert", "synthetic-tiny",
+                           str(tmp_path / "rb"), "--to", "recbole")
+    assert code == 0, out
+    (tmp_path / "rb" / "rb.mmkgrec.json").unlink()  # as a user's own RecBole folder
+    values = load(str(tmp_path / "rb")).interactions["value"].to_numpy()
+    cut = float(np.median(values))
+    expected = int((values >= cut).sum())
+    assert 0 < expected < len(values)
+    code, out, _ = run_cli(capsys, "data", "stats", str(tmp_path / "rb"), "--threshold", str(cut))
+    assert code == 0, out
+    assert f"positive threshold {cut:g}" in out and f"{expected:,}" in out
+    code, out, err = run_cli(capsys, "data", "stats", str(tmp_path / "rb"), "--threshold", "1e9")
+    assert code == 2 and "leaves" in out + err and "Traceback" not in out + err

@@ -188,3 +188,31 @@ def test_text_transform_is_fitted_on_train_items_only(tmp_path, plain_base):
     np.testing.assert_array_equal(a[0].modalities["text"][train_items],
                                   b[0].modalities["text"][train_items])
     assert b[0].modality_masks["text"][cold.cold_items["test"][0]]
+
+
+def test_build_mmkg_scopes_content_to_the_split_it_saves(tmp_path, plain_base, capsys):
+    """`data build-mmkg --mode entity` on user content: scoped to one split, saved as OUT/split;
+    training the result on that split works (exit 0), on another split it is refused (exit 2)."""
+    from dataclasses import replace
+
+    from conftest import run_cli
+    from mmkgrec.data import load
+    from mmkgrec.data.split import Split, apply_presplit
+
+    source = _content_dir(tmp_path, "content", replace(plain_base, meta={}, notes=[]))
+    out = tmp_path / "entity"
+    code, text, _ = run_cli(capsys, "data", "build-mmkg", source, "--mode", "entity", "--out",
+                            str(out), "--clusters", "4", "--seed", "1")
+    assert code == 0, text
+    built = load(str(out))
+    assert built.meta["content scope"] == "train" and "content hetrec dir" not in built.meta
+    saved = Split.load(out / "split")
+    assert apply_presplit(built, out / "split").fingerprint(False) == saved.fingerprint(False)
+    assert built.meta["content split"] == saved.fingerprint(False)
+    common = ["train", "--model", "kgcn", "--dataset", str(out), "--protocol", "topk", "--set",
+              "epochs=1"]
+    code, text, _ = run_cli(capsys, *common, "--presplit", str(out / "split"), "--out",
+                            str(tmp_path / "run"))
+    assert code == 0, text
+    code, text, err = run_cli(capsys, *common, "--seed", "2", "--out", str(tmp_path / "other"))
+    assert code == 2 and "scoped" in text + err
