@@ -117,3 +117,41 @@ def test_missing_optuna_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "optuna", None)  # import optuna -> ImportError
     with pytest.raises(ConfigError, match="pip install"):
         _import_optuna()
+
+
+def test_benchmark_tunes_every_model_with_one_budget_then_runs_tuned(tmp_path, capsys,
+                                                                      monkeypatch):
+    """`benchmark --tune-trials N`: each model gets N trials on validation (test is never
+    evaluated while tuning), then the cells run at the tuned settings; a second call reuses the
+    tuned files."""
+    import mmkgrec.train.tune as tune_module
+
+    calls, real_tune, real_evaluate = [], tune_module.tune, trainer_module.evaluate_topk
+
+    def guarded(model, split, stage, *args, **kwargs):
+        assert stage != "test", "tuning evaluated the test set"
+        return real_evaluate(model, split, stage, *args, **kwargs)
+
+    def counted(spec, out_dir, **kw):
+        calls.append((spec.model, spec.trials, spec.label))
+        monkeypatch.setattr(trainer_module, "evaluate_topk", guarded)
+        try:
+            return real_tune(spec, out_dir, **kw)
+        finally:
+            monkeypatch.setattr(trainer_module, "evaluate_topk", real_evaluate)
+
+    monkeypatch.setattr(tune_module, "tune", counted)
+    argv = ["benchmark", "--datasets", "synthetic-tiny", "--models", "pop,bprmf", "--seeds", "1",
+            "--tune-trials", "2", "--set", "train.epochs=2", "--out", str(tmp_path / "b")]
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert (info.value.code or 0) == 0, capsys.readouterr().out
+    assert sorted(calls) == [("bprmf", 2, "synthetic-tiny"), ("pop", 2, "synthetic-tiny")]
+    results = pd.read_csv(tmp_path / "b" / "results.csv")
+    assert set(results["config_source"]) == {"tuned + --set"}
+    tuned, _ = read_config_file(tmp_path / "b" / "tuned" / "synthetic-tiny" / "bprmf.toml")
+    assert results.loc[results["model"] == "bprmf", "model_config"].str.contains(
+        f'"dim": {tuned["dim"]}').all()
+    with pytest.raises(SystemExit):
+        main(argv)
+    assert len(calls) == 2  # reused, not tuned again

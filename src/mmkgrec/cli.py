@@ -395,6 +395,10 @@ def benchmark(
                                            "rows from recbole-splits/README.md."),
     tuned: Optional[Path] = typer.Option(None, "--tuned", help="Folder of `mmkgrec tune` "
                                          "configs (<dataset>/<model>.toml)."),
+    tune_trials: Optional[int] = typer.Option(None, "--tune-trials", min=1, help="First tune "
+                                              "every model with this many Optuna trials on "
+                                              "validation (equal budget), into --tuned (default "
+                                              "OUT/tuned); existing tuned files are reused."),
     overrides: list[str] = typer.Option([], "--set", help="KEY=VALUE for every model that has "
                                         "KEY: model.KEY, train.KEY, or <model>.KEY for one."),
     content_scope: ContentScope = CONTENT_SCOPE_OPTION,
@@ -413,6 +417,7 @@ def benchmark(
         protocol=protocol.value, seeds=list(range(seeds)),
         presplit_root=str(presplit_root) if presplit_root else None,
         recbole_reference=recbole_reference, tuned=str(tuned) if tuned else None,
+        tune_trials=tune_trials,
         overrides=overrides, source=str(source) if source else None,
         content_scope=content_scope.value, candidates=candidates, threshold=threshold,
         mmkg=mmkg.value)

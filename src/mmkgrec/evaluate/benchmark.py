@@ -79,6 +79,9 @@ class BenchmarkSpec(BaseModel):
     presplit_root: str | None = None  # folder holding <dataset>/{train,valid,test}.tsv (topk)
     recbole_reference: bool = False
     tuned: str | None = None  # folder holding <dataset>/<model>.toml from `mmkgrec tune`
+    # tune every (dataset, model) first, this many Optuna trials each on VALIDATION (the same
+    # budget for all), into `tuned` (default OUT/tuned); existing tuned files are reused
+    tune_trials: int | None = Field(None, ge=1)
     overrides: list[str] = []  # KEY=VALUE; KEY: model.X, train.X, <model>.X or a bare X
     source: str | None = None
     # user content built from train positives only (default) / all but valid+test / everything
@@ -147,6 +150,8 @@ def run_benchmark(spec: BenchmarkSpec, out_dir: str | Path, *, progress: bool | 
     console = console or Console()
     progress = sys.stdout.isatty() if progress is None else progress
     _check_spec(spec)
+    if spec.tune_trials is not None:
+        spec = _tune_all(spec, out, console)
     if spec.tuned is not None:
         missing = [f"{d}/{m}" for d in spec.datasets for m in spec.models
                    if not (Path(spec.tuned) / _slug(d) / f"{m}.toml").is_file()]
@@ -196,6 +201,31 @@ def run_benchmark(spec: BenchmarkSpec, out_dir: str | Path, *, progress: bool | 
         console.print(f"resumed: {skipped} of {n_cells} cells were already in "
                       f"{out / 'results.csv'} with the same configuration")
     return write_report(spec, out)
+
+
+def _tune_all(spec: BenchmarkSpec, out: Path, console: Console) -> BenchmarkSpec:
+    """Tune each (dataset, model) lacking a tuned file with ``spec.tune_trials`` trials on the
+    validation part of seed 0's split (the pre-split, if any); return the spec reading them."""
+    from mmkgrec.train.tune import TuneSpec, tune
+
+    folder = Path(spec.tuned) if spec.tuned is not None else out / "tuned"
+    for dataset in spec.datasets:
+        presplit = _presplit_dir(spec, dataset)
+        for model in spec.models:
+            if (folder / _slug(dataset) / f"{model}.toml").is_file():
+                continue
+            console.print(f"tuning {model} on {dataset}: {spec.tune_trials} trials on "
+                          f"validation", highlight=False)
+            result = tune(TuneSpec(
+                model=model, dataset=spec.path_of(dataset), label=dataset,
+                protocol=spec.protocol, trials=spec.tune_trials, seed=0,
+                presplit=str(presplit) if presplit else None, source=spec.source,
+                overrides=_overrides_for(spec.overrides, model),
+                content_scope=spec.content_scope, candidates=spec.candidates,
+                threshold=spec.threshold, mmkg=spec.mmkg), folder)
+            console.print(f"  best valid {result['monitor']} {result['best_value']:.4f}",
+                          highlight=False)
+    return spec.model_copy(update={"tuned": str(folder)})
 
 
 def _derive(spec: BenchmarkSpec, seed: int, dataset: MMKG, data_split: Split

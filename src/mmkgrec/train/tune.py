@@ -63,6 +63,7 @@ class TuneSpec(BaseModel):
     candidates: str | None = None
     threshold: float | None = None
     mmkg: Literal["attribute", "entity"] = "attribute"
+    label: str | None = None  # the dataset's name in OUT/<label>/ (default: from `dataset`)
 
 
 def search_space(model: str) -> dict[str, tuple[str, dict]]:
@@ -175,7 +176,7 @@ def tune(spec: TuneSpec, out_dir: str | Path, *, progress: bool = False) -> dict
     model_options = model_cfg.model_dump(mode="json")
     train_options = {k: v for k, v in train_cfg.model_dump(mode="json").items()
                      if k not in NOT_SAVED}
-    folder = Path(out_dir) / _slug(spec.dataset)
+    folder = Path(out_dir) / _slug(spec.label or spec.dataset)
     folder.mkdir(parents=True, exist_ok=True)
     config_path = folder / f"{spec.model}.toml"
     header = (f"# mmkgrec tune {spec.model} on {spec.dataset} ({spec.protocol}"
