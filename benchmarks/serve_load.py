@@ -49,7 +49,7 @@ class Server:
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         self.process = subprocess.Popen(
             [sys.executable, "-m", "mmkgrec.serve", "serve", str(run_dir), "--port", str(self.port),
-             "--db", str(db), "--threads", "1", *extra],
+             "--db", str(db), "--threads", "1", "--no-auth", *extra],  # loopback only
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
 
     def wait(self, timeout: float = 120.0) -> float:

@@ -20,6 +20,7 @@ pytest.importorskip("playwright.sync_api")
 pytest.importorskip("fastapi")
 
 REPO = Path(__file__).resolve().parents[1]
+API_KEY = "browser-test-key-0123456789"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
@@ -29,6 +30,7 @@ def server(tmp_path_factory):
     import uvicorn
 
     from mmkgrec.serve.app import create_app
+    from mmkgrec.serve.edge import server_config
     from mmkgrec.serve.service import RecService
     from mmkgrec.train.run import RunSpec, run_experiment
 
@@ -37,10 +39,11 @@ def server(tmp_path_factory):
                            model_options={"dim": 8, "n_heads": 2},
                            train_options={"epochs": 2}), out, progress=False)
     service = RecService.from_run_dir(out, out.parent / "feedback.sqlite", index="flat")
+    app = create_app(service, api_key=API_KEY)  # the page asks for the key on its first 401
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    config = uvicorn.Config(create_app(service), host="127.0.0.1", port=port, log_level="warning")
+    config = server_config(app, "127.0.0.1", port)  # mmkgrec serve's limits and protocol
     uv = uvicorn.Server(config)
     thread = threading.Thread(target=uv.run, daemon=True)
     thread.start()
@@ -59,8 +62,9 @@ def test_pick_a_user_like_a_song_and_see_the_list_change(server, tmp_path):
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
         page = browser.new_page(viewport={"width": 1200, "height": 900})
-        errors = []
+        errors, prompts = [], []
         page.on("pageerror", lambda error: errors.append(str(error)))
+        page.on("dialog", lambda dialog: (prompts.append(dialog.message), dialog.accept(API_KEY)))
         page.goto(server + "/")
         expect(page.locator("#model-info")).to_contain_text("mkgcn")
         page.select_option("#user-select", "u3")
@@ -83,6 +87,7 @@ def test_pick_a_user_like_a_song_and_see_the_list_change(server, tmp_path):
         page.screenshot(path=str(shot), full_page=True)
         browser.close()
     assert not errors, errors
+    assert len(prompts) == 1 and "API key" in prompts[0]  # asked once, on the first like
     assert shot.stat().st_size > 10_000
     if os.environ.get("MMKGREC_UPDATE_SCREENSHOT"):  # refresh the picture in docs/serving.md
         target = REPO / "docs" / "img" / "serve.png"
@@ -96,6 +101,7 @@ def test_a_new_listener_likes_songs_from_the_search(server):
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
         page = browser.new_page()
+        page.on("dialog", lambda dialog: dialog.accept(API_KEY))
         page.goto(server + "/")
         expect(page.locator("#model-info")).to_contain_text("mkgcn")
         page.click("#new-listener")

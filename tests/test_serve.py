@@ -47,9 +47,15 @@ def pop_dir(tmp_path_factory):
     return _train(tmp_path_factory, "pop", {})
 
 
+#: the API key every test client sends (the mutating endpoints require one)
+API_KEY = "test-key-0123456789abcdef"
+
+
 def make_client(run_dir, db, **options) -> TestClient:
+    """A client of a key-protected app, sending the key, as a loopback client (Host: localhost)."""
     service = RecService.from_run_dir(run_dir, db, **options)
-    return TestClient(create_app(service))
+    return TestClient(create_app(service, api_key=API_KEY), base_url="http://localhost",
+                      headers={"X-API-Key": API_KEY})
 
 
 @pytest.fixture()
@@ -372,7 +378,7 @@ def test_serve_command_rejects_a_bad_run_dir(tmp_path, capsys):
 
     for target in (tmp_path / "missing", tmp_path):
         with pytest.raises(SystemExit) as info:
-            main(["serve", str(target), "--port", "1"])
+            main(["serve", str(target), "--port", "1", "--no-auth"])
         assert info.value.code == 2
         assert "run directory" in capsys.readouterr().err.replace("\n", " ")
 
@@ -384,7 +390,7 @@ def _free_port() -> int:
 
 
 def _start(run_dir, db, port):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MMKGREC_API_KEY": API_KEY}
     return subprocess.Popen([sys.executable, "-m", "mmkgrec.serve", "serve", str(run_dir),
                              "--port", str(port), "--db", str(db)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
@@ -416,7 +422,7 @@ def test_sigkill_loses_no_acknowledged_feedback(mkgcn_dir, tmp_path):
     try:
         _wait_healthy(httpx, base, process)
         killer = threading.Timer(0.0, lambda: process.send_signal(signal.SIGKILL))
-        with httpx.Client(base_url=base, timeout=5.0) as http:
+        with httpx.Client(base_url=base, timeout=5.0, headers={"X-API-Key": API_KEY}) as http:
             for i in range(500):
                 body = {"user_id": f"k{i % 4}", "item_id": f"s{i % 120}", "value": 1 + i}
                 if i == 30:

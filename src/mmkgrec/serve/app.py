@@ -8,43 +8,71 @@ Endpoints (OpenAPI schema at ``/openapi.json``, interactive docs at ``/docs``)::
     GET  /users/{user_id}/recommendations?k=&exclude_seen=&retrieval=
     GET  /users/{user_id}/recommendations/{item_id}/explanation?limit=
     POST /recommendations      {"liked": [...], "k": 20}   a new listener, no retraining
-    POST /feedback             {"user_id", "item_id", "value"}   durable, applied at once
+    POST /feedback             {"user_id", "item_id", "value"}   durable, applied at once  [key]
     GET  /items?q=&limit=                              search the catalogue by name or id
     GET  /items/{item_id}/similar?k=                   cosine over user-independent vectors
-    POST /items                {"item_id", "name", "links": [{"relation", "entity"}], "features"}
+    POST /items                {"item_id", "name", "links": [{"relation", "entity"}], "features"}  [key]
     GET  /                                             the web page (static HTML / JS / CSS)
 
-Errors are JSON ``{"error": kind, "detail": ...}``: 404 unknown user / item / entity / relation
-/ route, 409 what the served model cannot do or a duplicate item, 422 invalid parameters or
-bodies (``k`` outside 1..1000, unknown fields, wrong types). No request names a file.
+[key]: the mutating endpoints need the server's API key (``X-API-Key: KEY`` or
+``Authorization: Bearer KEY``; 401 without it) unless the app was created with
+``no_auth=True`` (``mmkgrec serve --no-auth``, for local use). Every request first passes
+:class:`~.edge.RequestGuard` (Host / Origin allow-list, JSON-only bodies, body size cap, body
+read deadline).
+
+Errors are JSON ``{"error": kind, "detail": ...}`` (``detail`` a string, or for request
+validation a list of ``{"loc", "msg", "type"}``): 400 bad Host header or unparsable body, 401
+missing / wrong API key, 403 cross-site Origin, 404 unknown user / item / entity / relation /
+route, 408 body not received in time, 409 what the served model cannot do or a duplicate item,
+413 body too large, 415 body not JSON, 422 invalid parameters or bodies (``k`` outside
+1..1000, unknown fields, wrong or loose types, non-finite or out-of-range features). Every one
+of these is in the OpenAPI schema. No request names a file; no error echoes an oversized id.
 """
 
 from __future__ import annotations
 
+import hashlib
+import secrets
 import time
+from collections.abc import Iterable
 from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Annotated, Literal
 
-from fastapi import Body, FastAPI, Query, Request
+from fastapi import Body, Depends, FastAPI, Query, Request, Security
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mmkgrec import __version__
+from mmkgrec.errors import ConfigError
+from mmkgrec.serve.edge import BODY_TIMEOUT_S, LOCAL_HOSTS, MAX_BODY_BYTES, RequestGuard
 from mmkgrec.serve.service import RecService, ServiceError
 
+#: the longest item / user id a request may carry (path or body); link entities and relations 500
+MAX_ID = 200
+MAX_ENTITY = 500
+MIN_API_KEY = 16
+API_KEY_HEADER = "X-API-Key"
+
 K = Annotated[int, Query(ge=1, le=1000, description="number of items, 1..1000")]
-ItemId = StrictStr | StrictInt
-Name = Annotated[StrictStr, Field(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f/\\]+$")]
+IdInt = Annotated[StrictInt, Field(ge=-(2**63), le=2**63 - 1)]
+ItemId = Annotated[StrictStr, Field(min_length=1, max_length=MAX_ID)] | IdInt
+EntityId = Annotated[StrictStr, Field(min_length=1, max_length=MAX_ENTITY)] | IdInt
+Name = Annotated[StrictStr, Field(min_length=1, max_length=MAX_ID, pattern=r"^[^\x00-\x1f/\\]+$")]
+PathId = Annotated[str, PathParam(max_length=MAX_ID)]
+ModalityName = Annotated[StrictStr, Field(min_length=1, max_length=100)]
+FeatureValue = Annotated[float, Field(allow_inf_nan=False)]
 RetrievalMode = Literal["exact", "two-stage"]
 
 
+# ---- request bodies (strict: no "1" for 1, no true for 1.0, no unknown fields) ----------------
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class LikedRequest(_Body):
@@ -61,19 +89,237 @@ class FeedbackRequest(_Body):
 
 
 class Link(_Body):
-    relation: StrictStr = Field(min_length=1, max_length=500)
-    entity: ItemId
+    relation: StrictStr = Field(min_length=1, max_length=MAX_ENTITY)
+    entity: EntityId
 
 
 class NewItemRequest(_Body):
     item_id: Name
-    name: str | None = Field(None, max_length=500)
+    name: StrictStr | None = Field(None, max_length=500)
     links: list[Link] = Field(default_factory=list, max_length=1000)
-    features: dict[StrictStr, list[float]] = Field(default_factory=dict)
+    features: dict[ModalityName, list[FeatureValue]] = Field(
+        default_factory=dict, max_length=64,
+        description="raw modality rows by modality name (z-scored with the train statistics; "
+                    "each value finite and within the accepted range)")
 
 
-def _error(status: int, kind: str, detail) -> JSONResponse:
-    return JSONResponse(status_code=status, content={"error": kind, "detail": detail})
+# ---- responses ------------------------------------------------------------------------------
+class _Out(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ValidationIssue(_Out):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class ErrorBody(_Out):
+    error: str = Field(description="the kind of error, e.g. not_found, conflict, unauthorized")
+    detail: str
+
+
+class UnprocessableBody(_Out):
+    error: Literal["validation_error", "invalid_input"]
+    detail: str | list[ValidationIssue]
+
+
+class Health(_Out):
+    status: str
+    model: str
+    dataset: str
+    users: int
+    items: int
+    new_items: int
+    feedback_users: int
+    feedback_rows: int
+    retrieval: RetrievalMode
+    index: dict[str, str | int | float] | None
+    new_listeners: bool
+    modalities: list[str]
+    uptime_s: float
+    notes: list[str]
+    api_key_required: bool
+
+
+class UserRow(_Out):
+    user_id: str
+    history: int
+    known: bool
+
+
+class Users(_Out):
+    total: int
+    users: list[UserRow]
+
+
+class RankedItem(_Out):
+    rank: int
+    item_id: str
+    name: str | None
+    score: float = Field(description="sigmoid(logit)")
+    logit: float
+    attributes: dict[str, str]
+
+
+class SimilarItem(_Out):
+    rank: int
+    item_id: str
+    name: str | None
+    similarity: float = Field(description="cosine of the user-independent item vectors")
+    attributes: dict[str, str]
+
+
+class UserRecommendations(_Out):
+    user_id: str
+    known_user: bool
+    k: int
+    retrieval: RetrievalMode
+    feedback_items: int
+    liked_items: int
+    items: list[RankedItem]
+
+
+class LikedRecommendations(_Out):
+    liked: list[str]
+    k: int
+    retrieval: RetrievalMode
+    items: list[RankedItem]
+
+
+class FeedbackStored(_Out):
+    id: int
+    user_id: str
+    item_id: str
+    value: float
+    new_user: bool
+    stored: bool
+
+
+class FoundItem(_Out):
+    item_id: str
+    name: str | None
+
+
+class Search(_Out):
+    query: str
+    items: list[FoundItem]
+
+
+class Similar(_Out):
+    item_id: str
+    name: str | None
+    k: int
+    items: list[SimilarItem]
+
+
+class ItemRegistered(_Out):
+    item_id: str
+    index: int
+    name: str | None
+    links: int
+    modalities: list[str]
+
+
+class PathNode(_Out):
+    entity: str
+    name: str
+
+
+class PathRelation(_Out):
+    relation: str
+    weight: float | None
+
+
+class ExplanationPath(_Out):
+    hops: int
+    weight: float | None
+    text: str
+    nodes: list[PathNode]
+    relations: list[PathRelation]
+
+
+class Neighbour(_Out):
+    entity: str
+    relation: str
+    weight: float
+
+
+class ModalityShare(_Out):
+    modality: str
+    share: float
+    present: bool
+
+
+class Explanation(_Out):
+    user_id: str
+    item_id: str
+    name: str | None
+    score: float | None
+    logit: float | None
+    history_items: int
+    n_paths: int
+    paths: list[ExplanationPath]
+    relation_weights: dict[str, float]
+    neighbourhood: list[Neighbour]
+    modalities: list[ModalityShare]
+
+
+def _responses(*codes: int) -> dict:
+    """OpenAPI ``responses`` for the error statuses a route can answer (the real bodies)."""
+    text = {400: "bad Host header, or a body that cannot be parsed", 401: "missing or wrong API key",
+            403: "a cross-site Origin on an unsafe method", 404: "unknown user, item, entity or relation",
+            408: "the body was not received in time", 409: "the served model cannot do this, or a duplicate",
+            413: "the body is too large", 415: "the body is not application/json",
+            422: "invalid parameters or body"}
+    return {code: {"model": UnprocessableBody if code == 422 else ErrorBody, "description": text[code]}
+            for code in codes}
+
+
+BODY_ERRORS = (400, 403, 408, 413, 415, 422)
+
+
+def _error(status: int, kind: str, detail, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse(status_code=status, content={"error": kind, "detail": detail}, headers=headers)
+
+
+def _clip_loc(part):
+    if isinstance(part, str) and len(part) > 60:
+        return part[:60] + "..."
+    return part if isinstance(part, (str, int)) else str(part)[:60]
+
+
+class UnauthorizedError(ServiceError):
+    status, kind = 401, "unauthorized"
+
+
+def check_api_key(key: str) -> str:
+    """``key`` if it can be the server's API key (>= 16 visible ASCII characters), else ConfigError."""
+    if len(key) < MIN_API_KEY or not all(33 <= ord(c) <= 126 for c in key):
+        raise ConfigError(f"an API key needs at least {MIN_API_KEY} visible ASCII characters "
+                          f"(no spaces); e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))'")
+    return key
+
+
+def _key_dependency(key: str):
+    """A FastAPI dependency that accepts ``X-API-Key: KEY`` or ``Authorization: Bearer KEY``
+    (compared in constant time, through SHA-256 so that not even the length leaks)."""
+    expected = hashlib.sha256(key.encode()).digest()
+    header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False, scheme_name="ApiKey",
+                          description="the server's API key (mmkgrec serve --api-key-file / MMKGREC_API_KEY)")
+    bearer = HTTPBearer(auto_error=False, scheme_name="Bearer", description="the same key as a bearer token")
+
+    def require_key(api_key: str | None = Security(header),  # noqa: B008 - FastAPI's idiom
+                    token: HTTPAuthorizationCredentials | None = Security(bearer)) -> None:  # noqa: B008
+        given = api_key if api_key is not None else (token.credentials if token is not None else None)
+        if given is None:
+            raise UnauthorizedError(f"this endpoint needs the server's API key ({API_KEY_HEADER}: KEY "
+                                    f"or Authorization: Bearer KEY)")
+        digest = hashlib.sha256(given.encode("utf-8", "surrogateescape")).digest()
+        if not secrets.compare_digest(digest, expected):
+            raise UnauthorizedError("wrong API key")
+
+    return require_key
 
 
 class Metrics:
@@ -130,11 +376,28 @@ class MetricsMiddleware:
             self.metrics.latency.labels(method, label).observe(time.perf_counter() - start)
 
 
-def create_app(service: RecService) -> FastAPI:
-    """The FastAPI application serving ``service`` (closes its store on shutdown)."""
+def create_app(service: RecService, *, api_key: str | None = None, no_auth: bool = False,
+               allowed_hosts: Iterable[str] | None = LOCAL_HOSTS,
+               max_body_bytes: int = MAX_BODY_BYTES, body_timeout: float = BODY_TIMEOUT_S) -> FastAPI:
+    """The FastAPI application serving ``service`` (closes its store on shutdown, reopens it
+    if started again).
+
+    Args:
+        api_key: the key ``POST /feedback`` and ``POST /items`` require; exactly one of it and
+            ``no_auth=True`` (the explicit choice of an open server, for local use) is needed.
+        allowed_hosts: host names the ``Host`` header may carry (and unsafe methods' ``Origin``);
+            ``None`` or ``["*"]`` turns the check off. Default: the loopback names.
+        max_body_bytes, body_timeout: the body cap (413) and read deadline (408).
+    """
+    if (api_key is None) == (not no_auth):
+        raise ConfigError("choose how the mutating endpoints are protected: an API key, or "
+                          "no_auth=True (mmkgrec serve --no-auth) for a server only you can reach")
+    auth = [] if no_auth else [Depends(_key_dependency(check_api_key(api_key)))]
+    auth_errors = () if no_auth else (401,)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
+        service.store.open()  # reopens what a previous lifespan closed (no-op the first time)
         yield
         service.store.close()
 
@@ -142,70 +405,78 @@ def create_app(service: RecService) -> FastAPI:
                   description=f"{service.model_name} trained on {service.dataset.name}")
     metrics = Metrics(service)
     app.state.service, app.state.metrics = service, metrics
-    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.state.api_key_required = not no_auth
+    app.add_middleware(RequestGuard, allowed_hosts=allowed_hosts, max_body_bytes=max_body_bytes,
+                       body_timeout=body_timeout)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: counts refusals too
 
     @app.exception_handler(ServiceError)
     async def _service_error(_: Request, error: ServiceError):
-        return _error(error.status, error.kind, str(error))
+        headers = {"WWW-Authenticate": "Bearer"} if error.status == 401 else None
+        return _error(error.status, error.kind, str(error), headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, error: RequestValidationError):
-        detail = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
-                  for e in error.errors()]
+        detail = [{"loc": [_clip_loc(p) for p in e.get("loc", ())], "msg": str(e.get("msg", "")),
+                   "type": str(e.get("type", ""))} for e in error.errors()]
         return _error(422, "validation_error", detail)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, error: StarletteHTTPException):
-        kind = "not_found" if error.status_code == 404 else "http_error"
-        return _error(error.status_code, kind, error.detail)
+        kind = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}.get(
+            error.status_code, "http_error")
+        return _error(error.status_code, kind, str(error.detail), getattr(error, "headers", None))
 
-    @app.get("/health")
-    def health() -> dict:
-        return service.health()
+    @app.get("/health", responses=_responses(400))
+    def health() -> Health:
+        return Health(**service.health(), api_key_required=not no_auth)
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse, responses=_responses(400))
     def prometheus() -> Response:
         from prometheus_client import CONTENT_TYPE_LATEST
 
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/users")
+    @app.get("/users", responses=_responses(400, 422))
     def users(limit: Annotated[int, Query(ge=1, le=1000)] = 50,
-              offset: Annotated[int, Query(ge=0)] = 0) -> dict:
-        return service.users(limit, offset)
+              offset: Annotated[int, Query(ge=0, le=2**31)] = 0) -> Users:
+        return Users(**service.users(limit, offset))
 
-    @app.get("/users/{user_id}/recommendations")
-    def user_recommendations(user_id: Annotated[str, PathParam(max_length=200)], k: K = 20,
-                             exclude_seen: bool = True,
-                             retrieval: RetrievalMode | None = None) -> dict:
-        return service.recommend_user(user_id, k, exclude_seen, retrieval)
+    @app.get("/users/{user_id}/recommendations", responses=_responses(400, 404, 409, 422))
+    def user_recommendations(user_id: PathId, k: K = 20, exclude_seen: bool = True,
+                             retrieval: RetrievalMode | None = None) -> UserRecommendations:
+        return UserRecommendations(**service.recommend_user(user_id, k, exclude_seen, retrieval))
 
-    @app.get("/users/{user_id}/recommendations/{item_id}/explanation")
-    def explanation(user_id: Annotated[str, PathParam(max_length=200)],
-                    item_id: Annotated[str, PathParam(max_length=200)],
-                    limit: Annotated[int, Query(ge=1, le=100)] = 10) -> dict:
-        return service.explain(user_id, item_id, limit)
+    @app.get("/users/{user_id}/recommendations/{item_id}/explanation",
+             responses=_responses(400, 404, 422))
+    def explanation(user_id: PathId, item_id: PathId,
+                    limit: Annotated[int, Query(ge=1, le=100)] = 10) -> Explanation:
+        return Explanation(**service.explain(user_id, item_id, limit))
 
-    @app.post("/recommendations")
-    def liked_recommendations(request: Annotated[LikedRequest, Body()]) -> dict:
-        return service.recommend_liked(request.liked, request.k, request.retrieval)
+    @app.post("/recommendations", responses=_responses(404, 409, *BODY_ERRORS))
+    def liked_recommendations(request: Annotated[LikedRequest, Body()]) -> LikedRecommendations:
+        return LikedRecommendations(**service.recommend_liked(request.liked, request.k,
+                                                              request.retrieval))
 
-    @app.post("/feedback", status_code=201)
-    def feedback(request: Annotated[FeedbackRequest, Body()]) -> dict:
-        return service.add_feedback(request.user_id, str(request.item_id), request.value)
+    @app.post("/feedback", status_code=201, dependencies=auth,
+              responses=_responses(*auth_errors, 404, *BODY_ERRORS))
+    def feedback(request: Annotated[FeedbackRequest, Body()]) -> FeedbackStored:
+        return FeedbackStored(**service.add_feedback(request.user_id, str(request.item_id),
+                                                     request.value))
 
-    @app.get("/items")
-    def items(q: Annotated[str, Query(max_length=200)] = "",
-              limit: Annotated[int, Query(ge=1, le=1000)] = 20) -> dict:
-        return service.search_items(q, limit)
+    @app.get("/items", responses=_responses(400, 422))
+    def items(q: Annotated[str, Query(max_length=MAX_ID)] = "",
+              limit: Annotated[int, Query(ge=1, le=1000)] = 20) -> Search:
+        return Search(**service.search_items(q, limit))
 
-    @app.get("/items/{item_id}/similar")
-    def similar(item_id: Annotated[str, PathParam(max_length=200)], k: K = 20) -> dict:
-        return service.similar(item_id, k)
+    @app.get("/items/{item_id}/similar", responses=_responses(400, 404, 422))
+    def similar(item_id: PathId, k: K = 20) -> Similar:
+        return Similar(**service.similar(item_id, k))
 
-    @app.post("/items", status_code=201)
-    def new_item(request: Annotated[NewItemRequest, Body()]) -> dict:
-        return service.add_item(request.model_dump())
+    @app.post("/items", status_code=201, dependencies=auth,
+              responses=_responses(*auth_errors, 404, 409, *BODY_ERRORS))
+    def new_item(request: Annotated[NewItemRequest, Body()]) -> ItemRegistered:
+        return ItemRegistered(**service.add_item(request.model_dump()))
 
     static = resources.files("mmkgrec.serve").joinpath("static")
     app.mount("/static", StaticFiles(directory=str(static)), name="static")

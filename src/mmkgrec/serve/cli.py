@@ -14,6 +14,10 @@ from pathlib import Path
 import typer
 
 from mmkgrec.errors import MMKGRecError
+from mmkgrec.serve.edge import (BODY_TIMEOUT_S, HEADER_TIMEOUT_S, MAX_BODY_BYTES, MAX_CONNECTIONS,
+                                default_allowed_hosts, server_config)
+
+API_KEY_ENV = "MMKGREC_API_KEY"
 
 
 class IndexKind(str, Enum):
@@ -39,9 +43,35 @@ def serve(
                                               "scored at once (default: the CPU count); the "
                                               "others queue."),
     log_level: str = typer.Option("warning", "--log-level", help="uvicorn log level."),
+    api_key_file: Path | None = typer.Option(None, "--api-key-file", help="A file holding the API "
+                                             "key that POST /feedback and POST /items require "
+                                             "(X-API-Key or Authorization: Bearer); default: "
+                                             f"the {API_KEY_ENV} environment variable."),
+    no_auth: bool = typer.Option(False, "--no-auth", help="Serve the mutating endpoints without "
+                                 "a key: only for a server no one else can reach."),
+    allowed_host: list[str] | None = typer.Option(None, "--allowed-host", help="A host name the "
+                                                  "Host header may carry (repeatable; '*' = any). "
+                                                  "Default: --host (unless 0.0.0.0 / ::), "
+                                                  "localhost, 127.0.0.1, ::1."),
+    max_body_bytes: int = typer.Option(MAX_BODY_BYTES, "--max-body-bytes", min=1,
+                                       help="Largest request body (413 above)."),
+    body_timeout: float = typer.Option(BODY_TIMEOUT_S, "--body-timeout", min=0.01,
+                                       help="Seconds to receive a whole body (408 after)."),
+    header_timeout: float = typer.Option(HEADER_TIMEOUT_S, "--header-timeout", min=0.01,
+                                         help="Seconds to receive a request's head (closed after)."),
+    max_connections: int = typer.Option(MAX_CONNECTIONS, "--max-connections", min=1,
+                                        help="Open connections / requests at once (503 above)."),
 ) -> None:
     """Serve a trained run over HTTP: recommendations, new listeners, feedback, similar items,
-    explanations, new items, a web page at /, OpenAPI at /docs, Prometheus at /metrics."""
+    explanations, new items, a web page at /, OpenAPI at /docs, Prometheus at /metrics.
+
+    The mutating endpoints need an API key (--api-key-file FILE or the MMKGREC_API_KEY
+    variable) unless --no-auth is given; one of the two is required."""
+    if not run_dir.is_dir():
+        raise MMKGRecError(f"{run_dir} is not a run directory (no such folder); pass the --out "
+                           f"folder of `mmkgrec train`")
+    api_key = resolve_api_key(api_key_file, no_auth)
+    hosts = list(allowed_host) if allowed_host else default_allowed_hosts(host)
     import torch
 
     torch.set_num_threads(threads)
@@ -54,16 +84,46 @@ def serve(
     from mmkgrec.serve.app import create_app
     from mmkgrec.serve.service import RecService
 
-    if not run_dir.is_dir():
-        raise MMKGRecError(f"{run_dir} is not a run directory (no such folder); pass the --out "
-                           f"folder of `mmkgrec train`")
     service = RecService.from_run_dir(run_dir, db or run_dir / "feedback.sqlite", index=index.value,
                                       candidates=candidates, max_concurrent=max_concurrent)
+    app = create_app(service, api_key=api_key, no_auth=no_auth, allowed_hosts=hosts,
+                     max_body_bytes=max_body_bytes, body_timeout=body_timeout)
     health = service.health()
     typer.echo(f"serving {health['model']} on {health['dataset']} ({health['items']} items, "
                f"{health['feedback_rows']} feedback rows, retrieval {health['retrieval']}) at "
                f"http://{host}:{port}/", err=True)
-    uvicorn.run(create_app(service), host=host, port=port, log_level=log_level, workers=1)
+    if no_auth:
+        typer.echo("--no-auth: anyone who can reach this server can post feedback and items",
+                   err=True)
+    if "*" not in hosts:
+        typer.echo(f"answering to Host: {', '.join(hosts)} (--allowed-host to add names)", err=True)
+    for note in health["notes"]:
+        typer.echo(f"note: {note}", err=True)
+    config = server_config(app, host, port, max_connections=max_connections,
+                           header_timeout=header_timeout, log_level=log_level)
+    uvicorn.Server(config).run()
+
+
+def resolve_api_key(api_key_file: Path | None, no_auth: bool) -> str | None:
+    """The API key from ``--api-key-file`` (stripped) or ``MMKGREC_API_KEY``; None with
+    ``--no-auth``. Neither, or a key together with --no-auth, is an error."""
+    from mmkgrec.serve.app import check_api_key
+
+    env = os.environ.get(API_KEY_ENV, "").strip()
+    if no_auth:
+        if api_key_file is not None:
+            raise MMKGRecError("--no-auth and --api-key-file contradict each other; pick one")
+        return None
+    if api_key_file is not None:
+        try:
+            key = api_key_file.read_text(encoding="utf-8").strip()
+        except OSError as error:
+            raise MMKGRecError(f"--api-key-file {api_key_file}: {error.strerror or error}") from None
+        return check_api_key(key)
+    if env:
+        return check_api_key(env)
+    raise MMKGRecError(f"POST /feedback and POST /items need an API key: pass --api-key-file FILE "
+                       f"or set {API_KEY_ENV}; or --no-auth for a server only you can reach")
 
 
 def export_feedback(

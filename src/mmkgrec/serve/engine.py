@@ -39,6 +39,22 @@ from mmkgrec.train.run import Run
 
 #: elements of the largest temporary the all-items path may create; above it, item blocks
 AGGREGATION_BUDGET = 1 << 23
+#: how many train standard deviations a registered item's standardised modality value may lie
+#: from the train mean (more where the dataset's own items go further); see KGEngine.standardise
+MAX_FEATURE_Z = 1e4
+
+
+def _feature_bound(features: np.ndarray, mask: np.ndarray, mean: np.ndarray, std: np.ndarray,
+                   block: int = 1 << 16) -> float:
+    """MAX_FEATURE_Z, or the largest |z-score| of the dataset's own rows where that is more."""
+    rows = np.flatnonzero(mask)
+    observed = 0.0
+    for start in range(0, len(rows), block):
+        z = np.abs((np.asarray(features[rows[start:start + block]], dtype=np.float64) - mean) / std)
+        z = z[np.isfinite(z)]
+        if z.size:
+            observed = max(observed, float(z.max()))
+    return max(MAX_FEATURE_Z, observed)
 
 
 @dataclass(frozen=True)
@@ -103,6 +119,8 @@ class KGEngine:
         train_items[run.split.train_positives()["item"].to_numpy()] = True
         self.modality_stats = [modality_statistics(ds, name, train_items) for name in self.modality_names]
         self.modality_dims = [ds.modalities[name].shape[1] for name in self.modality_names]
+        self.feature_bounds = [_feature_bound(ds.modalities[name], ds.modality_masks[name], *stats)
+                               for name, stats in zip(self.modality_names, self.modality_stats)]
         self.triples0 = ds.triples
         with torch.inference_mode():
             self.id_emb0 = backbone.entity_emb.weight.detach()  # [E, d]
@@ -191,18 +209,51 @@ class KGEngine:
             return id_emb
         return self.model.fusion(id_emb, features, present)
 
+    def standardise(self, name: str, row: np.ndarray) -> tuple[np.ndarray, str | None]:
+        """A raw modality row [d_k] z-scored with the train statistics, as the float32 row the
+        model computes with, and what is wrong with it (None when it is usable): every value
+        must be finite in float32 and at most ``feature_bounds[k]`` train standard deviations
+        from the train mean (so that no registered item can overflow the fusion)."""
+        k = self.modality_names.index(name)
+        mean, std = self.modality_stats[k]
+        with np.errstate(over="ignore", invalid="ignore"):
+            z = (np.asarray(row, dtype=np.float64) - mean) / std
+            scaled = z.astype(np.float32)
+        if not np.isfinite(scaled).all():
+            return scaled, "standardised, some values are not finite in float32"
+        bound = self.feature_bounds[k]
+        worst = float(np.abs(z).max()) if z.size else 0.0
+        if worst > bound:
+            return scaled, (f"a value lies {worst:.3g} train standard deviations from the train "
+                            f"mean (at most {bound:.3g})")
+        return scaled, None
+
+    def item_problem(self, catalogue: Catalogue, item: int) -> str | None:
+        """What makes catalogue item ``item`` unservable (a non-finite fused vector, item
+        vector or score for the mean user), or None: checked before a registration is stored."""
+        with torch.inference_mode():
+            if not bool(torch.isfinite(catalogue.base[item]).all()):
+                return "its fused base vector is not finite"
+            if not bool(torch.isfinite(catalogue.item_vectors[item]).all()):
+                return "its aggregated item vector is not finite"
+            score = self.score_items(catalogue, self.mean_user, np.array([item], dtype=np.int64))
+            if not bool(torch.isfinite(score).all()):
+                return "its score for the mean user is not finite"
+        return None
+
     def new_item(self, item_id: str, name: str | None, relations: np.ndarray, entities: np.ndarray,
                  features: dict[str, np.ndarray], catalogue: Catalogue) -> NewItem:
-        """A new item from its links (relation ids, storage entity ids) and raw modality rows."""
+        """A new item from its links (relation ids, storage entity ids) and modality rows
+        already standardised (:meth:`standardise`; float32)."""
         new_ids = entities[entities >= self.n_entities0] - self.n_entities0
         old_ids = entities[entities < self.n_entities0]
         rows = [self.id_emb0[torch.as_tensor(old_ids)]] + [catalogue.new[j].id_emb[None] for j in new_ids]
         linked = torch.cat(rows) if len(entities) else torch.zeros(1, self.dim)
         scaled, present = [], []
-        for name_, (mean, std), width in zip(self.modality_names, self.modality_stats, self.modality_dims):
+        for name_, width in zip(self.modality_names, self.modality_dims):
             row = features.get(name_)
             present.append(row is not None)
-            scaled.append(torch.as_tensor(((row - mean) / std).astype(np.float32)) if row is not None
+            scaled.append(torch.as_tensor(row, dtype=torch.float32) if row is not None
                           else torch.zeros(width))
         return NewItem(item_id, name, relations.astype(np.int64), entities.astype(np.int64),
                        linked.mean(dim=0), tuple(scaled), tuple(present))

@@ -34,6 +34,19 @@ from mmkgrec.train.run import Run, load_run
 Retrieval = Literal["exact", "two-stage"]
 
 
+def clip(value, limit: int = 80) -> str:
+    """``repr(str(value))``, cut to about ``limit`` characters: error messages never echo a
+    whole oversized id back."""
+    text = str(value)
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + f"... ({len(text)} characters)"
+
+
+def finite_or_worst(scores: torch.Tensor) -> torch.Tensor:
+    """``scores`` with every non-finite entry (NaN, +-inf) replaced by -inf, so that
+    ``torch.topk`` ranks it last and the ranking drops it: no non-finite score reaches a list."""
+    return torch.where(torch.isfinite(scores), scores, torch.full_like(scores, -torch.inf))
+
+
 class ServiceError(MMKGRecError):
     """A request the service refuses; ``status`` is its HTTP status."""
 
@@ -121,27 +134,59 @@ class RecService:
 
     # ---- startup ---------------------------------------------------------------------------------
     def _replay(self) -> None:
-        """Re-register stored items, then re-apply stored feedback (latest value per pair)."""
+        """Re-register stored items, then re-apply stored feedback (latest value per pair).
+
+        A stored item that fails today's checks (non-finite or out-of-range features, a
+        non-finite vector or score: written before those checks existed, or by hand), or that
+        links to such an item, is quarantined: moved to the database's ``quarantined_items``
+        table with the reason, left out of the catalogue, and named in ``/health`` notes."""
         stored = self.store.items()
         if stored:
-            catalogue = self._catalogue
-            new = list(catalogue.new)
-            for item_id, payload in stored:
-                partial = self._partial_catalogue(catalogue, tuple(new))
-                new.append(self._make_item(item_id, payload, partial))
-            self._catalogue = self.engine.build(tuple(new), self.dataset.items)
-            if self.retriever is not None:
-                self.retriever.add(self._catalogue.item_vectors[catalogue.n_items:].numpy())
+            base = self._catalogue
+            quarantined: dict[str, str] = {}
+            while True:
+                new: list = []
+                for item_id, payload in stored:
+                    if item_id in quarantined:
+                        continue
+                    try:
+                        partial = self._partial_catalogue(base, tuple(new))
+                        new.append(self._make_item(item_id, payload, partial))
+                    except InvalidInputError as error:
+                        quarantined[item_id] = str(error)
+                    except NotFoundError:
+                        links = {str(link.get("entity")) for link in payload.get("links", [])
+                                 if isinstance(link, dict)}
+                        if not links & set(quarantined):
+                            raise
+                        quarantined[item_id] = "links to a quarantined item"
+                catalogue = self.engine.build(tuple(new), self.dataset.items) if new else base
+                bad = {x.item_id: problem for j, x in enumerate(new)
+                       if (problem := self.engine.item_problem(catalogue, base.n_items + j))}
+                if not bad:
+                    break
+                quarantined.update(bad)
+            for item_id, reason in quarantined.items():
+                self.store.quarantine_item(item_id, reason)
+            if quarantined:
+                names = ", ".join(clip(x, 40) for x in list(quarantined)[:10])
+                self.notes.append(f"{len(quarantined)} stored items failed the checks and were "
+                                  f"quarantined (table quarantined_items): {names}"
+                                  + (" ..." if len(quarantined) > 10 else ""))
+            self._catalogue = catalogue
+            if self.retriever is not None and catalogue.n_items > base.n_items:
+                self.retriever.add(catalogue.item_vectors[base.n_items:].numpy())
         skipped = 0
         index = self._catalogue.id_index
         for _, user_id, item_id, value, _ in self.store.feedback():
             position = index.get_indexer([item_id])[0]
-            if position < 0:
+            if position < 0 or not isinstance(value, (int, float)) or not math.isfinite(value):
                 skipped += 1
                 continue
             self._feedback.setdefault(user_id, {})[int(position)] = float(value)
         if skipped:
-            self.notes.append(f"{skipped} stored feedback rows name items this run does not have")
+            self.notes.append(f"{skipped} stored feedback rows name items this run does not have "
+                              f"(or have a non-finite value); they are skipped")
 
     def _partial_catalogue(self, catalogue: Catalogue, new: tuple) -> Catalogue:
         """A catalogue view with ``new`` items' ids (for resolving links while replaying)."""
@@ -158,7 +203,7 @@ class RecService:
     def _item(self, catalogue: Catalogue, item_id: str | int) -> int:
         position = catalogue.id_index.get_indexer([str(item_id)])[0]
         if position < 0:
-            raise NotFoundError(f"unknown item {str(item_id)!r}")
+            raise NotFoundError(f"unknown item {clip(item_id)}")
         return int(position)
 
     def _items(self, catalogue: Catalogue, item_ids: list) -> np.ndarray:
@@ -166,7 +211,8 @@ class RecService:
         positions = catalogue.id_index.get_indexer(keys)
         if (positions < 0).any():
             bad = [k for k, p in zip(keys, positions) if p < 0]
-            raise NotFoundError(f"unknown items {bad[:10]}" + (" ..." if len(bad) > 10 else ""))
+            raise NotFoundError(f"unknown items [{', '.join(clip(b) for b in bad[:10])}]"
+                                + (" ..." if len(bad) > 10 else ""))
         return positions.astype(np.int64)
 
     def _user(self, user_id: str) -> tuple[int | None, dict[int, float]]:
@@ -175,7 +221,7 @@ class RecService:
         with self._state_lock:
             feedback = dict(self._feedback.get(user_id, {}))
         if position < 0 and user_id not in self._feedback:
-            raise NotFoundError(f"unknown user {user_id!r} (neither in the training data nor "
+            raise NotFoundError(f"unknown user {clip(user_id)} (neither in the training data nor "
                                 f"seen through POST /feedback)")
         return (int(position) if position >= 0 else None), feedback
 
@@ -250,14 +296,13 @@ class RecService:
             else:
                 scores = self.engine.score_all(catalogue, u)  # [I']
                 candidates = None
-        if candidates is None:
-            if len(exclude):
-                scores[torch.as_tensor(exclude)] = -torch.inf
-            top_scores, top = torch.topk(scores, min(k, len(scores)))
-            keep = torch.isfinite(top_scores)
-            return top[keep].numpy(), top_scores[keep].numpy(), mode
+        scores = finite_or_worst(scores)  # a NaN / inf score ranks last and is dropped below
+        if candidates is None and len(exclude):
+            scores[torch.as_tensor(exclude)] = -torch.inf
         top_scores, top = torch.topk(scores, min(k, len(scores)))
-        return candidates[top.numpy()], top_scores.numpy(), mode
+        keep = torch.isfinite(top_scores)
+        top, top_scores = top[keep].numpy(), top_scores[keep].numpy()
+        return (top if candidates is None else candidates[top]), top_scores, mode
 
     @torch.inference_mode()
     def recommend_user(self, user_id: str, k: int = 20, exclude_seen: bool = True,
@@ -291,12 +336,13 @@ class RecService:
         """Nearest items by cosine over user-independent item vectors (one matrix-vector op)."""
         catalogue = self._catalogue
         item = self._item(catalogue, item_id)
-        sims = catalogue.item_unit @ catalogue.item_unit[item]  # [I']
+        sims = finite_or_worst(catalogue.item_unit @ catalogue.item_unit[item])  # [I']
         sims[item] = -torch.inf
         top_sims, top = torch.topk(sims, min(k, catalogue.n_items - 1))
+        keep = torch.isfinite(top_sims)
         return {"item_id": str(catalogue.item_ids[item]), "name": self.item_name(catalogue, item),
-                "k": k, "items": self._describe_items(catalogue, top.numpy(), top_sims.numpy(),
-                                                       key="similarity")}
+                "k": k, "items": self._describe_items(catalogue, top[keep].numpy(),
+                                                       top_sims[keep].numpy(), key="similarity")}
 
     # ---- feedback and items ----------------------------------------------------------------------
     @torch.inference_mode()
@@ -324,19 +370,27 @@ class RecService:
         rel = relation_index.get_indexer([str(link["relation"]) for link in links])
         if (rel < 0).any():
             bad = sorted({str(link["relation"]) for link, r in zip(links, rel) if r < 0})
-            raise NotFoundError(f"unknown relations {bad}; the dataset has {list(self.dataset.relations)[:20]}")
+            raise NotFoundError(f"unknown relations [{', '.join(clip(b) for b in bad[:10])}]"
+                                f"{' ...' if len(bad) > 10 else ''}; the dataset has "
+                                f"{list(self.dataset.relations)[:20]}")
         entities = self._storage_entities(catalogue, [str(link["entity"]) for link in links])
         features = {}
         for name, values in (payload.get("features") or {}).items():
             if name not in self.engine.modality_names:
-                raise InvalidInputError(f"unknown modality {name!r}; the model uses "
+                raise InvalidInputError(f"unknown modality {clip(name)}; the model uses "
                                         f"{self.engine.modality_names or 'none'}")
-            row = np.asarray(values, dtype=np.float64)
             width = self.dataset.modalities[name].shape[1]
+            try:
+                row = np.asarray(values, dtype=np.float64)
+            except (TypeError, ValueError):
+                row = np.full(1, np.nan)
             if row.shape != (width,) or not np.isfinite(row).all():
-                raise InvalidInputError(f"modality {name!r} needs {width} finite numbers, got "
+                raise InvalidInputError(f"modality {clip(name)} needs {width} finite numbers, got "
                                         f"{row.size}")
-            features[name] = row
+            scaled, problem = self.engine.standardise(name, row)
+            if problem:
+                raise InvalidInputError(f"modality {clip(name)}: {problem}")
+            features[name] = scaled
         if not len(entities) and not features:
             raise InvalidInputError("a new item needs at least one KG link or one modality feature")
         return self.engine.new_item(item_id, payload.get("name"), rel.astype(np.int64), entities,
@@ -352,7 +406,8 @@ class RecService:
                                  self.dataset.n_entities + new_ids, positions)
         if (positions < 0).any():
             bad = [k for k, p in zip(keys, positions) if p < 0]
-            raise NotFoundError(f"unknown entities {bad[:10]}")
+            raise NotFoundError(f"unknown entities [{', '.join(clip(b) for b in bad[:10])}]"
+                                + (" ..." if len(bad) > 10 else ""))
         return positions.astype(np.int64)
 
     @torch.inference_mode()
@@ -362,11 +417,14 @@ class RecService:
         with self._write_lock:
             catalogue = self._catalogue
             if catalogue.id_index.get_indexer([item_id])[0] >= 0:
-                raise ConflictError(f"item {item_id!r} already exists")
+                raise ConflictError(f"item {clip(item_id)} already exists")
             if self.dataset.entities.size and pd.Index(self.dataset.entities).get_indexer([item_id])[0] >= 0:
-                raise ConflictError(f"{item_id!r} is already an entity id of the KG")
+                raise ConflictError(f"{clip(item_id)} is already an entity id of the KG")
             new = self._make_item(item_id, payload, catalogue)
             updated = self.engine.build(catalogue.new + (new,), self.dataset.items)
+            problem = self.engine.item_problem(updated, updated.n_items - 1)
+            if problem:  # checked before it is stored: one request cannot poison every list
+                raise InvalidInputError(f"item {clip(item_id)} is not servable: {problem}")
             self.store.add_item(item_id, payload)  # durable before it is visible
             if self.retriever is not None:
                 self.retriever.add(updated.item_vectors[catalogue.n_items:].numpy())

@@ -10,6 +10,8 @@ Tables::
 
     feedback(id, user_id, item_id, value, created)   one row per POST /feedback, append-only
     items(id, item_id, payload, created)             one row per POST /items (JSON payload)
+    quarantined_items(id, item_id, payload, reason, created)
+                                                     stored items that failed the checks on start
 
 Writes go through one connection guarded by a lock (SQLite has one writer at a time anyway);
 reads open no extra state. Nothing here is pickled: payloads are JSON text.
@@ -41,6 +43,13 @@ CREATE TABLE IF NOT EXISTS items (
     payload TEXT NOT NULL,
     created REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS quarantined_items (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    item_id TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    created REAL NOT NULL
+);
 """
 
 
@@ -53,17 +62,29 @@ class FeedbackStore:
             parent = Path(self.path).parent
             if not parent.is_dir():
                 raise MMKGRecError(f"feedback database {self.path}: folder {parent} does not exist")
-        try:
-            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None,
-                                       timeout=30.0)
-            mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(SCHEMA)
-        except sqlite3.DatabaseError as error:
-            raise MMKGRecError(f"feedback database {self.path}: {error}") from None
-        if self.path != ":memory:" and str(mode).lower() != "wal":
-            raise MMKGRecError(f"feedback database {self.path}: cannot switch to WAL mode ({mode})")
         self._lock = threading.Lock()
+        self._db: sqlite3.Connection | None = None
+        self.open()
+
+    def open(self) -> None:
+        """(Re)connect after :meth:`close` (an app whose lifespan restarts); no-op when open."""
+        with self._lock:
+            if self._db is not None:
+                return
+            if self.path == ":memory:" and getattr(self, "_was_open", False):
+                raise MMKGRecError("an in-memory feedback database cannot be reopened")
+            try:
+                db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None,
+                                     timeout=30.0)
+                mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+                db.execute("PRAGMA synchronous=FULL")
+                db.executescript(SCHEMA)
+            except sqlite3.DatabaseError as error:
+                raise MMKGRecError(f"feedback database {self.path}: {error}") from None
+            if self.path != ":memory:" and str(mode).lower() != "wal":
+                db.close()
+                raise MMKGRecError(f"feedback database {self.path}: cannot switch to WAL mode ({mode})")
+            self._db, self._was_open = db, True
 
     # ---- writes --------------------------------------------------------------------------------
     def add_feedback(self, user_id: str, item_id: str, value: float) -> int:
@@ -81,6 +102,28 @@ class FeedbackStore:
                 "INSERT INTO items(item_id, payload, created) VALUES (?, ?, ?)",
                 (item_id, json.dumps(payload, separators=(",", ":")), time.time()))
             return int(cursor.lastrowid)
+
+    def quarantine_item(self, item_id: str, reason: str) -> None:
+        """Move a registered item to ``quarantined_items`` (with the reason), in one transaction:
+        it is no longer replayed, and its id is free to be registered again."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute(
+                    "INSERT INTO quarantined_items(item_id, payload, reason, created) "
+                    "SELECT item_id, payload, ?, ? FROM items WHERE item_id = ?",
+                    (reason, time.time(), item_id))
+                self._db.execute("DELETE FROM items WHERE item_id = ?", (item_id,))
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def quarantined(self) -> list[tuple[str, str]]:
+        """Quarantined items (item_id, reason) in quarantine order."""
+        with self._lock:
+            return self._db.execute(
+                "SELECT item_id, reason FROM quarantined_items ORDER BY id").fetchall()
 
     # ---- reads ---------------------------------------------------------------------------------
     def feedback(self) -> list[tuple[int, str, str, float, float]]:
@@ -101,7 +144,9 @@ class FeedbackStore:
 
     def close(self) -> None:
         with self._lock:
-            self._db.close()
+            if self._db is not None:
+                self._db.close()
+                self._db = None
 
 
 def export_feedback(db_path: str | Path, out: str | Path) -> int:

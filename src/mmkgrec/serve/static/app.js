@@ -18,11 +18,24 @@ function el(tag, props = {}, children = []) {
   return node;
 }
 
-async function api(path, options = {}) {
-  const response = await fetch(path, {
-    headers: { "Content-Type": "application/json" }, ...options,
-  });
+// A server started with an API key wants it on POST /feedback and POST /items: asked for once
+// (on the first 401), kept for this tab only (sessionStorage), sent as X-API-Key.
+const KEY_STORE = "mmkgrec-api-key";
+
+async function api(path, options = {}, retried = false) {
+  const headers = { "Content-Type": "application/json" };
+  const key = sessionStorage.getItem(KEY_STORE);
+  if (key && options.method === "POST") headers["X-API-Key"] = key;
+  const response = await fetch(path, { ...options, headers });
   const body = await response.json().catch(() => ({}));
+  if (response.status === 401) {
+    sessionStorage.removeItem(KEY_STORE);
+    const entered = retried ? null : window.prompt("This server needs its API key to store feedback:");
+    if (entered && entered.trim()) {
+      sessionStorage.setItem(KEY_STORE, entered.trim());
+      return api(path, options, true);
+    }
+  }
   if (!response.ok) throw new Error(typeof body.detail === "string" ? body.detail : response.statusText);
   return body;
 }
