@@ -214,7 +214,8 @@ def _first_appearance(values: np.ndarray, seed: np.ndarray | None = None) -> np.
 
 def _index_of(ids: np.ndarray, values: np.ndarray) -> np.ndarray:
     """Positions of ``values`` in ``ids`` (-1 when absent)."""
-    return pd.Index(ids).get_indexer(pd.Index(values.astype(str)))
+    # Not values.astype(str): a fixed-width copy of every row at the longest id's width.
+    return pd.Index(ids).get_indexer(pd.Index(pd.Series(values, dtype=object).astype(str)))
 
 
 def build_mmkg(

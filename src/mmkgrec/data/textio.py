@@ -2,6 +2,18 @@
 
 Every loader goes through :func:`read_table`, so BOMs, CRLF line ends, latin-1 files, ragged rows,
 empty files and non-numeric cells are handled (or reported) in one place.
+
+Hostile input is refused rather than guessed at (see docs/data.md, "Field caps and strictness"):
+
+- every field has a length cap (:data:`MAX_FIELD_CHARS` for ids and numbers,
+  :data:`MAX_TEXT_CHARS` for free text, :data:`MAX_CELL_CHARS` for RecBole attribute and
+  ``float_seq`` cells); a longer field is a :class:`~mmkgrec.errors.DataFormatError` naming
+  file, line and column. Cells are kept as Python strings (``object`` arrays), never as
+  fixed-width numpy strings of the longest cell;
+- a data row that repeats the header (the column names, or the file's own first line) is an error;
+- a line holding only spaces / tabs is an error (a blanked row would silently drop its item);
+  empty lines are skipped;
+- ``Column(minimum=...)`` refuses values below it (negative play counts, ratings).
 """
 
 from __future__ import annotations
@@ -18,6 +30,10 @@ from mmkgrec.errors import DataFormatError
 
 ColumnKind = Literal["str", "int", "float"]
 
+MAX_FIELD_CHARS = 1024  # ids (users, items, entities, relations, tokens) and numbers
+MAX_TEXT_CHARS = 131_072  # free text (names, URLs, tag values); the csv module's field limit
+MAX_CELL_CHARS = 1 << 24  # a RecBole attribute or float_seq cell (2**20 values of <= 15 characters)
+
 
 @dataclass(frozen=True)
 class Column:
@@ -26,6 +42,8 @@ class Column:
     name: str
     kind: ColumnKind = "str"
     allow_empty: bool = False  # only for str columns (e.g. an optional URL)
+    max_chars: int = MAX_FIELD_CHARS  # longest accepted field (before stripping)
+    minimum: float | None = None  # only for numeric columns: smallest accepted value
 
 
 def sha256_of(path: str | Path) -> str:
@@ -83,16 +101,23 @@ def read_table(
     text, _ = decode_text(path, path.read_bytes())
     lines = split_lines(text)
     numbers = np.arange(1, len(lines) + 1)
+    names = [c.name.strip().lower() for c in columns]
+    header_cells: list[str] | None = None
     if header == "required" or (
         header == "optional"
         and lines
-        and [c.strip().lower() for c in lines[0].split(sep)[: len(columns)]]
-        == [c.name.lower() for c in columns]
+        and [c.strip().lower() for c in lines[0].split(sep)[: len(columns)]] == names
     ):
+        header_cells = [c.strip().lower() for c in lines[0].split(sep)[: len(columns)]]
         lines, numbers = lines[1:], numbers[1:]
     body = pd.Series(lines, dtype=object)
-    keep = body.str.strip() != ""
-    body, numbers = body[keep.to_numpy()], numbers[keep.to_numpy()]
+    blank = (body.str.strip() == "").to_numpy(dtype=bool)
+    spaces = blank & (body != "").to_numpy(dtype=bool)  # whitespace, not empty
+    if spaces.any():
+        i = int(np.argmax(spaces))
+        raise DataFormatError(path, "the line holds only whitespace (a blanked row?); delete it "
+                                    "or restore its fields", int(numbers[i]))
+    body, numbers = body[~blank], numbers[~blank]
     if body.empty:
         raise DataFormatError(path, "no data rows (the file is empty or holds only a header)")
 
@@ -107,11 +132,40 @@ def read_table(
             int(numbers[i]),
         )
     cells = body.str.split(sep, n=len(columns), regex=False, expand=True).iloc[:, : len(columns)]
-    frame = pd.DataFrame({"_line": numbers})
     for j, column in enumerate(columns):
-        raw = cells.iloc[:, j].str.strip().to_numpy(dtype=object)
+        too_long = (cells.iloc[:, j].str.len() > column.max_chars).to_numpy(dtype=bool)
+        if too_long.any():
+            i = int(np.argmax(too_long))
+            raise DataFormatError(
+                path, f"field of {len(cells.iloc[i, j]):,} characters in column {column.name!r} "
+                      f"exceeds the limit of {column.max_chars:,}: {_preview(cells.iloc[i, j])}",
+                int(numbers[i]))
+    stripped = [cells.iloc[:, j].str.strip().to_numpy(dtype=object) for j in range(len(columns))]
+    _reject_header_rows(path, stripped, names, header_cells, numbers)
+    frame = pd.DataFrame({"_line": numbers})
+    for column, raw in zip(columns, stripped):
         frame[column.name] = _typed(path, column, raw, numbers)
     return frame
+
+
+def _reject_header_rows(path: Path, stripped: list[np.ndarray], names: list[str],
+                        header_cells: list[str] | None, numbers: np.ndarray) -> None:
+    """A data row equal (case-insensitively) to the column names or to the file's header line."""
+    first = pd.Series(stripped[0], dtype=object).str.lower()
+    for want in (names, header_cells):
+        if want is None or len(want) != len(names):
+            continue
+        candidate = (first == want[0]).to_numpy(dtype=bool)
+        for j in range(1, len(want)):
+            if not candidate.any():
+                break
+            candidate = candidate & (
+                pd.Series(stripped[j], dtype=object).str.lower() == want[j]).to_numpy(dtype=bool)
+        if candidate.any():
+            i = int(np.argmax(candidate))
+            row = "\t".join(str(col[i]) for col in stripped)
+            raise DataFormatError(path, f"a header row among the data ({_preview(row)}): a header "
+                                        f"line repeated, or files concatenated?", int(numbers[i]))
 
 
 def _typed(path: Path, column: Column, raw: np.ndarray, numbers: np.ndarray) -> np.ndarray:
@@ -120,7 +174,7 @@ def _typed(path: Path, column: Column, raw: np.ndarray, numbers: np.ndarray) -> 
         if empty.any() and not column.allow_empty:
             i = int(np.argmax(empty))
             raise DataFormatError(path, f"empty value in column {column.name!r}", int(numbers[i]))
-        return raw.astype(str)
+        return raw  # object array of str: never fixed-width
     values = pd.to_numeric(pd.Series(raw), errors="coerce").to_numpy(dtype=np.float64)
     bad = ~np.isfinite(values)
     if column.kind == "int":
@@ -131,9 +185,17 @@ def _typed(path: Path, column: Column, raw: np.ndarray, numbers: np.ndarray) -> 
         raise DataFormatError(
             path, f"column {column.name!r} must be {want}, found {_preview(raw[i])}", int(numbers[i])
         )
+    if column.minimum is not None and (values < column.minimum).any():
+        i = int(np.argmax(values < column.minimum))
+        raise DataFormatError(path, f"column {column.name!r} must be >= {column.minimum:g}, found "
+                                    f"{_preview(raw[i])}", int(numbers[i]))
     return values.astype(np.int64) if column.kind == "int" else values
 
 
-def _preview(cell: object, limit: int = 60) -> str:
+def preview(cell: object, limit: int = 60) -> str:
+    """``repr(cell)`` cut to ``limit`` characters, for error messages."""
     text = repr(cell)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+_preview = preview

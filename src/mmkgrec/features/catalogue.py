@@ -144,6 +144,9 @@ def read_catalogue(path: str | Path) -> Catalogue:
         item_id = cell["item_id"]
         if not item_id:
             raise DataFormatError(path, "empty item_id", line)
+        if item_id.lower() == "item_id":  # the column's own name: a header row among the items
+            raise DataFormatError(path, "a header row among the items (item_id 'item_id'): a "
+                                        "header line repeated, or catalogues concatenated?", line)
         if item_id in first_line:
             raise DataFormatError(path, f"item_id {item_id!r} repeats the one on line "
                                         f"{first_line[item_id]}", line)

@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pydantic import BaseModel, ConfigDict, NonNegativeInt, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, ValidationError
 
 from mmkgrec.data.dataset import MMKG
 from mmkgrec.data.textio import sha256_of
@@ -52,7 +52,7 @@ MMAP_STAMP = "cache.json"
 
 
 class Counts(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # "60" and true are not counts
     users: NonNegativeInt
     items: NonNegativeInt
     entities: NonNegativeInt
@@ -62,8 +62,10 @@ class Counts(BaseModel):
 
 
 class Manifest(BaseModel):
-    """The schema of ``dataset.json`` (version 1)."""
+    """The schema of ``dataset.json`` (version 1). Strict types: JSON's own types only (an
+    integer is a float; no string for a number, no boolean for an integer)."""
 
+    model_config = ConfigDict(strict=True)
     format: Literal["mmkgrec-native"]
     schema_version: Literal[1]
     name: str
@@ -74,7 +76,7 @@ class Manifest(BaseModel):
     item_attr_columns: list[str] | None
     provenance: list[dict]
     notes: list[str]
-    meta: dict[str, int | float | str]
+    meta: dict[str, int | float | str] = Field(strict=False)  # free-form counts, as written
     files: dict[str, str]
     fingerprint: str
 
@@ -137,7 +139,10 @@ def write_native(dataset: MMKG, directory: str | Path) -> Path:
 
 
 def _strings(values: np.ndarray) -> pa.Array:
-    return pa.array(np.asarray(values).astype(str), type=pa.string())
+    values = np.asarray(values)
+    if values.dtype.kind != "U":  # object text: no fixed-width copy of the longest cell
+        values = pd.Series(values, dtype=object).astype(str).to_numpy(dtype=object)
+    return pa.array(values, type=pa.string())
 
 
 def _json_scalar(value: object) -> object:
@@ -361,20 +366,26 @@ def read_manifest(path: Path) -> Manifest:
         data = json.loads(text)
     except json.JSONDecodeError as error:
         raise DataFormatError(path, f"invalid JSON: {error.msg}", error.lineno) from None
+    except RecursionError:
+        raise DataFormatError(path, "invalid JSON: nested too deeply") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise DataFormatError(path, f"not a {FORMAT} manifest (\"format\" must be {FORMAT!r})",
                               _line_of(text, "format"))
-    if data.get("schema_version") != SCHEMA_VERSION:
+    version = data.get("schema_version")
+    if type(version) is not int or version != SCHEMA_VERSION:  # true == 1 in Python
         raise DataFormatError(path, f"unknown schema_version {data.get('schema_version')!r} "
                                     f"(this mmkgrec reads {SCHEMA_VERSION})",
                               _line_of(text, "schema_version"))
     try:
-        return Manifest.model_validate(data)
+        manifest = Manifest.model_validate(data)
     except ValidationError as error:
         first = error.errors()[0]
         key = str(first["loc"][0]) if first["loc"] else ""
         where = ".".join(map(str, first["loc"]))
         raise DataFormatError(path, f"{where}: {first['msg']}", _line_of(text, key)) from None
+    if manifest.threshold != manifest.threshold:
+        raise DataFormatError(path, "threshold: NaN is not a threshold", _line_of(text, "threshold"))
+    return manifest
 
 
 def _line_of(text: str, key: str) -> int | None:

@@ -14,11 +14,19 @@ the name before the colon:
   the item lacks that modality); ``token`` / ``token_seq`` / ``float`` columns are ``item_attrs``
   text, kept verbatim.
 - ``NAME.mmkgrec.json`` (written by us, ignored by RecBole): dataset name, threshold, modality
-  widths and item attribute columns -- what the atomic files cannot say.
+  widths and item attribute columns -- what the atomic files cannot say -- and the interaction
+  and triple counts (``counts``; optional when reading: older sidecars lack it), which catch a
+  truncated file.
 
 Items are those of ``.link`` in its order, then the unlinked items of ``.inter``, then those of
 ``.item``, by first appearance. An unlinked item's entity is ``item:<id>`` (its own id when there is
 no ``.link`` file), as :func:`~mmkgrec.data.dataset.build_mmkg` does.
+
+Files that load but are broken are refused (docs/data.md, "Field caps and strictness"): a
+``.link`` without a ``.kg``; a ``.kg`` with triples and a header-only ``.link``, or no ``.link`` when
+no item id occurs in the triples; a ``.link`` none of whose entities is in the KG; a relation
+column holding entity ids (swapped columns); negative values; with a sidecar (files we wrote),
+any of ``.kg`` / ``.link`` / ``.item`` missing or not listing every item.
 
 Positive threshold: the ``threshold`` argument, else the sidecar's, else 0.0. RecBole counts every
 interaction as a positive when no ``threshold`` option is set; 0.0 does the same for non-negative
@@ -43,7 +51,9 @@ import numpy as np
 import pandas as pd
 
 from mmkgrec.data.dataset import MMKG, build_mmkg, file_provenance
-from mmkgrec.data.textio import Column, decode_text, read_table, split_lines
+from mmkgrec.data.formats.checks import check_links_reach_kg, check_relation_column
+from mmkgrec.data.textio import (MAX_CELL_CHARS, MAX_FIELD_CHARS, Column, decode_text, preview,
+                                 read_table, split_lines)
 from mmkgrec.errors import ConfigError, DataFormatError, DatasetNotFoundError, MMKGRecError
 
 TYPES = ("token", "token_seq", "float", "float_seq")
@@ -91,10 +101,17 @@ def read_recbole(directory: str | Path, name: str | None = None, threshold: floa
     sidecar_path = directory / f"{stem}{SIDECAR}"
     sidecar = read_sidecar(sidecar_path) if sidecar_path.is_file() else {}
     notes: list[str] = []
+    if sidecar:  # written by write_recbole, which always writes all four files
+        for suffix in (".kg", ".link", ".item"):
+            if not paths[suffix].is_file():
+                raise DataFormatError(paths[suffix], f"file not found, but {sidecar_path.name} says "
+                                      f"mmkgrec wrote this dataset (with every atomic file): files "
+                                      f"changed since written")
 
     # Interactions.
     fields, inter = read_atomic(paths[".inter"], {"user_id": "token", "item_id": "token"},
-                                {value_field: "float", "timestamp": "float"}, allow_empty=False)
+                                {value_field: "float", "timestamp": "float"}, allow_empty=False,
+                                minimum={value_field: 0.0})
     interactions = pd.DataFrame({
         "user": inter["user_id"], "item": inter["item_id"],
         "value": inter[value_field] if value_field in inter else np.ones(len(inter)),
@@ -106,18 +123,29 @@ def read_recbole(directory: str | Path, name: str | None = None, threshold: floa
     if ignored:
         notes.append(f"{paths['.inter'].name}: ignored fields {', '.join(ignored)}")
 
-    # Links, triples, item table (each optional).
+    # Triples, links, item table (each optional).
     links = triples = item_table = None
     item_fields: list[Field] = []
-    if paths[".link"].is_file():
-        _, table = read_atomic(paths[".link"], {"item_id": "token", "entity_id": "token"})
-        links = table[["item_id", "entity_id", "_line"]].rename(
-            columns={"item_id": "item", "entity_id": "entity"})
     if paths[".kg"].is_file():
         _, table = read_atomic(
             paths[".kg"], {"head_id": "token", "relation_id": "token", "tail_id": "token"})
         triples = table[["head_id", "relation_id", "tail_id"]].rename(
             columns={"head_id": "head", "relation_id": "relation", "tail_id": "tail"})
+    elif paths[".link"].is_file():
+        raise DataFormatError(paths[".kg"], f"file not found, but {paths['.link'].name} links items "
+                                            f"to KG entities (the KG would have 0 triples)")
+    if paths[".link"].is_file():
+        _, table = read_atomic(paths[".link"], {"item_id": "token", "entity_id": "token"})
+        links = table[["item_id", "entity_id", "_line"]].rename(
+            columns={"item_id": "item", "entity_id": "entity"})
+        if links.empty and triples is not None and len(triples):
+            raise DataFormatError(paths[".link"], f"no data rows, but {paths['.kg'].name} has "
+                                  f"{len(triples):,} triples: every item would be cut off from the KG")
+    if triples is not None:
+        linked = None if links is None else links["entity"].to_numpy(dtype=object)
+        check_relation_column(paths[".kg"], triples, linked)
+        if linked is not None:
+            check_links_reach_kg(paths[".kg"], paths[".link"], linked, triples)
     if paths[".item"].is_file():
         item_fields, item_table = read_atomic(paths[".item"], {"item_id": "token"})
         if any(f.name == "item" for f in item_fields):
@@ -132,6 +160,16 @@ def read_recbole(directory: str | Path, name: str | None = None, threshold: floa
     if item_table is not None:
         seen.append(item_table["item_id"].to_numpy())
     catalogue = _catalogue(links, np.concatenate(seen), paths[".link"], notes)
+    if links is None and triples is not None and len(triples):
+        ends = pd.Index(pd.unique(np.concatenate([triples["head"].to_numpy(dtype=object),
+                                                   triples["tail"].to_numpy(dtype=object)])))
+        in_kg = int(pd.Index(catalogue["item"].to_numpy(dtype=object)).isin(ends).sum())
+        if in_kg == 0:
+            raise DataFormatError(paths[".link"], f"file not found, and no item id occurs in the "
+                                  f"{len(triples):,} triples of {paths['.kg'].name}: without it "
+                                  f"every item is cut off from the KG")
+        notes.append(f"no {paths['.link'].name}: items are their own KG entities; {in_kg} of "
+                     f"{len(catalogue)} items occur in {paths['.kg'].name}")
     text_fields = [f.name for f in item_fields if f.type != "float_seq" and f.name != "item_id"]
     attr_columns = text_fields or None
     if sidecar:  # it tells "no attributes" from "zero attribute columns"
@@ -155,6 +193,24 @@ def read_recbole(directory: str | Path, name: str | None = None, threshold: floa
         triples=triples, keep_unlinked_items=True, item_attrs=item_attrs,
         source={"interactions": paths[".inter"], "links": paths[".link"], "kg": paths[".kg"],
                 "items": paths[".item"]})
+    if sidecar:  # write_recbole lists every item in .link and in .item
+        for suffix, table in ((".link", links), (".item", item_table)):
+            if len(table) != dataset.n_items:
+                declared = (f" ({sidecar_path.name} declares modalities "
+                            f"{sorted(sidecar['modalities'])})" if suffix == ".item"
+                            and sidecar["modalities"] else "")
+                raise DataFormatError(paths[suffix], f"lists {len(table):,} of the {dataset.n_items:,} "
+                                      f"items{declared}, but mmkgrec writes every item to it: files "
+                                      f"changed since written")
+        counts = sidecar.get("counts", {})
+        for suffix, key, found in ((".inter", "interactions", len(dataset.interactions)),
+                                   (".kg", "triples", len(dataset.triples))):
+            if key in counts and counts[key] != found:
+                raise DataFormatError(paths[suffix], f"holds {found:,} {key} but {sidecar_path.name} "
+                                      f"says {counts[key]:,}: files changed since written")
+    elif links is not None and len(links) and triples is not None and not len(triples):
+        notes.append(f"{paths['.kg'].name} holds no triples: the {len(links)} links of "
+                     f"{paths['.link'].name} lead to an empty KG")
     dataset.notes += notes
     if sidecar:
         dataset.provenance.append(file_provenance(sidecar_path, "mmkgrec sidecar"))
@@ -227,19 +283,25 @@ def find_stem(directory: Path) -> str:
 
 
 def read_atomic(path: Path, required: dict[str, str], optional: dict[str, str] | None = None,
-                allow_empty: bool = True) -> tuple[list[Field], pd.DataFrame | None]:
+                allow_empty: bool = True, minimum: dict[str, float] | None = None,
+                ) -> tuple[list[Field], pd.DataFrame | None]:
     """Read one atomic file: its header fields and a table with one column per field plus ``_line``.
 
-    ``required`` / ``optional`` map field names to the type they must have. Other fields are read as
-    text (empty cells allowed). A file with only a header gives an empty table when ``allow_empty``.
+    ``required`` / ``optional`` map field names to the type they must have (their cells are capped
+    at MAX_FIELD_CHARS); ``minimum`` gives float fields a smallest value. Other fields are read as
+    text (empty cells allowed, capped at MAX_CELL_CHARS). A file with only a header gives an
+    empty table when ``allow_empty``.
     """
     text, _ = decode_text(path, path.read_bytes())
     lines = split_lines(text)
     fields = parse_header(path, lines[0], required, optional or {})
     kinds = {**required, **(optional or {})}
-    columns = [Column(f.name, "float", False) if kinds.get(f.name) == "float"
-               else Column(f.name, "str", allow_empty=f.name not in required) for f in fields]
-    if allow_empty and "\n".join(lines[1:]).strip() == "":
+    columns = [Column(f.name, "float", minimum=(minimum or {}).get(f.name))
+               if kinds.get(f.name) == "float"
+               else Column(f.name, "str", allow_empty=f.name not in required,
+                           max_chars=MAX_FIELD_CHARS if f.name in kinds else MAX_CELL_CHARS)
+               for f in fields]
+    if allow_empty and all(line == "" for line in lines[1:]):
         empty = {c.name: np.array([], dtype=str) for c in columns}
         return fields, pd.DataFrame({**empty, "_line": np.array([], dtype=np.int64)})
     return fields, read_table(path, columns, header="required")
@@ -249,9 +311,13 @@ def parse_header(path: Path, header: str, required: dict[str, str], optional: di
     """Parse and check a ``name:type`` header line (errors point at line 1)."""
     fields = []
     for cell in header.split("\t"):
+        if len(cell) > MAX_FIELD_CHARS:
+            raise DataFormatError(path, f"header cell of {len(cell):,} characters exceeds the limit "
+                                        f"of {MAX_FIELD_CHARS:,}: {preview(cell)}", 1)
         parts = cell.strip().split(":")
         if len(parts) != 2 or not parts[0] or not parts[1]:
-            raise DataFormatError(path, f"malformed header cell {cell.strip()!r} (expected name:type)", 1)
+            raise DataFormatError(path, f"malformed header cell {preview(cell.strip())} "
+                                        f"(expected name:type)", 1)
         field = Field(parts[0].strip(), parts[1].strip())
         if field.type not in TYPES:
             raise DataFormatError(path, f"field {field.name!r} has unknown type {field.type!r} "
@@ -314,9 +380,12 @@ def read_sidecar(path: Path) -> dict:
         data = json.loads(text)
     except json.JSONDecodeError as error:
         raise DataFormatError(path, f"invalid JSON: {error.msg}", error.lineno) from None
+    except RecursionError:
+        raise DataFormatError(path, "invalid JSON: nested too deeply") from None
     if not isinstance(data, dict):
         raise DataFormatError(path, "expected a JSON object", 1)
-    if data.get("format") != SIDECAR_FORMAT or data.get("version") != SIDECAR_VERSION:
+    version = data.get("version")
+    if data.get("format") != SIDECAR_FORMAT or type(version) is not int or version != SIDECAR_VERSION:
         raise DataFormatError(path, f"not a {SIDECAR_FORMAT} sidecar of version {SIDECAR_VERSION}")
     checks = {
         "name": lambda v: isinstance(v, str) and v != "",
@@ -329,6 +398,11 @@ def read_sidecar(path: Path) -> dict:
     for key, ok in checks.items():
         if key not in data or not ok(data[key]):
             raise DataFormatError(path, f"missing or invalid {key!r}")
+    counts = data.get("counts", {})  # optional: sidecars before it lack it
+    if not (isinstance(counts, dict) and set(counts) <= {"interactions", "triples"}
+            and all(type(n) is int and n >= 0 for n in counts.values())):
+        raise DataFormatError(path, "invalid 'counts' (expected non-negative integer interactions "
+                                    "and triples)")
     return data
 
 
@@ -393,7 +467,8 @@ def write_recbole(dataset: MMKG, directory: str | Path, name: str | None = None)
         write_tsv(table, directory / f"{stem}{suffix}")
     sidecar = {"format": SIDECAR_FORMAT, "version": SIDECAR_VERSION, "name": dataset.name,
                "threshold": float(dataset.threshold), "modalities": dataset.modality_dims(),
-               "item_attr_columns": attr_columns}
+               "item_attr_columns": attr_columns,
+               "counts": {"interactions": len(inter_table), "triples": len(kg_table)}}
     (directory / f"{stem}{SIDECAR}").write_text(json.dumps(sidecar, indent=2) + "\n", encoding="utf-8")
     return directory
 
