@@ -102,3 +102,12 @@ def test_threshold_option_redefines_positives(tmp_path, capsys):
     assert f"positive threshold {cut:g}" in out and f"{expected:,}" in out
     code, out, err = run_cli(capsys, "data", "stats", str(tmp_path / "rb"), "--threshold", "1e9")
     assert code == 2 and "leaves" in out + err and "Traceback" not in out + err
+
+
+def test_stats_names_the_atomic_files_it_ignores(tmp_path, capsys):
+    code, out, _ = run_cli(capsys, "data", "convert", "synthetic-tiny", str(tmp_path / "rb"),
+                           "--to", "recbole")
+    assert code == 0, out
+    (tmp_path / "rb" / "rb.user").write_text("user_id:token\tage:float\nu0\t31\n")
+    code, out, _ = run_cli(capsys, "data", "stats", str(tmp_path / "rb"))
+    assert code == 0 and "ignored atomic files: rb.user" in out.replace("\n", " ")

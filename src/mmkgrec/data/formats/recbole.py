@@ -122,6 +122,11 @@ def read_recbole(directory: str | Path, name: str | None = None, threshold: floa
     ignored = [f.name for f in fields if f.name not in ("user_id", "item_id", value_field, "timestamp")]
     if ignored:
         notes.append(f"{paths['.inter'].name}: ignored fields {', '.join(ignored)}")
+    unread = sorted(p.name for p in directory.glob(f"{stem}.*") if p.is_file()
+                    and p.name[len(stem):] not in (*SUFFIXES, SIDECAR))
+    if unread:  # e.g. RecBole's .user (user features), .net (social links): not part of the MMKG
+        notes.append(f"ignored atomic files: {', '.join(unread)} (mmkgrec reads .inter, .kg, "
+                     f".link and .item)")
 
     # Triples, links, item table (each optional).
     links = triples = item_table = None
