@@ -155,3 +155,12 @@ def test_benchmark_tunes_every_model_with_one_budget_then_runs_tuned(tmp_path, c
     with pytest.raises(SystemExit):
         main(argv)
     assert len(calls) == 2  # reused, not tuned again
+
+
+def test_fixed_options_are_not_searched(tmp_path):
+    spec = TuneSpec(model="bprmf", dataset="synthetic-tiny", trials=2, seed=0,
+                    overrides=["epochs=1", "dim=8"])
+    result = tune(spec, tmp_path)
+    assert "dim" not in result["best_params"]
+    model_options, _ = read_config_file(tmp_path / "synthetic-tiny" / "bprmf.toml")
+    assert model_options["dim"] == 8

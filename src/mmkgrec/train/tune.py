@@ -138,8 +138,10 @@ def tune(spec: TuneSpec, out_dir: str | Path, *, progress: bool = False) -> dict
         ``{"best_value", "best_params", "monitor", "config_path", "trials_path"}``.
     """
     optuna = _import_optuna()
-    space = search_space(spec.model)
     fixed_model, fixed_train = parse_overrides(spec.overrides, spec.model)
+    # an option fixed by --set is not searched (it would otherwise be drawn over)
+    space = {name: entry for name, entry in search_space(spec.model).items()
+             if name not in (fixed_model if entry[0] == "model" else fixed_train)}
     base = RunSpec(model=spec.model, dataset=spec.dataset, source=spec.source,
                    protocol=spec.protocol, presplit=spec.presplit, seed=spec.seed,
                    content_scope=spec.content_scope, candidates=spec.candidates,
