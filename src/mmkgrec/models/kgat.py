@@ -319,8 +319,36 @@ class KGAT(CKGRecommender):
 
     def triple_distance(self, relations, heads, tails):
         """TransR: ||W_r e_h + e_r - W_r e_t||^2."""
-        w = torch.index_select(self.relation_proj, 0, relations)  # [B, d, k]
-        projected = torch.bmm(torch.cat([heads.unsqueeze(1), tails], dim=1), w)  # [B, 1 + n, k]
-        r = self.relation_emb(relations)  # [B, k]
-        distance = (projected[:, :1] + r.unsqueeze(1) - projected[:, 1:]).pow(2).sum(-1)  # [B, n]
-        return distance, projected.pow(2).sum((1, 2)) + r.pow(2).sum(1)
+        return transr_distance(self.relation_proj, self.relation_emb(relations), relations,
+                               heads, tails)
+
+
+def transr_distance(relation_proj: Tensor, relation_vectors: Tensor, relations: Tensor,
+                    heads: Tensor, tails: Tensor, normalize: bool = False
+                    ) -> tuple[Tensor, Tensor]:
+    """TransR distance ``||W_r e_h + e_r - W_r e_t||^2`` of triples sharing head and relation
+    (shared by KGAT and CKE, ``models/cke.py``).
+
+    Args:
+        relation_proj: W [R, d, k] (one projection per relation); relation_vectors: e_r [B, k]
+            of the triples' relations; relations: [B] ids; heads: [B, d]; tails: [B, n, d].
+        normalize: L2-normalise ``W_r e_h``, ``W_r e_t`` and ``e_r`` first (RecBole's CKE).
+    Returns:
+        (distance [B, n], squared norm of every vector the distances used [B]).
+    """
+    vectors = torch.cat([heads.unsqueeze(1), tails], dim=1)  # [B, 1 + n, d]
+    if vectors.is_cuda:  # one batched matmul over a gathered [B, d, k] stack of W
+        projected = torch.bmm(vectors, torch.index_select(relation_proj, 0, relations))
+    else:  # one matmul per relation present: ~10x faster than the gathered stack on CPU
+        order = torch.argsort(relations, stable=True)  # [B], grouped by relation
+        counts = torch.bincount(relations, minlength=relation_proj.shape[0]).tolist()  # [R]
+        pieces = [vectors[rows] @ relation_proj[r]  # [c_r, 1 + n, k]
+                  for r, rows in enumerate(torch.split(order, counts)) if len(rows)]
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(len(order), device=order.device)
+        projected = torch.cat(pieces)[inverse]  # [B, 1 + n, k], back in batch order
+    r = relation_vectors  # [B, k]
+    if normalize:
+        projected, r = F.normalize(projected, dim=-1), F.normalize(r, dim=-1)
+    distance = (projected[:, :1] + r.unsqueeze(1) - projected[:, 1:]).pow(2).sum(-1)  # [B, n]
+    return distance, projected.pow(2).sum((1, 2)) + r.pow(2).sum(1)
