@@ -14,12 +14,17 @@ from importlib import resources
 from mmkgrec.errors import ConfigError
 from mmkgrec.models.base import ModelConfig, Recommender
 from mmkgrec.models.bprmf import BPRMF
+from mmkgrec.models.cke import CKE
+from mmkgrec.models.freedom import FREEDOM
 from mmkgrec.models.kgat import KGAT
 from mmkgrec.models.kgcn import KGCN
+from mmkgrec.models.lattice import LATTICE
 from mmkgrec.models.lightgcn import LightGCN
 from mmkgrec.models.mkgat import MKGAT
 from mmkgrec.models.mkgcn import MKGCN
+from mmkgrec.models.mkrln import MKRLN, PGPR
 from mmkgrec.models.mmgcn import MMGCN
+from mmkgrec.models.mmkgcf import MMKGCF
 from mmkgrec.models.pop import Pop
 
 if sys.version_info >= (3, 11):
@@ -27,7 +32,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-MODELS: dict[str, type[Recommender]] = {model.name: model for model in (MKGCN, KGCN, MKGAT, KGAT, MMGCN, LightGCN, BPRMF, Pop)}
+MODELS: dict[str, type[Recommender]] = {model.name: model for model in (MKGCN, MMKGCF, KGCN, MKGAT, KGAT, CKE, MMGCN, LATTICE, FREEDOM, MKRLN, PGPR, LightGCN, BPRMF, Pop)}
 
 
 def model_class(name: str) -> type[Recommender]:
@@ -55,4 +60,4 @@ def default_config(name: str, dataset: str | None = None, protocol: str | None =
     return config
 
 
-__all__ = ["BPRMF", "KGAT", "KGCN", "LightGCN", "MKGAT", "MKGCN", "MMGCN", "Pop", "MODELS", "ModelConfig", "Recommender", "default_config", "model_class"]
+__all__ = ["MMKGCF", "BPRMF", "CKE", "FREEDOM", "KGAT", "KGCN", "LATTICE", "LightGCN", "MKGAT", "MKGCN", "MKRLN", "MMGCN", "PGPR", "Pop", "MODELS", "ModelConfig", "Recommender", "default_config", "model_class"]

@@ -3,9 +3,10 @@
 Per epoch: ``model.start_epoch(epoch, rng)``; the sampler builds the epoch's rows (BCE: train
 positives + sampled negatives; BPR: (user, positive, negative) triples); ``torch.randperm`` cuts
 them into minibatches; loss = BCE-with-logits or BPR ``-log sigmoid(s_pos - s_neg)``, plus
-``l2 * model.regularization(users, items)`` (Adam's weight decay stays 0). Every ``eval_every``
-epochs (and after the last one) the model is validated: ctr split -> AUC over all valid rows;
-topk split -> NDCG@20 of the full ranking. The best weights are kept (in memory and in
+``l2 * model.regularization(users, items)`` (Adam's weight decay stays 0); a model with its
+own objective (``training_loss(users, items, third)``, e.g. MKRLN's policy gradient) replaces
+that loss. Every ``eval_every`` epochs (and after the last one) the model is validated: ctr
+split -> AUC over all valid rows; topk split -> NDCG@20 of the full ranking. The best weights are kept (in memory and in
 ``out_dir/best/``); ``patience`` evaluations without improvement stop training. TEST is
 evaluated once, at the end, with the best weights (a ctr split is then also ranked: full
 ranking of all items for its test positives, so both views come from one run).
@@ -395,8 +396,14 @@ class Trainer:
         return mean
 
     def _loss(self, users: Tensor, items: Tensor, third: Tensor) -> Tensor:
-        """BCE: (users, items, labels); BPR: (users, positives, negatives). Adds the L2 term."""
+        """BCE: (users, items, labels); BPR: (users, positives, negatives). Adds the L2 term.
+
+        A model with its own objective defines ``training_loss(users, items, third)`` (e.g.
+        MKRLN's policy gradient over the batch's users); it then replaces all of the above."""
         cfg, model = self.config, self.model
+        custom = getattr(model, "training_loss", None)
+        if custom is not None:
+            return custom(users, items, third)
         if cfg.loss == "bce":
             loss = F.binary_cross_entropy_with_logits(model(users, items), third)
             reg_users, reg_items = users, items
