@@ -23,3 +23,10 @@ def parse_config(cls: type[Config], what: str, options: dict) -> Config:
         return cls(**options)
     except ValidationError as error:
         raise ConfigError(f"invalid {what}: {describe(error)}") from None
+
+
+def file_slug(name: str) -> str:
+    """A file-name-safe version of a dataset name (which may be a directory path)."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", str(name).rstrip("/")).strip("_") or "dataset"

@@ -40,6 +40,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from rich.console import Console
 
+from mmkgrec.config import file_slug
 from mmkgrec.data.dataset import MMKG
 from mmkgrec.data.registry import available_names, data_roots, load, scope_content
 from mmkgrec.data.split import Split, apply_presplit, split
@@ -760,7 +761,7 @@ def _plot_breakdown(path: Path, dataset: str, cells: pd.DataFrame, models: list[
 # ---- small helpers -------------------------------------------------------------------------------
 def _slug(name: str) -> str:
     """A file-name-safe version of a dataset name (which may be a directory path)."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", str(name).rstrip("/")).strip("_") or "dataset"
+    return file_slug(name)
 
 
 def _per_user_path(out: Path, dataset: str, model: str, seed: int) -> Path:

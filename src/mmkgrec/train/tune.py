@@ -27,6 +27,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from mmkgrec.config import file_slug
 from mmkgrec.errors import ConfigError
 from mmkgrec.models import model_class
 from mmkgrec.train.run import RunSpec, build_model, parse_overrides, prepare_data, resolved_configs
@@ -230,6 +231,4 @@ def _import_optuna():
 
 
 def _slug(name: str) -> str:
-    from mmkgrec.evaluate.benchmark import _slug as slug
-
-    return slug(name)
+    return file_slug(name)
