@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from mmkgrec.errors import DataFormatError
-from mmkgrec.features.base import ExtractionError
+from mmkgrec.errors import ExtractionError
 from mmkgrec.features.catalogue import read_catalogue
 
 

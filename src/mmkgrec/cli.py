@@ -90,13 +90,13 @@ def version() -> None:
 @data_app.command("list")
 def data_list() -> None:
     """List the named datasets and where their files were found."""
-    from mmkgrec.data.registry import DATASETS, locate
+    from mmkgrec.data.registry import datasets, locate
     from mmkgrec.data.synthetic import PRESETS
 
     table = Table(title="datasets")
     for column in ("name", "description", "files"):
         table.add_column(column)
-    for spec in DATASETS.values():
+    for spec in datasets().values():
         try:
             where = ", ".join(str(locate(folder)) for folder in spec.needs)
         except MMKGRecError:
@@ -196,7 +196,7 @@ def data_build_mmkg(
     """
     from mmkgrec.data import load
     from mmkgrec.data.formats.native import write_native
-    from mmkgrec.data.registry import has_user_content, scope_content
+    from mmkgrec.features.content import has_user_content, scope_content
     from mmkgrec.data.split import apply_presplit, split as make_split
     from mmkgrec.graph.mmkg_build import build_mmkg
 

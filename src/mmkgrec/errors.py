@@ -30,3 +30,7 @@ class ConfigError(MMKGRecError):
 
 class ChecksumError(MMKGRecError):
     """A downloaded or local file does not match its pinned sha256."""
+
+
+class ExtractionError(MMKGRecError):
+    """One item's input could not be turned into features (missing, corrupt, undecodable)."""

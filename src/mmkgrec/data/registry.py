@@ -20,6 +20,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Callable
 
+from mmkgrec import paths
 from mmkgrec.data.dataset import MMKG
 from mmkgrec.data.formats.hetrec import attach_hetrec_text, read_hetrec
 from mmkgrec.data.formats.kgcn import read_kgcn
@@ -76,58 +77,37 @@ DATASETS: dict[str, DatasetSpec] = {
         DatasetSpec("lastfm-kgcn-tags", ("lastfm-kgcn", "hetrec-lastfm-2k"),
                     lambda d: _renamed(attach_hetrec_text(read_kgcn(d[0]), d[1]), "lastfm-kgcn-tags"),
                     "lastfm-kgcn joined with HetRec artist names and tag texts"),
-        DatasetSpec("lastfm-kgcn-content", ("lastfm-kgcn", "hetrec-lastfm-2k"),
-                    lambda d: _renamed(_lastfm_content(attach_hetrec_text(read_kgcn(d[0]), d[1]), d[1]),
-                                       "lastfm-kgcn-content"),
-                    "lastfm-kgcn + text (MiniLM) and sentiment (VADER) modalities from HetRec tags"),
     )
 }
+# Named datasets whose build needs a layer above data/ (lastfm-kgcn-content: text and sentiment
+# modalities, features/) are registered by that layer: directly with register_dataset, or found
+# through the "mmkgrec.datasets" entry points (pyproject.toml) when first asked for by name.
+PLUGIN_GROUP = "mmkgrec.datasets"
+_plugin_errors: dict[str, str] = {}  # entry point name -> why it could not be loaded
 
 
-def _lastfm_content(dataset: MMKG, hetrec_dir: Path) -> MMKG:
-    from mmkgrec.features.lastfm import attach_lastfm_content
-
-    return attach_lastfm_content(dataset, hetrec_dir)
-
-
-CONTENT_SCOPES = ("train", "no-eval", "all")  # the first is the default everywhere
+def register_dataset(spec: DatasetSpec) -> None:
+    """Add (or replace) a named dataset; how upper layers contribute theirs."""
+    DATASETS[spec.name] = spec
 
 
-def has_user_content(dataset: MMKG) -> bool:
-    """Whether part of ``dataset``'s content comes from users (HetRec tags), so that it must be
-    rebuilt per split (:func:`scope_content`)."""
-    return "content hetrec dir" in dataset.meta or "hetrec dir" in dataset.meta
+def _load_plugins(name: str | None = None) -> None:
+    """Register the entry-point datasets (only ``name``'s when given) not yet known."""
+    from importlib.metadata import entry_points
+
+    for point in entry_points(group=PLUGIN_GROUP):
+        if point.name in DATASETS or (name is not None and point.name != name):
+            continue
+        try:
+            register_dataset(point.load())
+        except Exception as error:  # noqa: BLE001 (a broken plugin must not break data.load)
+            _plugin_errors[point.name] = f"{point.value}: {type(error).__name__}: {error}"
 
 
-def scope_content(dataset: MMKG, data_split, scope: str):
-    """``(dataset, split)`` with user-contributed content (tags) rebuilt from a leak-controlled
-    subset (``train``, the default: train positives' tags only; ``no-eval``: all but valid/test
-    positives' tags); the split is re-pointed at the rebuilt dataset (its parts are unchanged).
-    ``scope="all"`` (a labelled upper bound that sees held-out plays) and datasets without user
-    content return both as they are.
-
-    Raises:
-        ConfigError: an unknown scope, or a dataset whose content was scoped against another
-            split (e.g. written by ``mmkgrec data build-mmkg --content-scope``).
-    """
-    if scope not in CONTENT_SCOPES:
-        raise ConfigError(f"content scope must be one of {', '.join(CONTENT_SCOPES)}, got {scope!r}")
-    built_for = dataset.meta.get("content split")
-    if built_for is not None:  # already scoped (e.g. by `mmkgrec data build-mmkg`)
-        if built_for != data_split.fingerprint(with_candidates=False) or dataset.meta.get("content scope") != scope:
-            raise ConfigError(
-                f"dataset {dataset.name!r}: its content was scoped ({dataset.meta.get('content scope')}) "
-                f"against split {str(built_for)[:12]}...; train it with that scope on that split "
-                f"(build-mmkg saves it as <out>/split) or rebuild it for this one")
-        return dataset, data_split
-    if scope == "all" or not has_user_content(dataset):
-        return dataset, data_split
-    from dataclasses import replace
-
-    from mmkgrec.features.lastfm import scoped_content
-
-    scoped = scoped_content(dataset, data_split, scope)
-    return scoped, replace(data_split, dataset_fingerprint=scoped.fingerprint())
+def datasets() -> dict[str, DatasetSpec]:
+    """Every named dataset, those registered by upper layers included."""
+    _load_plugins()
+    return DATASETS
 
 
 def _renamed(dataset: MMKG, name: str) -> MMKG:
@@ -136,7 +116,8 @@ def _renamed(dataset: MMKG, name: str) -> MMKG:
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("MMKGREC_CACHE", Path.home() / ".cache" / "mmkgrec")) / "data"
+    """The download cache (``$MMKGREC_CACHE/data``)."""
+    return paths.cache_dir("data")
 
 
 def data_roots(source: str | Path | None = None) -> list[Path]:
@@ -167,7 +148,7 @@ def locate(folder: str, source: str | Path | None = None) -> Path:
 def available_names() -> list[str]:
     from mmkgrec.data.synthetic import PRESETS
 
-    return list(DATASETS) + ["synthetic"] + [f"synthetic-{p}" for p in PRESETS]
+    return list(datasets()) + ["synthetic"] + [f"synthetic-{p}" for p in PRESETS]
 
 
 def load(name: str | Path, *, source: str | Path | None = None, seed: int = 0,
@@ -223,6 +204,13 @@ def _load(key: str, source: str | Path | None, seed: int) -> MMKG:
             raise DatasetNotFoundError(
                 f"unknown synthetic preset {preset!r}; choose one of {', '.join(PRESETS)}")
         return generate(preset, seed=seed)
+    if key not in DATASETS:
+        _load_plugins(key)
+    if key in _plugin_errors and key not in DATASETS:
+        raise DatasetNotFoundError(
+            f"dataset {key!r} is built by a layer that cannot be imported here "
+            f"({_plugin_errors[key]}); install mmkgrec with its extras (pip install "
+            f"'mmkgrec[features]')")
     if key in DATASETS:
         spec = DATASETS[key]
         return spec.build([locate(folder, source) for folder in spec.needs])

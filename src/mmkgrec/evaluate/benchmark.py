@@ -42,7 +42,8 @@ from rich.console import Console
 
 from mmkgrec.config import file_slug
 from mmkgrec.data.dataset import MMKG
-from mmkgrec.data.registry import available_names, data_roots, load, scope_content
+from mmkgrec.data.registry import available_names, data_roots, load
+from mmkgrec.features.content import scope_content
 from mmkgrec.data.split import Split, apply_presplit, split
 from mmkgrec.errors import ConfigError, DataFormatError, MMKGRecError
 from mmkgrec.evaluate.metrics import per_user_topk_metrics
@@ -416,7 +417,7 @@ def _n_candidates(data_split: Split) -> int:
 
 def _content_label(dataset: MMKG, scope: str) -> str:
     """The content scope as tables state it: ``none`` when no content comes from users."""
-    from mmkgrec.data.registry import has_user_content
+    from mmkgrec.features.content import has_user_content
 
     if "content scope" not in dataset.meta and not has_user_content(dataset):
         return "none (no user content)"

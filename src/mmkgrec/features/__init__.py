@@ -22,7 +22,7 @@ from typing import Any
 
 _EXPORTS = {
     "Catalogue": "catalogue", "CatalogueItem": "catalogue", "read_catalogue": "catalogue",
-    "Extractor": "base", "ExtractionError": "base",
+    "Extractor": "base", "ExtractionError": "base",  # defined in mmkgrec.errors
     "EXTRACTORS": "registry", "make_extractor": "registry",
     "extract": "extraction", "read_features": "extraction", "read_errors": "extraction",
     "ExtractReport": "extraction", "FeatureSet": "extraction",

@@ -15,8 +15,8 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import Field
 
-from mmkgrec.errors import ConfigError
-from mmkgrec.features.base import ExtractionError, Extractor, Options, missing_modules
+from mmkgrec.errors import ConfigError, ExtractionError
+from mmkgrec.features.base import Extractor, Options, missing_modules
 from mmkgrec.features.catalogue import CatalogueItem
 
 Stat = Literal["mean", "std", "min", "max", "median", "delta_mean", "delta_std"]

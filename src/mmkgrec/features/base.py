@@ -13,20 +13,18 @@ import hashlib
 import importlib.util
 import json
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from mmkgrec.config import parse_config
-from mmkgrec.errors import MMKGRecError
-from mmkgrec.features.catalogue import CatalogueItem
+from mmkgrec.errors import ExtractionError, MMKGRecError
+
+if TYPE_CHECKING:
+    from mmkgrec.features.catalogue import CatalogueItem
 
 Modality = Literal["audio", "text", "sentiment", "image"]
-
-
-class ExtractionError(MMKGRecError):
-    """One item's input could not be turned into features (missing, corrupt, undecodable)."""
 
 
 class Options(BaseModel):

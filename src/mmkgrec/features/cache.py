@@ -22,8 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from mmkgrec.data.textio import sha256_of as file_sha256
-from mmkgrec.errors import MMKGRecError
-from mmkgrec.features.base import ExtractionError
+from mmkgrec.errors import ExtractionError, MMKGRecError
 
 CACHE_FILE = "features-cache.sqlite"
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mmkgrec.data.textio import decode_text
-from mmkgrec.errors import DataFormatError
+from mmkgrec.errors import DataFormatError, ExtractionError
 
 COLUMNS = ("item_id", "audio_path", "lyrics", "lyrics_path", "image_path", "tags", "title", "artist")
 PATH_COLUMNS = ("audio_path", "lyrics_path", "image_path")
@@ -72,8 +72,6 @@ class CatalogueItem:
             return self.lyrics
         if self.lyrics_path is None:
             return ""
-        from mmkgrec.features.base import ExtractionError
-
         try:
             raw = self.lyrics_path.read_bytes()
         except OSError as error:

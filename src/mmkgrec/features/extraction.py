@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from mmkgrec.errors import ConfigError, DataFormatError, MMKGRecError
-from mmkgrec.features.base import ExtractionError, Extractor, sha256_text
+from mmkgrec.errors import ConfigError, DataFormatError, ExtractionError, MMKGRecError
+from mmkgrec.features.base import Extractor, sha256_text
 from mmkgrec.features.cache import FeatureCache, MemoryCache, file_sha256
 from mmkgrec.features.catalogue import Catalogue, CatalogueItem, read_catalogue
 from mmkgrec.features.registry import DEFAULT_EXTRACTORS, EXTRACTORS, make_extractor

@@ -24,8 +24,8 @@ from typing import ClassVar, Literal
 import numpy as np
 from pydantic import Field
 
-from mmkgrec.errors import MMKGRecError
-from mmkgrec.features.base import BatchExtractor, ExtractionError, Extractor, Options, missing_modules
+from mmkgrec.errors import ExtractionError, MMKGRecError
+from mmkgrec.features.base import BatchExtractor, Extractor, Options, missing_modules
 from mmkgrec.features.catalogue import CatalogueItem
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)

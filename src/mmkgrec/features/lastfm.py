@@ -30,8 +30,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from mmkgrec import paths
 from mmkgrec.data.dataset import MMKG, file_provenance
-from mmkgrec.data.formats.hetrec import _read
+from mmkgrec.data.formats.hetrec import _read, attach_hetrec_text
+from mmkgrec.data.formats.kgcn import read_kgcn
+from mmkgrec.data.registry import DatasetSpec
 from mmkgrec.errors import MMKGRecError
 
 MAX_TAGS = 30  # tags in an artist's document, most given first (MiniLM reads ~256 tokens)
@@ -96,14 +99,13 @@ def _sentiment(counts: pd.DataFrame, n_items: int) -> np.ndarray:
 
 def cached_embeddings(documents: list[str], backend: str, fit_rows: np.ndarray) -> np.ndarray:
     """Text embeddings of ``documents``, cached on disk by content (.npy, no pickle)."""
-    from mmkgrec.data.registry import cache_dir
     from mmkgrec.features.text import embed_texts
 
     digest = hashlib.sha256(backend.encode())
     for document in documents:
         digest.update(document.encode() + b"\0")
     digest.update(np.packbits(fit_rows).tobytes())
-    path = cache_dir() / "embeddings" / f"{backend}-{digest.hexdigest()[:24]}.npy"
+    path = paths.cache_dir("data") / "embeddings" / f"{backend}-{digest.hexdigest()[:24]}.npy"
     if path.is_file():
         return np.load(path, allow_pickle=False)
     matrix = np.asarray(embed_texts(documents, backend=backend, fit_rows=fit_rows, seed=0),
@@ -204,3 +206,17 @@ def _set_modalities(dataset: MMKG, built: dict[str, tuple[np.ndarray, np.ndarray
         dataset.modalities.pop(name, None)
         dataset.modality_masks.pop(name, None)
         dataset.add_modality(name, matrix, mask)
+
+
+def _build_content_dataset(folders: list[Path]) -> MMKG:
+    """lastfm-kgcn joined with HetRec names / tags, then the text and sentiment modalities."""
+    dataset = attach_lastfm_content(attach_hetrec_text(read_kgcn(folders[0]), folders[1]),
+                                    folders[1])
+    dataset.name = "lastfm-kgcn-content"
+    return dataset
+
+
+# registered in data.registry through the "mmkgrec.datasets" entry point (pyproject.toml)
+CONTENT_DATASET = DatasetSpec(
+    "lastfm-kgcn-content", ("lastfm-kgcn", "hetrec-lastfm-2k"), _build_content_dataset,
+    "lastfm-kgcn + text (MiniLM) and sentiment (VADER) modalities from HetRec tags")

@@ -27,7 +27,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from mmkgrec.config import describe
 from mmkgrec.data.dataset import MMKG
-from mmkgrec.data.registry import load, scope_content
+from mmkgrec.data.registry import load
+from mmkgrec.features.content import scope_content
 from mmkgrec.data.split import Split, apply_presplit, split
 from mmkgrec.errors import ConfigError, MMKGRecError
 from mmkgrec.evaluate.metrics import rank_topk

@@ -39,6 +39,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, ValidationError
 
+from mmkgrec import paths
 from mmkgrec.data.dataset import MMKG
 from mmkgrec.data.textio import sha256_of
 from mmkgrec.errors import DataFormatError, MMKGRecError
@@ -299,8 +300,7 @@ def _mapped_arrays(directory: Path, m: Manifest, cache_dir: str | Path | None
     stamp = {"fingerprint": m.fingerprint, "files": m.files}
     candidates = [Path(cache_dir)] if cache_dir is not None else [
         directory / MMAP_DIR,
-        Path(os.environ.get("MMKGREC_CACHE", Path.home() / ".cache" / "mmkgrec")) / "mmap"
-        / m.fingerprint[:24]]
+        paths.cache_dir("mmap") / m.fingerprint[:24]]
     for cache in candidates:
         found = _cache_stamp(cache) or {}
         if all(found.get(key) == value for key, value in stamp.items()):
