@@ -39,7 +39,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
-    from mmkgrec.evaluate.significance import holm
+    from mmkgrec.experiments.significance import holm
     from mmkgrec.features import extract, read_catalogue, read_features
     from mmkgrec.features.audio import ChromaBof, MfccBof
     from mmkgrec.features.moods import loo_knn, mood_tracks, write_mood_catalogue

@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mmkgrec.evaluate.benchmark import BenchmarkSpec, run_benchmark
-from mmkgrec.evaluate.significance import holm, paired_tests
+from mmkgrec.experiments.benchmark import BenchmarkSpec, run_benchmark
+from mmkgrec.experiments.significance import holm, paired_tests
 
 DATASET = "lastfm-kgcn-content"
 # name -> (models, --set overrides, content scope, MMKG mode)

@@ -10,20 +10,17 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-import mmkgrec.evaluate.benchmark as bench
+import mmkgrec.experiments.benchmark as bench
 from conftest import requires_data, run_cli
 from mmkgrec.cli import main
 from mmkgrec.data import split
 from mmkgrec.data.split import Split
 from mmkgrec.errors import ConfigError
-from mmkgrec.evaluate.benchmark import (
-    BenchmarkSpec,
-    _overrides_for,
-    breakdown_groups,
-    markdown_tables,
-    run_benchmark,
-)
-from mmkgrec.evaluate.significance import holm
+from mmkgrec.experiments.benchmark import BenchmarkSpec, run_benchmark
+from mmkgrec.experiments.breakdown import breakdown_groups
+from mmkgrec.experiments.recbole import markdown_tables
+from mmkgrec.experiments.spec import overrides_for as _overrides_for
+from mmkgrec.experiments.significance import holm
 
 SMOKE = ["benchmark", "--datasets", "synthetic-tiny", "--models", "pop,bprmf,mkgcn", "--seeds",
          "2", "--set", "train.epochs=2"]

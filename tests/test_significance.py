@@ -7,7 +7,7 @@ import pytest
 from scipy import stats
 
 from mmkgrec.errors import ConfigError
-from mmkgrec.evaluate.significance import holm, paired_tests
+from mmkgrec.experiments.significance import holm, paired_tests
 
 
 def test_paired_tests_match_scipy_on_random_per_user_values():

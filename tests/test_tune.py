@@ -11,7 +11,7 @@ import mmkgrec.train.trainer as trainer_module
 from mmkgrec.cli import main
 from mmkgrec.errors import ConfigError
 from mmkgrec.train.run import RunSpec, read_config_file, resolved_configs
-from mmkgrec.train.tune import (
+from mmkgrec.experiments.tune import (
     GENERIC_SPACE,
     TuneSpec,
     _import_optuna,
@@ -124,7 +124,7 @@ def test_benchmark_tunes_every_model_with_one_budget_then_runs_tuned(tmp_path, c
     """`benchmark --tune-trials N`: each model gets N trials on validation (test is never
     evaluated while tuning), then the cells run at the tuned settings; a second call reuses the
     tuned files."""
-    import mmkgrec.train.tune as tune_module
+    import mmkgrec.experiments.tune as tune_module
 
     calls, real_tune, real_evaluate = [], tune_module.tune, trainer_module.evaluate_topk
 

@@ -410,7 +410,7 @@ def benchmark(
     """Compare models on identical splits over seeds: tables, significance, breakdowns, plots.
 
     --datasets takes registry names, directories (labelled by their folder name) or LABEL=DIR."""
-    from mmkgrec.evaluate.benchmark import BenchmarkSpec, run_benchmark
+    from mmkgrec.experiments.benchmark import BenchmarkSpec, run_benchmark
 
     spec = BenchmarkSpec.parse(
         datasets=[d for d in datasets.split(",") if d], models=[m for m in models.split(",") if m],
@@ -451,7 +451,7 @@ def tune(
 ) -> None:
     """Search a model's hyper-parameters (Optuna TPE) on the validation metric, never test."""
     from mmkgrec.models import model_class
-    from mmkgrec.train.tune import TuneSpec, tune as run_tune
+    from mmkgrec.experiments.tune import TuneSpec, tune as run_tune
 
     model_class(model)
     spec = TuneSpec(model=model, dataset=dataset, protocol=protocol.value, trials=trials,

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import re
+import sys
 from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
 
 from mmkgrec.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib  # the one shim: import tomllib from here
+
+__all__ = ["describe", "file_slug", "parse_config", "tomllib"]
 
 Config = TypeVar("Config", bound=BaseModel)
 
@@ -27,6 +36,4 @@ def parse_config(cls: type[Config], what: str, options: dict) -> Config:
 
 def file_slug(name: str) -> str:
     """A file-name-safe version of a dataset name (which may be a directory path)."""
-    import re
-
     return re.sub(r"[^A-Za-z0-9._-]+", "_", str(name).rstrip("/")).strip("_") or "dataset"

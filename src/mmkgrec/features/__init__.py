@@ -9,8 +9,10 @@ Typical use::
 
 Modules: :mod:`~mmkgrec.features.catalogue` (the catalogue file), :mod:`~.base` (the
 ``Extractor`` interface), :mod:`~.audio`, :mod:`~.text`, :mod:`~.sentiment`, :mod:`~.image`
-(the extractors), :mod:`~.registry` (``EXTRACTORS``), :mod:`~.extraction` (parallel, cached runs;
-the output format and its reader), :mod:`~.attach`, :mod:`~.cli`. See ``docs/features.md``.
+(the extractors), :mod:`~.registry` (``EXTRACTORS``), :mod:`~.extraction` (parallel, cached runs),
+:mod:`~.pool` (its crash-isolating worker pool), :mod:`~.output` (the output format and its
+reader), :mod:`~.attach`, :mod:`~.content` (user content scoped per split), :mod:`~.lastfm`,
+:mod:`~.cli`. See ``docs/features.md``.
 
 Names are imported lazily so that importing this package (e.g. by the CLI) stays fast.
 """
@@ -24,8 +26,8 @@ _EXPORTS = {
     "Catalogue": "catalogue", "CatalogueItem": "catalogue", "read_catalogue": "catalogue",
     "Extractor": "base", "ExtractionError": "base",  # defined in mmkgrec.errors
     "EXTRACTORS": "registry", "make_extractor": "registry",
-    "extract": "extraction", "read_features": "extraction", "read_errors": "extraction",
-    "ExtractReport": "extraction", "FeatureSet": "extraction",
+    "extract": "extraction", "read_features": "output", "read_errors": "output",
+    "ExtractReport": "output", "FeatureSet": "output",
     "attach_features": "attach",
     "embed_texts": "text", "sentiment_scores": "sentiment", "SENTIMENT_COLUMNS": "sentiment",
 }

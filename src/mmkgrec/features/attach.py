@@ -10,7 +10,7 @@ import pandas as pd
 
 from mmkgrec.data.dataset import MMKG
 from mmkgrec.errors import ConfigError, MMKGRecError
-from mmkgrec.features.extraction import FeatureSet, read_features
+from mmkgrec.features.output import FeatureSet, read_features
 
 
 def attach_features(dataset: MMKG, features_dir: str | Path | FeatureSet,

@@ -17,12 +17,8 @@ re-run computes only new or changed items (``ExtractReport.computed``).
 
 from __future__ import annotations
 
-import csv
-import json
-import os
 import time
-from collections.abc import Callable, Collection, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Collection, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -30,130 +26,23 @@ import numpy as np
 
 from mmkgrec.errors import ConfigError, DataFormatError, ExtractionError, MMKGRecError
 from mmkgrec.features.base import Extractor, sha256_text
-from mmkgrec.features.cache import FeatureCache, MemoryCache, file_sha256
+from mmkgrec.features.cache import FeatureCache, MemoryCache
 from mmkgrec.features.catalogue import Catalogue, CatalogueItem, read_catalogue
+from mmkgrec.features.output import (
+    ErrorRow,
+    ExtractorReport,
+    ExtractReport,
+    FeatureSet,
+    read_errors,
+    read_features,
+    write_features,
+)
+from mmkgrec.features.pool import Bundle, Runner
 from mmkgrec.features.registry import DEFAULT_EXTRACTORS, EXTRACTORS, make_extractor
 
-MANIFEST = "features.json"
-FORMAT = "mmkgrec-features"
-SCHEMA_VERSION = 1
-ERRORS_FILE = "errors.csv"
-ERROR_COLUMNS = ("item_id", "extractor", "path", "error")
-
-Bundle = list[tuple[str, list[int]]]  # [(extractor name, catalogue positions)]
+__all__ = ["ExtractReport", "FeatureSet", "extract", "read_errors", "read_features"]
 
 
-@dataclass
-class ErrorRow:
-    item_id: str
-    extractor: str
-    path: str
-    error: str
-
-
-@dataclass
-class ExtractorReport:
-    """Counts of one extractor's run. ``present = computed + cached``."""
-
-    name: str
-    modality: str
-    width: int
-    present: int = 0
-    computed: int = 0
-    cached: int = 0
-    failed: int = 0
-    absent: int = 0
-    fit: dict | None = None
-
-
-@dataclass
-class ExtractReport:
-    """What ``extract`` did: per extractor counts, the error rows, where the output went."""
-
-    out_dir: Path
-    items: int
-    extractors: dict[str, ExtractorReport]
-    errors: list[ErrorRow]
-    seconds: float
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def computed(self) -> int:
-        """(item, extractor) pairs computed in this run (0 on an identical re-run)."""
-        return sum(r.computed for r in self.extractors.values())
-
-    @property
-    def cached(self) -> int:
-        return sum(r.cached for r in self.extractors.values())
-
-    @property
-    def failed(self) -> int:
-        return sum(r.failed for r in self.extractors.values())
-
-
-# ---- the worker side -------------------------------------------------------------------------
-_WORKER_EXTRACTORS: dict[str, Extractor] = {}
-
-
-def _limit_threads(threads: int) -> None:
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
-        os.environ[var] = str(threads)
-    from threadpoolctl import threadpool_limits
-
-    threadpool_limits(limits=threads)  # BLAS / OpenMP already loaded; torch reads the variables
-
-
-def _init_worker(specs: list[tuple[type[Extractor], dict]], threads: int) -> None:
-    """Worker initialiser: limit threads, build the (unfitted) extractors once per process.
-
-    ``specs`` holds each extractor's class (pickled by reference, so an extractor defined
-    outside the registry works too, if its module is importable) and its options."""
-    _limit_threads(threads)
-    _WORKER_EXTRACTORS.clear()
-    _WORKER_EXTRACTORS.update({cls.name: cls(**options) for cls, options in specs})
-
-
-_WORKER_STATES: dict[str, str] = {}  # extractor name -> digest of the fit state it holds
-
-
-def _worker_compute(kind: str, bundle: list[tuple[str, list[CatalogueItem], list[str]]],
-                    states: dict[str, tuple[str, str]]):
-    """Run a bundle in a worker; ``states``: name -> (state digest, file) of fitted extractors,
-    loaded once per process and state."""
-    for name, (digest, path) in states.items():
-        if _WORKER_STATES.get(name) != digest:
-            _WORKER_EXTRACTORS[name].load_state_bytes(Path(path).read_bytes())
-            _WORKER_STATES[name] = digest
-    return _compute(_WORKER_EXTRACTORS, kind, bundle)
-
-
-def _compute(extractors: dict[str, Extractor], kind: str,
-             bundle: list[tuple[str, list[CatalogueItem], list[str]]]) -> list[list[tuple]]:
-    """Run one bundle: per (extractor, items, digests) a list of (value | None, error | None)."""
-    out = []
-    for name, items, digests in bundle:
-        extractor = extractors[name]
-        if kind == "extract":
-            results = extractor.extract_batch(items)
-        else:  # "fit": each train item's fit sample
-            results = []
-            for item, digest in zip(items, digests):
-                try:
-                    results.append(extractor.fit_sample(item, digest))
-                except Exception as error:  # noqa: BLE001 - one bad file must not stop the fit
-                    results.append(error)
-        out.append([(None, _describe(r)) if isinstance(r, BaseException) else (r, None)
-                    for r in results])
-    return out
-
-
-def _describe(error: BaseException) -> str:
-    if isinstance(error, ExtractionError):
-        return str(error)
-    return f"{type(error).__name__}: {error}"
-
-
-# ---- the parent side ---------------------------------------------------------------------------
 def extract(
     catalogue: str | Path | Catalogue,
     out_dir: str | Path,
@@ -200,7 +89,7 @@ def extract(
     train, notes = _train_ids(cat, train_items)
     notes = list(cat.notes) + notes
     cache: MemoryCache = FeatureCache(cache_dir or out_dir / "cache") if use_cache else MemoryCache()
-    runner = _Runner(workers, threads_per_worker, progress, chosen)
+    runner = Runner(workers, threads_per_worker, progress, chosen)
     n = len(cat)
     errors: list[ErrorRow] = []
     reports: dict[str, ExtractorReport] = {}
@@ -350,7 +239,7 @@ def _path_of(ex: Extractor, item: CatalogueItem) -> str:
 
 
 def _fit(ex: Extractor, cat: Catalogue, digests: list[str | None], train: set[str] | None,
-         cache: MemoryCache, runner: _Runner, errors: list[ErrorRow],
+         cache: MemoryCache, runner: Runner, errors: list[ErrorRow],
          report: ExtractorReport) -> dict:
     """Fit ``ex`` on the train items with input, in input-digest order; cached by content."""
     rows = [i for i, d in enumerate(digests)
@@ -407,271 +296,3 @@ def _bundles(chosen: list[Extractor], todo: dict[str, list[int]]) -> list[Bundle
             bundles += [[(ex.name, positions[s:s + ex.batch_size])]
                         for s in range(0, len(positions), ex.batch_size)]
     return bundles
-
-
-class _Runner:
-    """Runs bundles in this process (workers == 1) or in one spawn-started process pool.
-
-    Fitted states reach the workers as files in a temporary folder (loaded once per process).
-    A worker that dies (e.g. a decoder crash) breaks the pool: the bundles then in flight are
-    retried one item at a time in a one-process pool, and an item that kills it again is
-    recorded as failed; the rest of the run goes on.
-    """
-
-    def __init__(self, workers: int, threads: int, progress: bool, extractors: list[Extractor]):
-        if workers < 1:
-            raise ConfigError(f"workers must be >= 1, got {workers}")
-        self.workers, self.threads, self.progress = workers, threads, progress
-        self.specs = [(type(ex), ex.options.model_dump(mode="json")) for ex in extractors]
-        self._pool = None
-        self._tmp = None
-
-    def close(self) -> None:
-        if self._pool is not None:  # results are in; idle workers exit on their own
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = None
-        if self._tmp is not None:
-            self._tmp.cleanup()
-            self._tmp = None
-
-    def run(self, kind: str, bundles: list[Bundle], extractors: dict[str, Extractor],
-            cat: Catalogue, digests: dict[str, list[str | None]],
-            done: Callable[[Bundle, list[list[tuple]]], None], total: int, label: str) -> None:
-        if not bundles:
-            return
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        def payload(bundle: Bundle):
-            return [(name, [cat.items[i] for i in pos], [digests[name][i] or "" for i in pos])
-                    for name, pos in bundle]
-
-        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TimeElapsedColumn(), TimeRemainingColumn())
-        with Progress(*columns, disable=not self.progress, transient=False) as bar:
-            task = bar.add_task(label, total=total)
-
-            def finish(bundle: Bundle, results: list[list[tuple]]) -> None:
-                done(bundle, results)
-                bar.advance(task, sum(len(pos) for _, pos in bundle))
-
-            if self.workers == 1:
-                for bundle in bundles:
-                    finish(bundle, _compute(extractors, kind, payload(bundle)))
-            else:
-                self._parallel(kind, bundles, self._states(extractors), payload, finish)
-
-    def _states(self, extractors: dict[str, Extractor]) -> dict[str, tuple[str, str]]:
-        """name -> (digest, file) of each fitted extractor's state, written once."""
-        import tempfile
-
-        states = {}
-        for ex in extractors.values():
-            if ex.needs_fit and ex.fitted:
-                if self._tmp is None:
-                    self._tmp = tempfile.TemporaryDirectory(prefix="mmkgrec-fit-")
-                digest = ex.state_digest()
-                path = Path(self._tmp.name) / f"{ex.name}-{digest}.safetensors"
-                if not path.is_file():
-                    path.write_bytes(ex.state_bytes())
-                states[ex.name] = (digest, str(path))
-        return states
-
-    def _parallel(self, kind, bundles, states, payload, finish) -> None:
-        queue, suspects = list(bundles), []
-        while queue:
-            if self._pool is None:
-                self._pool = self._new_pool(self.workers)
-            lost = self._drain(self._pool, queue, self.workers, kind, states, payload, finish)
-            if lost:  # the pool is broken: the next round gets a fresh one
-                self._pool.shutdown(wait=False, cancel_futures=True)
-                self._pool = None
-                suspects += [[(name, [i])] for b in lost for name, pos in b for i in pos]
-        while suspects:  # one item, one process at a time: a crash now names its item
-            pool = self._new_pool(1)
-            try:
-                # one in flight: a crash can only be the crashing item's own
-                for bundle in self._drain(pool, suspects, 1, kind, states, payload, finish,
-                                          in_flight=1):
-                    error = "the worker process died on this item (a crash in a decoder or model)"
-                    finish(bundle, [[(None, error)]])
-            finally:
-                pool.shutdown(wait=False, cancel_futures=True)
-
-    def _new_pool(self, width: int):
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
-        context = multiprocessing.get_context("spawn")  # safe with torch / OpenMP in the parent
-        return ProcessPoolExecutor(max_workers=width, mp_context=context,
-                                   initializer=_init_worker, initargs=(self.specs, self.threads))
-
-    @staticmethod
-    def _drain(pool, queue: list[Bundle], width: int, kind, states, payload, finish,
-               in_flight: int | None = None) -> list[Bundle]:
-        """Run bundles from ``queue`` (popping them) until it is empty or the pool breaks, with
-        at most ``in_flight`` submitted (default ``2 * width``); returns the bundles that were in
-        flight when it broke."""
-        from concurrent.futures import FIRST_COMPLETED, wait
-        from concurrent.futures.process import BrokenProcessPool
-
-        running: dict = {}
-        lost: list[Bundle] = []
-        try:
-            while queue or running:
-                while queue and not lost and len(running) < (in_flight or 2 * width):
-                    bundle = queue.pop(0)
-                    used = {name for name, _ in bundle}
-                    refs = {k: v for k, v in states.items() if k in used}
-                    running[pool.submit(_worker_compute, kind, payload(bundle), refs)] = bundle
-                if not running:
-                    break
-                finished, _ = wait(running, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    bundle = running.pop(future)
-                    try:
-                        results = future.result()
-                    except BrokenProcessPool:
-                        lost.append(bundle)
-                        continue
-                    finish(bundle, results)
-        except BaseException:
-            for future in running:
-                future.cancel()
-            raise
-        return lost
-
-
-# ---- output ------------------------------------------------------------------------------------
-def write_features(out_dir: Path, cat: Catalogue, chosen: list[Extractor],
-                   matrices: dict[str, np.ndarray], masks: dict[str, np.ndarray],
-                   report: ExtractReport) -> Path:
-    """Write the modality files, ``errors.csv`` and (last) ``features.json``."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / MANIFEST).unlink(missing_ok=True)  # a half-written output must not read as valid
-    for stale in out_dir.glob("modality_*.parquet"):  # from an earlier run with more extractors
-        stale.unlink()
-    ids = pa.array(cat.ids, type=pa.string())
-    files: dict[str, str] = {}
-    modalities: dict[str, dict] = {}
-    for k, ex in enumerate(chosen):
-        file = f"modality_{k}.parquet"
-        matrix = np.where(masks[ex.name][:, None], matrices[ex.name], 0.0).astype(np.float32)
-        flat = pa.array(np.ascontiguousarray(matrix).ravel())  # [n * d]
-        table = pa.table({"item_id": ids,
-                          "vector": pa.FixedSizeListArray.from_arrays(flat, ex.width),
-                          "present": pa.array(masks[ex.name])})
-        pq.write_table(table, out_dir / file)
-        files[file] = file_sha256(out_dir / file)
-        r = report.extractors[ex.name]
-        modalities[ex.name] = {
-            "file": file, "kind": ex.modality, "width": ex.width, "extractor": ex.config(),
-            "fit": r.fit, "counts": {"items": len(cat), "present": r.present, "computed": r.computed,
-                                     "cached": r.cached, "failed": r.failed, "absent": r.absent},
-        }
-    with open(out_dir / ERRORS_FILE, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(ERROR_COLUMNS)
-        writer.writerows((e.item_id, e.extractor, e.path, e.error) for e in report.errors)
-    files[ERRORS_FILE] = file_sha256(out_dir / ERRORS_FILE)
-    from mmkgrec import __version__
-
-    manifest = {
-        "format": FORMAT, "schema_version": SCHEMA_VERSION, "created_by": f"mmkgrec {__version__}",
-        "catalogue": {"file": str(cat.path), "sha256": file_sha256(cat.path), "items": len(cat)},
-        "modalities": modalities, "errors": len(report.errors), "notes": report.notes,
-        "files": files, "items": cat.ids,
-    }
-    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
-    return out_dir
-
-
-# ---- reading -------------------------------------------------------------------------------------
-@dataclass
-class FeatureSet:
-    """Features read back from an ``extract`` output: rows follow ``item_ids``."""
-
-    item_ids: np.ndarray  # [n] str
-    modalities: dict[str, np.ndarray]  # name -> [n, d] float32, zero where absent
-    masks: dict[str, np.ndarray]  # name -> [n] bool
-    kinds: dict[str, str]  # name -> audio | text | sentiment | image
-    manifest: dict
-    directory: Path
-
-
-def read_features(directory: str | Path) -> FeatureSet:
-    """Read and check an ``extract`` output directory.
-
-    Raises:
-        DataFormatError: a missing / changed / malformed file, naming it.
-    """
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    directory = Path(directory)
-    path = directory / MANIFEST
-    if not path.is_file():
-        raise DataFormatError(path, "file not found (not a features directory written by "
-                                    "`mmkgrec features extract`)")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise DataFormatError(path, f"invalid JSON: {error.msg}", error.lineno) from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise DataFormatError(path, f"not a {FORMAT} manifest")
-    if manifest.get("schema_version") != SCHEMA_VERSION:
-        raise DataFormatError(path, f"unknown schema_version {manifest.get('schema_version')!r} "
-                                    f"(this mmkgrec reads {SCHEMA_VERSION})")
-    for key, kind in (("items", list), ("modalities", dict), ("files", dict)):
-        if not isinstance(manifest.get(key), kind):
-            raise DataFormatError(path, f"{key!r} must be a JSON {kind.__name__}")
-    for file, digest in manifest["files"].items():
-        if not (directory / file).is_file():
-            raise DataFormatError(directory / file, "file not found (listed in features.json)")
-        if file_sha256(directory / file) != digest:
-            raise DataFormatError(directory / file, "changed since written: sha256 differs from "
-                                                    "features.json")
-    ids = np.asarray([str(i) for i in manifest["items"]], dtype=str)
-    modalities, masks, kinds = {}, {}, {}
-    for name, entry in manifest["modalities"].items():
-        try:
-            file, width, kind = entry["file"], int(entry["width"]), str(entry["kind"])
-        except (KeyError, TypeError, ValueError):
-            raise DataFormatError(path, f"modality {name!r} needs file, width and kind") from None
-        if file not in manifest["files"]:
-            raise DataFormatError(path, f"modality {name!r}: {file} is not among the listed files")
-        try:
-            table = pq.read_table(directory / file)
-        except (pa.ArrowException, OSError) as error:
-            raise DataFormatError(directory / file, f"not a readable Parquet file: {error}") from None
-        for column in ("item_id", "vector", "present"):
-            if column not in table.column_names:
-                raise DataFormatError(directory / file, f"missing column {column!r}")
-        vtype = table.schema.field("vector").type
-        if not (pa.types.is_fixed_size_list(vtype) and vtype.list_size == width
-                and vtype.value_type == pa.float32()):
-            raise DataFormatError(directory / file, f"column 'vector' must be "
-                                                    f"fixed_size_list<float>[{width}], got {vtype}")
-        if table.num_rows != len(ids) or table.column("item_id").to_pylist() != list(ids):
-            raise DataFormatError(directory / file, "item ids differ from features.json")
-        vectors = table.column("vector").combine_chunks().flatten().to_numpy()
-        modalities[name] = np.asarray(vectors, dtype=np.float32).reshape(len(ids), width)
-        masks[name] = table.column("present").to_numpy().astype(bool)
-        kinds[name] = kind
-    return FeatureSet(ids, modalities, masks, kinds, manifest, directory)
-
-
-def read_errors(directory: str | Path) -> list[ErrorRow]:
-    """The rows of ``errors.csv``."""
-    with open(Path(directory) / ERRORS_FILE, newline="", encoding="utf-8") as handle:
-        return [ErrorRow(**row) for row in csv.DictReader(handle)]
-

@@ -25,11 +25,13 @@ import math
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 import torch
+from torch import Tensor, nn
 
 from mmkgrec.errors import ConfigError
 
@@ -237,3 +239,42 @@ def launch(nproc: int, argv: list[str] | None = None,
         raise ConfigError("--nproc inside a torchrun job: the processes are already started")
     command = launch_command(nproc, list(sys.argv[1:] if argv is None else argv), torchrun_args)
     return subprocess.call(command)
+
+
+class _LossModule(nn.Module):
+    """The model plus the trainer's loss, as one module for DistributedDataParallel."""
+
+    def __init__(self, model: nn.Module, loss: Callable[[Tensor, Tensor, Tensor], Tensor]):
+        super().__init__()
+        self.model = model
+        self._loss = loss
+
+    def forward(self, users: Tensor, items: Tensor, third: Tensor) -> Tensor:
+        return self._loss(users, items, third)
+
+
+def ddp_loss(context: DistContext, model: nn.Module,
+             loss: Callable[[Tensor, Tensor, Tensor], Tensor], sparse: dict) -> nn.Module:
+    """The training loss of a batch: ``loss`` inside DDP (under torchrun).
+
+    DDP wraps a module whose forward is the whole loss (model forward, L2 term, auxiliary
+    loss), so gradients of parameters used outside ``model.forward`` are reduced too.
+    ``find_unused_parameters`` lets models leave parameters unused in a step; buffers are
+    not broadcast each step (every rank resamples them from the same seeded stream).
+    """
+    if sparse and context.backend == "nccl":
+        raise ConfigError("sparse_embeddings is not supported with DDP on NCCL (sparse "
+                          "all-reduce); use sparse_embeddings=false on GPUs")
+    import inspect
+
+    from torch.nn.parallel import DistributedDataParallel
+
+    # No buffer broadcast before every forward (it is deprecated under a new name in recent
+    # torch): the buffers are identical on every rank already.
+    no_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in
+               inspect.signature(DistributedDataParallel.__init__).parameters
+               else {"broadcast_buffers": False})
+    return DistributedDataParallel(
+        _LossModule(model, loss),
+        device_ids=[context.device.index] if context.device.type == "cuda" else None,
+        find_unused_parameters=True, **no_sync)

@@ -6,10 +6,10 @@ them into minibatches; loss = BCE-with-logits or BPR ``-log sigmoid(s_pos - s_ne
 ``l2 * model.regularization(users, items)`` (Adam's weight decay stays 0); a model with its
 own objective (``training_loss(users, items, third)``, e.g. MKRLN's policy gradient) replaces
 that loss. Every ``eval_every`` epochs (and after the last one) the model is validated: ctr
-split -> AUC over all valid rows; topk split -> NDCG@20 of the full ranking. The best weights are kept (in memory and in
-``out_dir/best/``); ``patience`` evaluations without improvement stop training. TEST is
-evaluated once, at the end, with the best weights (a ctr split is then also ranked: full
-ranking of all items for its test positives, so both views come from one run).
+split -> AUC over all valid rows; topk split -> NDCG@20 of the full ranking. The best weights
+are kept (in memory and in ``out_dir/best/``); ``patience`` evaluations without improvement
+stop training. TEST is evaluated once, at the end, with the best weights (a ctr split is then
+also ranked: full ranking of all items for its test positives, so both views come from one run).
 
 ``out_dir`` layout::
 
@@ -32,6 +32,10 @@ stopping (broadcast to all ranks) and writes every file; checkpoints hold the pl
 ``torch.optim.SparseAdam`` (lazy Adam: moments of untouched rows are not decayed), the rest with
 Adam, so a step costs O(batch) instead of O(table rows); it needs a model that reads its tables
 by lookup only (e.g. ``l2_scope="batch"``; LightGCN's full propagation cannot). Off by default.
+
+Pieces: :mod:`~mmkgrec.train.optim` (Adam / MixedAdam), :mod:`~mmkgrec.train.resume` (the state
+in ``last/``), :mod:`~mmkgrec.train.logs` (progress, log.jsonl, curve.png),
+:mod:`~mmkgrec.train.distributed` (DDP); the loop is here.
 """
 
 from __future__ import annotations
@@ -39,13 +43,11 @@ from __future__ import annotations
 import gc
 import json
 import math
-import os
 import random
 import shutil
 import sys
 import time
 from collections.abc import Callable
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
@@ -61,9 +63,7 @@ from mmkgrec.data.split import Split
 from mmkgrec.errors import ConfigError, MMKGRecError
 from mmkgrec.evaluate.ranking import evaluate_ctr, evaluate_topk
 from mmkgrec.train.checkpoint import (
-    EXTRA_PREFIX,
     WEIGHTS,
-    CheckpointError,
     latest_complete,
     load_checkpoint,
     load_model_state,
@@ -75,13 +75,21 @@ from mmkgrec.train.checkpoint import (
     save_optimizer,
     save_rng_state,
 )
-from mmkgrec.train.distributed import DistContext, shard_indices
+from mmkgrec.train.distributed import DistContext, ddp_loss, shard_indices
 from mmkgrec.train.distributed import setup as setup_distributed
+from mmkgrec.train.logs import append_log, epoch_progress, plot_curve, rewrite_log
+from mmkgrec.train.optim import check_sparse_gradients, make_optimizer, sparsify
+from mmkgrec.train.resume import (
+    BEST_IN_LAST,
+    check_resumable,
+    fresh_state,
+    link_or_copy,
+    snapshot,
+    split_extra,
+)
 from mmkgrec.train.sampler import NegativeSampler
 
 MONITOR_K = 20  # topk early stopping watches NDCG@20
-BEST_IN_LAST = "best.safetensors"  # the best weights, kept inside last/ so resume is consistent
-RESUMABLE_CHANGES = {"epochs", "max_train_seconds", "device", "eval_batch_users"}
 
 
 class TrainConfig(BaseModel):
@@ -216,10 +224,10 @@ class Trainer:
         self.rng = np.random.default_rng(cfg.seed)
         model.to(self.device)
         trainable = getattr(model, "trainable", True)
-        sparse = _sparsify(model) if trainable and cfg.sparse_embeddings else {}
+        sparse = sparsify(model) if trainable and cfg.sparse_embeddings else {}
         try:
-            optimizer = _optimizer(model, sparse, cfg.lr) if trainable else None
-            state = _fresh_state()
+            optimizer = make_optimizer(model, sparse, cfg.lr) if trainable else None
+            state = fresh_state()
             best_weights = None  # state dict snapshot of the best evaluation
             last = latest_complete(self.out_dir / "last") if resume else None
             if last is not None:
@@ -233,7 +241,7 @@ class Trainer:
                     state.update(best_valid=valid, stop_reason="not trainable",
                                  valid_seconds=[seconds])
                     state["log"].append({"epoch": 0, "valid": valid, "eval_seconds": seconds})
-                    self._append_log(state["log"][-1])
+                    append_log(self._writer, state["log"][-1])
             else:
                 sampler = NegativeSampler(self.split, cfg.negatives, cfg.alpha, cfg.n_negatives,
                                           self.rng)
@@ -270,36 +278,17 @@ class Trainer:
         if self._writer is not None:
             self._save_model(self._writer / "best", metrics=results)
             (self._writer / "metrics.json").write_text(json.dumps(results, indent=2) + "\n")
-            _plot_curve(self._writer / "curve.png", state["log"], self.monitor)
+            plot_curve(self._writer / "curve.png", state["log"], self.monitor)
         return results
 
     def _step_function(self, context: DistContext | None, sparse: dict
                        ) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
-        """The training loss of a batch: ``self._loss``, or it inside DDP under torchrun.
-
-        DDP wraps a module whose forward is the whole loss (model forward, L2 term, auxiliary
-        loss), so gradients of parameters used outside ``model.forward`` are reduced too.
-        ``find_unused_parameters`` lets models leave parameters unused in a step; buffers are
-        not broadcast each step (every rank resamples them from the same seeded stream).
-        """
+        """The training loss of a batch: ``self._loss``, or it inside DDP under torchrun
+        (:func:`mmkgrec.train.distributed.ddp_loss`)."""
         if context is None:
             return self._loss
-        if sparse and context.backend == "nccl":
-            raise ConfigError("sparse_embeddings is not supported with DDP on NCCL (sparse "
-                              "all-reduce); use sparse_embeddings=false on GPUs")
-        import inspect
+        return ddp_loss(context, self.model, self._loss, sparse)
 
-        from torch.nn.parallel import DistributedDataParallel
-
-        # No buffer broadcast before every forward (it is deprecated under a new name in recent
-        # torch): the buffers are identical on every rank already.
-        no_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in
-                   inspect.signature(DistributedDataParallel.__init__).parameters
-                   else {"broadcast_buffers": False})
-        return DistributedDataParallel(
-            _LossModule(self.model, self._loss),
-            device_ids=[context.device.index] if context.device.type == "cuda" else None,
-            find_unused_parameters=True, **no_sync)
 
     def _run_epoch(self, state: dict, optimizer, sampler: NegativeSampler, on_batch,
                    best_weights, context: DistContext | None = None, step=None):
@@ -332,7 +321,7 @@ class Trainer:
                 if state["best_metric"] is None or valid[self.monitor] > state["best_metric"]:
                     state.update(best_metric=valid[self.monitor], best_epoch=epoch + 1,
                                  best_valid=valid, bad_evaluations=0)
-                    best_weights = _snapshot(self.model)
+                    best_weights = snapshot(self.model)
                     if self._writer is not None:
                         self._save_model(self._writer / "best", metrics={"valid": valid},
                                          extra={"epoch": epoch + 1})
@@ -343,7 +332,7 @@ class Trainer:
             if state["stop_reason"] is None and final:
                 state["stop_reason"] = "time limit" if out_of_time else "epochs"
             state["log"].append(record)
-            self._append_log(record)
+            append_log(self._writer, record)
             if self._writer is not None:
                 self._save_last(state, optimizer)
         if context is not None:  # every rank continues (or stops) as rank 0 decided
@@ -373,14 +362,14 @@ class Trainer:
         sparse_params = getattr(optimizer, "sparse_params", {})
         total = torch.zeros((), device=device)
         n_batches = math.ceil(m / batch_size)
-        with _progress(self.progress, f"epoch {epoch + 1}/{cfg.epochs}", n_batches) as advance:
+        with epoch_progress(self.progress, f"epoch {epoch + 1}/{cfg.epochs}", n_batches) as advance:
             for batch, start in enumerate(range(0, m, batch_size)):
                 index = order[start:start + batch_size]  # [B]
                 loss = step(*(column[index] for column in columns))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if sparse_params:
-                    _check_sparse_gradients(sparse_params, self.model_name)
+                    check_sparse_gradients(sparse_params, self.model_name)
                 optimizer.step()
                 total += loss.detach() * len(index)
                 if on_batch is not None:
@@ -458,7 +447,7 @@ class Trainer:
         save_rng_state(staging, self.rng)
         best = self.out_dir / "best"
         if state["best_epoch"]:
-            _link_or_copy(best / WEIGHTS, staging / BEST_IN_LAST)
+            link_or_copy(best / WEIGHTS, staging / BEST_IN_LAST)
             state["best_weights"] = json.loads((best / "checkpoint.json").read_text())["weights"]
         self._write_checkpoint(staging, extra={"trainer": state})  # checkpoint.json last
         replace_directory(staging, final)
@@ -466,21 +455,7 @@ class Trainer:
     def _resume(self, last: Path, optimizer) -> tuple[dict, tuple | None]:
         """Restore model, optimizer, RNGs and trainer state from ``last``."""
         _, meta = load_checkpoint(last, self.model, dataset=self.dataset, split=self.split)
-        saved = meta["train_config"]
-        current = self.config.model_dump(mode="json")
-        defaults = TrainConfig().model_dump(mode="json")  # keys older checkpoints lack
-        changed = sorted(k for k in set(saved) | set(current)
-                         if saved.get(k, defaults.get(k)) != current.get(k)
-                         and k not in RESUMABLE_CHANGES)
-        if changed:
-            raise CheckpointError(
-                f"cannot resume {last}: training options changed since it was written: "
-                + ", ".join(f"{k} {saved.get(k)!r} -> {current.get(k)!r}" for k in changed))
-        config = getattr(self.model, "config", None)
-        if isinstance(config, BaseModel) and config.model_dump(mode="json") != meta["model"][
-                "config"]:
-            raise CheckpointError(f"cannot resume {last}: the model config differs from the "
-                                  "one it was trained with")
+        check_resumable(last, meta, self.config, self.model)
         if optimizer is not None:
             load_optimizer(last, optimizer)
         load_rng_state(last, self.rng)
@@ -491,8 +466,8 @@ class Trainer:
         if state["best_epoch"]:
             weights = state["best_weights"]
             tensors = load_tensors(last / BEST_IN_LAST, weights["sha256"], weights["aliases"])
-            best_weights = _split_extra(tensors, meta)
-        self._rewrite_log(state["log"])
+            best_weights = split_extra(tensors, meta)
+        rewrite_log(self._writer, state["log"])
         return state, best_weights
 
     def _clear_out_dir(self) -> None:
@@ -502,176 +477,3 @@ class Trainer:
             shutil.rmtree(self.out_dir / name, ignore_errors=True)
         for name in ("log.jsonl", "metrics.json", "curve.png"):
             (self.out_dir / name).unlink(missing_ok=True)
-
-    def _append_log(self, record: dict) -> None:
-        if self._writer is not None:
-            with open(self._writer / "log.jsonl", "a", encoding="utf-8") as handle:
-                handle.write(json.dumps(record) + "\n")
-
-    def _rewrite_log(self, log: list[dict]) -> None:
-        """After a resume: the log as of the checkpoint (drops records of the lost epoch)."""
-        if self._writer is None:
-            return
-        text = "".join(json.dumps(record) + "\n" for record in log)
-        (self._writer / "log.jsonl").write_text(text, encoding="utf-8")
-
-
-# ---- helpers -------------------------------------------------------------------------------------
-class _LossModule(nn.Module):
-    """The model plus the trainer's loss, as one module for DistributedDataParallel."""
-
-    def __init__(self, model: nn.Module, loss: Callable[[Tensor, Tensor, Tensor], Tensor]):
-        super().__init__()
-        self.model = model
-        self._loss = loss
-
-    def forward(self, users: Tensor, items: Tensor, third: Tensor) -> Tensor:
-        return self._loss(users, items, third)
-
-
-def _sparsify(model: nn.Module) -> dict[str, tuple[nn.Embedding, bool]]:
-    """Switch the model's ID tables to sparse gradients: ``nn.Embedding`` modules with at least
-    ``min(n_users, n_items)`` rows (users, items, entities; not the few relation embeddings).
-
-    Returns:
-        parameter name -> (module, its former ``sparse`` flag), to restore after training.
-    """
-    sizes = [getattr(model, key, None) for key in ("n_users", "n_items")]
-    floor = min([s for s in sizes if s] or [0])
-    out = {}
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Embedding) and module.num_embeddings >= floor:
-            out[f"{name}.weight" if name else "weight"] = (module, module.sparse)
-            module.sparse = True
-    if not out:
-        raise ConfigError("sparse_embeddings=true but the model has no embedding table with "
-                          f">= {floor} rows")
-    return out
-
-
-def _optimizer(model: nn.Module, sparse: dict, lr: float):
-    """Adam over every parameter; with sparse tables, SparseAdam for them and Adam for the rest."""
-    if not sparse:
-        return torch.optim.Adam(model.parameters(), lr=lr)
-    tables = {id(module.weight): name for name, (module, _) in sparse.items()}
-    dense = [p for p in model.parameters() if id(p) not in tables]
-    sparse_params = {tables[id(p)]: p for p in model.parameters() if id(p) in tables}
-    return MixedAdam(dense, sparse_params, lr)
-
-
-class MixedAdam:
-    """Adam (dense parameters) + SparseAdam (row-sparse embedding tables) behind one interface.
-
-    ``state_dict`` / ``load_state_dict`` use the ``torch.optim`` layout (parameters numbered
-    across Adam's groups, then SparseAdam's), so checkpoints store it like any optimizer.
-    """
-
-    def __init__(self, dense: list[nn.Parameter], sparse: dict[str, nn.Parameter], lr: float):
-        self.sparse_params = sparse  # name -> parameter
-        self.parts = [torch.optim.SparseAdam(list(sparse.values()), lr=lr)]
-        if dense:
-            self.parts.insert(0, torch.optim.Adam(dense, lr=lr))
-
-    @property
-    def param_groups(self) -> list[dict]:
-        return [group for part in self.parts for group in part.param_groups]
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        for part in self.parts:
-            part.zero_grad(set_to_none=set_to_none)
-
-    def step(self) -> None:
-        for part in self.parts:
-            part.step()
-
-    def state_dict(self) -> dict:
-        state, groups, offset = {}, [], 0
-        for part in self.parts:
-            sub = part.state_dict()
-            state.update({index + offset: slots for index, slots in sub["state"].items()})
-            for group in sub["param_groups"]:
-                groups.append({**group, "params": [index + offset for index in group["params"]]})
-            offset += sum(len(group["params"]) for group in sub["param_groups"])
-        return {"state": state, "param_groups": groups}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        groups = list(state_dict["param_groups"])
-        offset = 0
-        for part in self.parts:
-            mine, groups = groups[:len(part.param_groups)], groups[len(part.param_groups):]
-            indices = [i for group in mine for i in group["params"]]
-            part.load_state_dict({
-                "state": {i - offset: s for i, s in state_dict["state"].items() if i in indices},
-                "param_groups": [{**g, "params": [i - offset for i in g["params"]]} for g in mine],
-            })
-            offset += len(indices)
-
-
-def _check_sparse_gradients(params: dict[str, nn.Parameter], model_name: str) -> None:
-    """ConfigError when a table meant for SparseAdam got a dense gradient."""
-    for name, param in params.items():
-        if param.grad is not None and not param.grad.is_sparse:
-            raise ConfigError(
-                f"sparse_embeddings: {model_name}'s table {name} received a dense gradient: the "
-                f"model reads the whole table in a step (e.g. l2_scope='all', or graph "
-                f"propagation as in LightGCN); use sparse_embeddings=false or l2_scope='batch'")
-
-
-def _fresh_state() -> dict:
-    """Trainer state saved in ``last/`` (JSON): everything a resumed run needs besides tensors."""
-    return {"epoch": 0, "best_metric": None, "best_epoch": 0, "best_valid": {},
-            "bad_evaluations": 0, "stop_reason": None, "log": [], "train_seconds": [],
-            "valid_seconds": [], "best_weights": None}
-
-
-def _snapshot(model: nn.Module) -> tuple[dict[str, Tensor], dict]:
-    """A copy of the model's state dict and extra state, restorable by ``load_model_state``."""
-    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    extra = {k: v.detach().clone()
-             for k, v in getattr(model, "extra_state_for_checkpoint", lambda: {})().items()}
-    return state, {"model": {"name": getattr(model, "name", None)}, "extra_state": extra}
-
-
-def _split_extra(tensors: dict[str, Tensor], meta: dict) -> tuple[dict[str, Tensor], dict]:
-    """(state dict, meta with ``extra_state``) from the tensors of a weights file."""
-    state = {k: v for k, v in tensors.items() if not k.startswith(EXTRA_PREFIX)}
-    extra = {k[len(EXTRA_PREFIX):]: v for k, v in tensors.items() if k.startswith(EXTRA_PREFIX)}
-    return state, {"model": meta["model"], "extra_state": extra}
-
-
-def _link_or_copy(source: Path, target: Path) -> None:
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copyfile(source, target)
-
-
-@contextmanager
-def _progress(enabled: bool, description: str, total: int):
-    """A transient rich progress bar for one epoch (or nothing); yields an ``advance()``."""
-    if not enabled:
-        yield lambda: None
-        return
-    from rich.progress import Progress
-
-    with Progress(transient=True) as bar:
-        task = bar.add_task(description, total=total)
-        yield lambda: bar.advance(task)
-
-
-def _plot_curve(path: Path, log: list[dict], monitor: str) -> None:
-    """PNG of the training loss and the validation metric vs epoch (Agg, no pyplot state)."""
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(6, 3.5), layout="constrained")
-    axis = figure.subplots()
-    trained = [r for r in log if "loss" in r]
-    axis.plot([r["epoch"] for r in trained], [r["loss"] for r in trained], "o-", color="tab:blue")
-    axis.set_xlabel("epoch")
-    axis.set_ylabel("training loss", color="tab:blue")
-    validated = [r for r in log if "valid" in r]
-    right = axis.twinx()
-    right.plot([r["epoch"] for r in validated], [r["valid"][monitor] for r in validated], "s-",
-               color="tab:orange")
-    right.set_ylabel(f"valid {monitor}", color="tab:orange")
-    figure.savefig(path, dpi=100)

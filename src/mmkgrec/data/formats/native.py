@@ -41,6 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, ValidationErr
 
 from mmkgrec import paths
 from mmkgrec.data.dataset import MMKG
+from mmkgrec.data.formats.modality import is_vector_type, modality_table, table_vectors
 from mmkgrec.data.textio import sha256_of
 from mmkgrec.errors import DataFormatError, MMKGRecError
 
@@ -114,11 +115,7 @@ def write_native(dataset: MMKG, directory: str | Path) -> Path:
         tables["item_attrs.parquet"] = pa.table({c: _strings(attrs[c].astype(str).to_numpy())
                                                  for c in attrs.columns})
     for k, (name, matrix) in enumerate(dataset.modalities.items()):
-        columns = {"present": pa.array(dataset.modality_masks[name])}
-        if matrix.shape[1]:
-            flat = pa.array(np.ascontiguousarray(matrix, dtype=np.float32).ravel())  # [n_items * d]
-            columns = {"vector": pa.FixedSizeListArray.from_arrays(flat, matrix.shape[1]), **columns}
-        tables[f"modality_{k}.parquet"] = pa.table(columns)
+        tables[f"modality_{k}.parquet"] = modality_table(matrix, dataset.modality_masks[name])
     for file, table in tables.items():
         pq.write_table(table, directory / file)
 
@@ -274,16 +271,10 @@ def _read_arrays(directory: Path, m: Manifest, memory_map: bool) -> dict[str, np
         path = directory / f"modality_{k}.parquet"
         want = {"present": pa.types.is_boolean}
         if dim:
-            want["vector"] = lambda t, d=dim: (pa.types.is_fixed_size_list(t) and t.list_size == d
-                                               and t.value_type == pa.float32())
+            want["vector"] = lambda t, d=dim: is_vector_type(t, d)
         table = _read_parquet(path, want, counts.items, memory_map)
         arrays[f"present.{k}"] = table.column("present").to_numpy().astype(bool)  # [n_items]
-        if dim:
-            vectors = table.column("vector").combine_chunks()
-            arrays[f"modality.{k}"] = vectors.flatten().to_numpy().astype(
-                np.float32, copy=False).reshape(-1, dim)  # [n_items, dim]
-        else:
-            arrays[f"modality.{k}"] = np.zeros((counts.items, 0), dtype=np.float32)
+        arrays[f"modality.{k}"] = table_vectors(table, dim)  # [n_items, dim]
     return arrays
 
 

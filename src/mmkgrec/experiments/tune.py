@@ -19,24 +19,19 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import time
 from importlib import resources
 from pathlib import Path
 from typing import Literal
 
+import tomli_w
 from pydantic import BaseModel, ConfigDict, Field
 
-from mmkgrec.config import file_slug
+from mmkgrec.config import file_slug, tomllib
 from mmkgrec.errors import ConfigError
 from mmkgrec.models import model_class
 from mmkgrec.train.run import RunSpec, build_model, parse_overrides, prepare_data, resolved_configs
 from mmkgrec.train.trainer import TrainConfig, Trainer
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 GENERIC_SPACE = {
     "lr": {"low": 1e-4, "high": 1e-1, "log": True},
@@ -179,7 +174,7 @@ def tune(spec: TuneSpec, out_dir: str | Path, *, progress: bool = False) -> dict
     model_options = model_cfg.model_dump(mode="json")
     train_options = {k: v for k, v in train_cfg.model_dump(mode="json").items()
                      if k not in NOT_SAVED}
-    folder = Path(out_dir) / _slug(spec.label or spec.dataset)
+    folder = Path(out_dir) / file_slug(spec.label or spec.dataset)
     folder.mkdir(parents=True, exist_ok=True)
     config_path = folder / f"{spec.model}.toml"
     header = (f"# mmkgrec tune {spec.model} on {spec.dataset} ({spec.protocol}"
@@ -195,30 +190,18 @@ def tune(spec: TuneSpec, out_dir: str | Path, *, progress: bool = False) -> dict
 
 
 def to_toml(tables: dict[str, dict]) -> str:
-    """``{"model": {...}, "train": {...}}`` -> TOML text (scalars and lists of scalars)."""
-    lines = []
-    for table, options in tables.items():
-        lines.append(f"[{table}]")
+    """``{"model": {...}, "train": {...}}`` -> TOML text (scalars and lists of scalars); None
+    values are left out (TOML has no null: the option keeps its default)."""
+    clean = {table: {k: v for k, v in options.items() if v is not None}
+             for table, options in tables.items()}
+    for options in clean.values():
         for key, value in options.items():
-            if value is None:
-                continue  # TOML has no null: the option keeps its default
-            lines.append(f"{key} = {_toml_value(value)}")
-        lines.append("")
-    return "\n".join(lines)
-
-
-def _toml_value(value) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, str)):
-        return json.dumps(value)
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise ConfigError(f"cannot write {value} to TOML")
-        return repr(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise ConfigError(f"cannot write {type(value).__name__} {value!r} to TOML")
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"cannot write {key} = {value} to TOML")
+    try:
+        return tomli_w.dumps(clean)
+    except TypeError as error:
+        raise ConfigError(f"cannot write to TOML: {error}") from None
 
 
 def _import_optuna():
@@ -228,7 +211,3 @@ def _import_optuna():
         raise ConfigError("`mmkgrec tune` needs Optuna: pip install 'mmkgrec[tune]' "
                           "(or pip install optuna)") from None
     return optuna
-
-
-def _slug(name: str) -> str:
-    return file_slug(name)

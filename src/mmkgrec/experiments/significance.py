@@ -8,10 +8,15 @@ the p-values of several such comparisons (family-wise error rate).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+import pandas as pd
 from scipy import stats
 
 from mmkgrec.errors import ConfigError
+from mmkgrec.experiments.results import per_user_path
+from mmkgrec.experiments.spec import TESTED
 
 
 def paired_tests(per_user_a, per_user_b) -> dict[str, float]:
@@ -72,3 +77,40 @@ def holm(pvalues) -> np.ndarray:
     scaled = (m - np.arange(m)) * p[order]  # [m]
     adjusted[order] = np.minimum(1.0, np.maximum.accumulate(scaled))
     return adjusted
+
+
+def model_tests(out: Path, dataset: str, rows: pd.DataFrame, models: list[str]) -> pd.DataFrame:
+    """Each model against the best (by mean) on each tested metric; Holm across the models."""
+    records = []
+    for metric in TESTED:
+        means = rows.groupby("model")[f"test_{metric}"].mean()
+        best = means.loc[models].idxmax()
+        values = _per_user_means(out, dataset, rows, models, metric)  # [n_users, n_models]
+        others = [m for m in models if m != best]
+        tests = [paired_tests(values[best].to_numpy(), values[m].to_numpy()) for m in others]
+        wilcoxon = holm([t["wilcoxon_p"] for t in tests])
+        ttest = holm([t["ttest_p"] for t in tests])
+        for i, (model, test) in enumerate(zip(others, tests)):
+            records.append({"dataset": dataset, "metric": metric, "model": model, "best": best,
+                            "n_users": test["n_users"], "best_minus_model": test["mean_diff"],
+                            "wilcoxon_p": test["wilcoxon_p"], "wilcoxon_p_holm": wilcoxon[i],
+                            "ttest_p": test["ttest_p"], "ttest_p_holm": ttest[i]})
+    return pd.DataFrame(records, columns=["dataset", "metric", "model", "best", "n_users",
+                                          "best_minus_model", "wilcoxon_p", "wilcoxon_p_holm",
+                                          "ttest_p", "ttest_p_holm"])
+
+
+def _per_user_means(out: Path, dataset: str, rows: pd.DataFrame, models: list[str],
+                    metric: str) -> pd.DataFrame:
+    """[n_users, n_models] per-user ``metric`` averaged over seeds, users evaluated in every
+    cell (random splits may differ in their test users across seeds)."""
+    frames = []
+    for model, seed in rows[["model", "seed"]].itertuples(index=False):  # one file per cell
+        saved = np.load(per_user_path(out, dataset, model, seed))
+        frames.append(pd.DataFrame({"model": model, "seed": seed, "user": saved["users"],
+                                    "value": saved[metric]}))
+    long = pd.concat(frames, ignore_index=True)
+    n_cells = len(rows)
+    everywhere = long.groupby("user")["value"].transform("size") == n_cells
+    table = long[everywhere].groupby(["user", "model"])["value"].mean().unstack("model")
+    return table[models]
