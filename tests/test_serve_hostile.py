@@ -85,7 +85,7 @@ def test_non_finite_after_scaling_features_are_refused_and_no_list_changes(clien
 
 def test_features_far_outside_the_train_range_are_refused(client):
     service = client.app.state.service
-    mean, std = service.engine.modality_stats[0]  # audio
+    mean, std = service.run.model.modality_stats[0]  # audio: the train statistics
     row = (mean + 1e5 * std).tolist()  # finite everywhere, 1e5 standard deviations out
     response = client.post("/items", json={"item_id": "far", "links": [], "features": {"audio": row}})
     assert response.status_code == 422 and "standard deviations" in response.json()["detail"]
@@ -99,21 +99,19 @@ def test_a_non_finite_score_never_reaches_a_ranking(client, monkeypatch, fill):
     """Should a score ever be NaN or infinite, that item ranks last and is dropped: k items
     still come back, all finite (exact and two-stage ranking, similar items)."""
     service = client.app.state.service
-    engine = service.engine
+    scorer = service.catalogue.scorer  # every exact and two-stage score goes through it
     poisoned = [3, 7, 11, 50]
-    score_all, score_items = engine.score_all, engine.score_items
+    score_queries = scorer.score_queries
 
     def poison(scores, items):
         scores = scores.clone()
         for j, item in enumerate(items):
             if item in poisoned:
-                scores[j] = fill
+                scores[0, j] = fill
         return scores
 
-    monkeypatch.setattr(engine, "score_all", lambda cat, u: poison(
-        score_all(cat, u), range(cat.n_items)))
-    monkeypatch.setattr(engine, "score_items", lambda cat, u, items: poison(
-        score_items(cat, u, items), list(items)))
+    monkeypatch.setattr(scorer, "score_queries", lambda u, items: poison(
+        score_queries(u, items), range(scorer.n_items) if items is None else items[0].tolist()))
     names = {f"s{i}" for i in poisoned}
     for params in ({"k": 1}, {"k": 5}, {"k": 5, "retrieval": "two-stage"},
                    {"k": 1000, "exclude_seen": False}):

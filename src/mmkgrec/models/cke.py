@@ -92,6 +92,7 @@ class CKE(Recommender):
 
     name = "cke"
     Config = CKEConfig
+    ranking_caches = ("_cache",)  # reset by train()
 
     def __init__(self, dataset: MMKG, split: Split, config: CKEConfig, seed: int = 0):
         super().__init__(dataset, split, config)
@@ -228,6 +229,3 @@ class CKE(Recommender):
     def score_users(self, users: Tensor) -> Tensor:
         return self.user_emb(users) @ self.item_table().T  # [B, I]
 
-    def train(self, mode: bool = True):
-        self._cache = None
-        return super().train(mode)

@@ -48,10 +48,10 @@ from mmkgrec.data.dataset import MMKG
 from mmkgrec.data.split import Split
 from mmkgrec.errors import ConfigError
 from mmkgrec.graph import to_torch_sparse_adjacency
+from mmkgrec.graph.negatives import NegativeSampler
 from mmkgrec.models.lattice import knn_neighbors, normalized_values
 from mmkgrec.models.layers import register_modalities
 from mmkgrec.models.lightgcn import LightGCN, LightGCNConfig
-from mmkgrec.train.sampler import NegativeSampler
 
 
 class FREEDOMConfig(LightGCNConfig):
@@ -87,6 +87,7 @@ class FREEDOM(LightGCN):
 
     name = "freedom"
     Config = FREEDOMConfig
+    ranking_caches = ("_cache", "_step_users")  # reset by train()
 
     def __init__(self, dataset: MMKG, split: Split, config: FREEDOMConfig, seed: int = 0):
         super().__init__(dataset, split, config, seed)  # user_emb, item_emb, full adjacency
@@ -223,6 +224,3 @@ class FREEDOM(LightGCN):
             total = total + (loss * both).sum() / both.sum().clamp_min(1.0)
         return self.config.modality_loss_weight * total
 
-    def train(self, mode: bool = True):
-        self._step_users = None
-        return super().train(mode)

@@ -130,6 +130,8 @@ class CKGRecommender(Recommender):
     :meth:`propagate_layer` and :meth:`triple_distance`.
     """
 
+    ranking_caches = ("_ranking_table",)  # reset by train()
+
     def __init__(self, dataset: MMKG, split: Split, config: CKGConfig, seed: int = 0):
         super().__init__(dataset, split, config)
         self.ckg = CollaborativeKG.build(dataset, split)
@@ -233,10 +235,6 @@ class CKGRecommender(Recommender):
             self.prepare_ranking()
         table = self._ranking_table
         return table[self.user_offset + users] @ table[:self.n_items].T  # [B, I]
-
-    def train(self, mode: bool = True):
-        self._ranking_table = None  # parameters may change: recompute before ranking again
-        return super().train(mode)
 
 
 # ---- KGAT ----------------------------------------------------------------------------------------

@@ -3,13 +3,24 @@
 A user ID embedding scores items whose vectors are aggregated from their sampled KG
 neighbourhood with user-relation attention (:class:`~mmkgrec.models.layers.KGItemAggregator`).
 No user aggregator and no modalities: the baseline that MKGCN's additions are measured against.
+
+:class:`KGCatalogue` serves both KGCN and MKGCN (:class:`KGServing`): an extendable catalogue
+(items registered without retraining, :class:`~mmkgrec.models.base.ItemsFromLinks`), exact
+scoring of the whole catalogue or of candidates, user-independent item vectors and the
+attention explanations. A new item's ID embedding is the mean of its linked entities' ID
+embeddings (fused with its own standardised modality rows by MKGCN); its sampled neighbours are
+its links, so the same user-conditioned KG aggregation gives its vector. User-independent item
+vectors are the aggregated item vectors for the mean user of the training set,
+``v_i(u_mean)``.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Sequence
+from typing import ClassVar, Literal
 
 import numpy as np
+import pandas as pd
 import torch
 from pydantic import Field
 from torch import Tensor, nn
@@ -17,7 +28,7 @@ from torch import Tensor, nn
 from mmkgrec.data.dataset import MMKG
 from mmkgrec.data.split import Split
 from mmkgrec.graph import KnowledgeGraph, sample_neighbors
-from mmkgrec.models.base import ModelConfig, Recommender
+from mmkgrec.models.base import ModelConfig, Recommender, model_space_ids
 from mmkgrec.models.layers import Activation, Aggregator, KGItemAggregator
 
 
@@ -43,6 +54,7 @@ class KGBackbone(nn.Module):
         super().__init__()
         self.config = config
         self.n_items = dataset.n_items
+        self.n_kg_relations = dataset.n_relations  # of the stored triples (no inverses)
         self.graph = KnowledgeGraph.from_triples(dataset.triples, dataset.n_entities,
                                                  dataset.n_relations, config.kg_mode)
         self.entity_emb = nn.Embedding(dataset.n_entities, config.dim)
@@ -86,14 +98,321 @@ def all_parameters_l2(module: nn.Module) -> Tensor:
     return 0.5 * sum(p.pow(2).sum() for p in module.parameters())
 
 
-class KGCN(Recommender):
+#: elements of the largest temporary the all-items path may create; above it, item blocks
+AGGREGATION_BUDGET = 1 << 23
+#: how many train standard deviations a registered item's standardised modality value may lie
+#: from the train mean (more where the dataset's own items go further)
+MAX_FEATURE_Z = 1e4
+
+
+class KGCatalogue:
+    """Scoring of a KG model (:class:`KGServing`) over the trained items plus ``N`` new ones,
+    in model space (:func:`~mmkgrec.models.base.model_space_ids`). Immutable; built by
+    :meth:`KGServing.with_new_items`."""
+
+    def __init__(self, model: KGServing, base: Tensor, neighbors: Tensor, relations: Tensor,
+                 n_items: int, new_id_emb: Tensor, new_features: list[Tensor],
+                 new_present: list[Tensor], mean_user: Tensor, item_vectors: Tensor | None):
+        self.model, self.backbone = model, model.backbone
+        self.base, self.neighbors, self.relations = base, neighbors, relations  # [E', d], [E', K]
+        self.n_items, self.n_base = n_items, model.n_items
+        self.new_id_emb, self.new_features, self.new_present = new_id_emb, new_features, new_present
+        self.mean_user = mean_user  # [1, d]
+        self.modality_names = list(model.modality_names)
+        self.dim = model.backbone.entity_emb.embedding_dim
+        self.k = model.backbone.neighbors.shape[1]
+        self._item_vectors = (item_vectors if item_vectors is not None
+                              else self.aggregate(mean_user, None)[0])  # [I', d]
+
+    # ---- scoring -----------------------------------------------------------------------------
+    def aggregate(self, users: Tensor, items: Tensor | None) -> Tensor:
+        """User-conditioned item vectors. users [B, d]; items [B, C] model-space item ids, or None
+        for the whole catalogue -> [B, C or I', d]."""
+        agg, relation_emb = self.backbone.aggregator, self.backbone.relation_emb.weight
+        if items is None:
+            rows = self.base.shape[0] if agg.n_hops > 1 else self.n_items
+            if len(users) * rows * self.k * (self.dim + 1) <= AGGREGATION_BUDGET:
+                return agg.forward_all_items(users, self.base, relation_emb, self.neighbors,
+                                             self.relations, self.n_items)
+            items = torch.arange(self.n_items).expand(len(users), -1)  # large: item blocks
+        batch, count = items.shape
+        per_pair = sum(self.k ** h for h in range(agg.n_hops + 1)) * self.dim
+        block = max(1, AGGREGATION_BUDGET // per_pair)
+        flat_users = users.repeat_interleave(count, dim=0) if batch > 1 else users.expand(count, -1)
+        flat_items = items.reshape(-1)
+        base = self.base
+        parts = [agg.forward_pairs(flat_users[s:s + block], flat_items[s:s + block],
+                                   lambda ids: base[ids], relation_emb, self.neighbors,
+                                   self.relations)
+                 for s in range(0, len(flat_items), block)]
+        return torch.cat(parts).reshape(batch, count, self.dim)
+
+    def query_vectors(self, users: Tensor | None = None, history: Tensor | None = None,
+                      valid: Tensor | None = None) -> Tensor:
+        """[B, d]: known users [B] (KGCN: ID embedding; MKGCN: their ranking history), or users
+        given by items (MKGCN), history / valid [B, S] model-space item ids."""
+        if history is None:
+            return self.model.known_queries(users, self.base)
+        return self.model.history_queries(history, valid, self.base)
+
+    def score_queries(self, queries: Tensor, items: Tensor | None) -> Tensor:
+        """Exact logits: queries [B, d], items [B, C] (None: every item) -> [B, C or I']."""
+        if items is not None and items.shape[1] == 0:
+            return queries.new_zeros(len(queries), 0)
+        return torch.einsum("bd,bid->bi", queries, self.aggregate(queries, items))
+
+    def prepare_ranking(self) -> None:
+        """Nothing: the catalogue is built ready."""
+
+    def score_users(self, users: Tensor) -> Tensor:
+        """users [B] -> logits [B, I'] (the model's score_users over the extended catalogue)."""
+        return self.score_queries(self.query_vectors(users), None)
+
+    def item_vectors(self) -> Tensor:
+        return self._item_vectors
+
+    # ---- new items ---------------------------------------------------------------------------
+    def standardise_feature(self, name: str, row: np.ndarray) -> tuple[np.ndarray, str | None]:
+        return self.model.standardise_feature(name, row)
+
+    def with_new_items(self, links, features) -> KGCatalogue:
+        return self.model.with_new_items(links, features)
+
+    def item_problem(self, item: int) -> str | None:
+        """What makes item ``item`` unservable (non-finite fused vector, item vector or score for
+        the mean user), or None."""
+        if not bool(torch.isfinite(self.base[item]).all()):
+            return "its fused base vector is not finite"
+        if not bool(torch.isfinite(self._item_vectors[item]).all()):
+            return "its aggregated item vector is not finite"
+        score = self.score_queries(self.mean_user, torch.tensor([[item]]))
+        if not bool(torch.isfinite(score).all()):
+            return "its score for the mean user is not finite"
+        return None
+
+    # ---- explanations ------------------------------------------------------------------------
+    def relation_weights(self, queries: Tensor) -> np.ndarray:
+        """[R] the user's attention over the dataset's relations (softmax over the model's
+        relations, padding excluded; with inverse relations, the forward ones are reported)."""
+        n_graph = self.backbone.graph.padding_relation  # relations of the model's graph
+        relation_emb = self.backbone.relation_emb.weight
+        weights = self.backbone.aggregator.relation_attention(queries, relation_emb[:n_graph])[0]
+        return weights[: self.backbone.n_kg_relations].cpu().numpy()
+
+    def neighbourhood(self, queries: Tensor, item: int) -> pd.DataFrame:
+        """The item's sampled neighbours with the user's attention on each: columns entity,
+        relation, weight (duplicates of a sample with replacement summed)."""
+        rel = self.relations[item].unsqueeze(0).long()  # [1, K]
+        weights = self.backbone.aggregator.attention(queries, self.backbone.relation_emb.weight,
+                                                     rel)[0]  # [K]
+        frame = pd.DataFrame({"entity": self.neighbors[item].cpu().numpy(),
+                              "relation": rel[0].cpu().numpy(), "weight": weights.cpu().numpy()})
+        frame = frame.groupby(["entity", "relation"], as_index=False)["weight"].sum()
+        return frame.sort_values("weight", ascending=False, kind="stable")
+
+    def modality_shares(self, item: int) -> list[dict]:
+        """Each input's share in the item's fused vector: ||part|| / sum of the parts' norms,
+        for the ID embedding and each modality (absent ones 0). Empty without modalities."""
+        if not self.modality_names:
+            return []
+        if item < self.n_base:
+            id_emb, features, present = self.model.item_inputs(torch.tensor([item]))
+        else:
+            j = item - self.n_base
+            id_emb = self.new_id_emb[j:j + 1]
+            features = [f[j:j + 1] for f in self.new_features]
+            present = [p[j:j + 1] for p in self.new_present]
+        parts = self.model.fusion.contributions(id_emb, features, present)[0]  # [1 + K, d]
+        norms = parts.norm(dim=1)
+        shares = (norms / norms.sum().clamp(min=1e-12)).cpu().numpy()
+        flags = [True] + [bool(p[0]) for p in present]
+        return [{"modality": name, "share": round(float(s), 6), "present": flag}
+                for name, s, flag in zip(["id", *self.modality_names], shares, flags)]
+
+
+class HistoryKGCatalogue(KGCatalogue):
+    """:class:`KGCatalogue` of a model whose users are built from items (MKGCN)."""
+
+    def ranking_histories(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.model.ranking_histories(users)
+
+    def score_histories(self, history: Tensor, valid: Tensor) -> Tensor:
+        """history [B, S] model-space item ids, valid [B, S] -> logits [B, I']."""
+        return self.score_queries(self.query_vectors(history=history, valid=valid), None)
+
+
+class KGServing:
+    """Serving capabilities of the models on :class:`KGBackbone` (mixed into KGCN and MKGCN):
+    :class:`~mmkgrec.models.base.ItemVectors`, :class:`~mmkgrec.models.base.ItemsFromLinks`,
+    :class:`~mmkgrec.models.base.AttentionExplanations`, through :class:`KGCatalogue`.
+
+    Hooks a model overrides: :meth:`base_table` (the vectors aggregation starts from),
+    :meth:`known_queries`, :meth:`history_queries`, :meth:`fuse_new`, :meth:`item_inputs`.
+    """
+
+    catalogue_type: ClassVar[type[KGCatalogue]] = KGCatalogue
+    backbone: KGBackbone
+    modality_names: list[str]
+    n_users: int
+    n_items: int
+    seed: int
+
+    # ---- hooks -------------------------------------------------------------------------------
+    def base_table(self) -> Tensor:
+        """[E, d] the vectors aggregation starts from (KGCN: the ID embeddings)."""
+        return self.backbone.entity_emb.weight.detach()
+
+    def known_queries(self, users: Tensor, base: Tensor) -> Tensor:
+        """[B, d] query vectors of known users [B]."""
+        raise NotImplementedError
+
+    def history_queries(self, history: Tensor, valid: Tensor, base: Tensor) -> Tensor:
+        raise NotImplementedError(f"{type(self).__name__} cannot build a user from items")
+
+    def fuse_new(self, id_emb: Tensor, features: list[Tensor], present: list[Tensor]) -> Tensor:
+        """Base vectors [N, d] of new items from ID embeddings [N, d] and modality rows."""
+        return id_emb
+
+    def item_inputs(self, items: Tensor) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+        """(ID embeddings [N, d], modality rows [N, d_k], present [N]) of trained items."""
+        return self.backbone.entity_emb.weight[items], [], []
+
+    # ---- capabilities ------------------------------------------------------------------------
+    @torch.no_grad()
+    def base_catalogue(self) -> KGCatalogue:
+        """The catalogue of the trained items (cached until ``train()``)."""
+        if getattr(self, "_catalogue", None) is None:
+            base = self.base_table()  # [E, d]
+            users = torch.arange(self.n_users, device=base.device)
+            mean_user = torch.cat([self.known_queries(users[s:s + 4096], base)
+                                   for s in range(0, self.n_users, 4096)]).mean(0, keepdim=True)
+            self._catalogue = self.catalogue_type(
+                self, base, self.backbone.neighbors.long(), self.backbone.neighbor_relations.long(),
+                self.n_items, base.new_zeros(0, base.shape[1]), *self._empty_features(),
+                mean_user, None)
+        return self._catalogue
+
+    def _empty_features(self) -> tuple[list[Tensor], list[Tensor]]:
+        widths = [getattr(self, f"features_{k}").shape[1] for k in range(len(self.modality_names))]
+        return [torch.zeros(0, w) for w in widths], [torch.zeros(0, dtype=torch.bool) for _ in widths]
+
+    def standardise_feature(self, name: str, row: np.ndarray) -> tuple[np.ndarray, str | None]:
+        """A raw modality row [d_k] z-scored with the train statistics, as float32, and what is
+        wrong with it: every value must be finite in float32 and at most ``MAX_FEATURE_Z`` (or
+        the dataset's own largest |z|) train standard deviations from the train mean."""
+        k = self.modality_names.index(name)
+        mean, std = self.modality_stats[k]
+        with np.errstate(over="ignore", invalid="ignore"):
+            z = (np.asarray(row, dtype=np.float64) - mean) / std
+            scaled = z.astype(np.float32)
+        if not np.isfinite(scaled).all():
+            return scaled, "standardised, some values are not finite in float32"
+        bound = self._feature_bound(k)
+        worst = float(np.abs(z).max()) if z.size else 0.0
+        if worst > bound:
+            return scaled, (f"a value lies {worst:.3g} train standard deviations from the train "
+                            f"mean (at most {bound:.3g})")
+        return scaled, None
+
+    def _feature_bound(self, k: int) -> float:
+        """MAX_FEATURE_Z, or the largest |z-score| of the dataset's own rows where that is more."""
+        bounds = self.__dict__.setdefault("_feature_bounds", {})
+        if k not in bounds:
+            rows = getattr(self, f"features_{k}")[getattr(self, f"present_{k}")]  # [n, d_k] z
+            observed = rows.float().abs().nan_to_num(0.0, 0.0, 0.0).max() if rows.numel() else 0.0
+            bounds[k] = max(MAX_FEATURE_Z, float(observed))
+        return bounds[k]
+
+    @torch.no_grad()
+    def with_new_items(self, links: Sequence[tuple[np.ndarray, np.ndarray]],
+                       features: Sequence[dict[str, np.ndarray]]) -> KGCatalogue:
+        """The trained items plus new ones (see :class:`~mmkgrec.models.base.ItemsFromLinks`)."""
+        root = self.base_catalogue()
+        n_new = len(links)
+        if not n_new:
+            return root
+        i0, e0 = self.n_items, self.backbone.entity_emb.num_embeddings
+        id_table = root.base.new_zeros(0, root.dim)
+        id_emb0 = self.backbone.entity_emb.weight.detach()  # [E, d]
+        rows = []
+        for relations, entities in links:  # each new item may link to the earlier new ones
+            old, new = entities[entities < e0], entities[entities >= e0] - e0
+            linked = torch.cat([id_emb0[torch.as_tensor(old, dtype=torch.int64)],
+                                torch.stack(rows)[torch.as_tensor(new, dtype=torch.int64)]
+                                if len(new) else id_table])
+            rows.append(linked.mean(0) if len(linked) else id_emb0.new_zeros(root.dim))
+        new_id = torch.stack(rows)  # [N, d]
+        widths = [f.shape[1] for f in root.new_features]
+        feats = [torch.stack([torch.as_tensor(x.get(name), dtype=torch.float32) if name in x
+                              else torch.zeros(w) for x in features])
+                 for name, w in zip(self.modality_names, widths)]  # [N, d_k] each
+        present = [torch.tensor([name in x for x in features]) for name in self.modality_names]
+        base_new = self.fuse_new(new_id, feats, present)  # [N, d]
+        base = torch.cat([root.base[:i0], base_new, root.base[i0:]])  # model space
+        sampled = [self._sample_links(relations, entities, j) for j, (relations, entities)
+                   in enumerate(links)]
+        nb = np.concatenate([self.backbone.neighbors[:i0].cpu().numpy(),
+                             np.stack([x[0] for x in sampled]),
+                             self.backbone.neighbors[i0:].cpu().numpy()])  # storage ids
+        rel = np.concatenate([self.backbone.neighbor_relations[:i0].cpu().numpy(),
+                              np.stack([x[1] for x in sampled]),
+                              self.backbone.neighbor_relations[i0:].cpu().numpy()])
+        neighbors = torch.as_tensor(model_space_ids(nb, i0, e0, n_new), dtype=torch.int64)
+        partial = self.catalogue_type(self, base, neighbors, torch.as_tensor(rel, dtype=torch.int64),
+                                      i0 + n_new, new_id, feats, present, root.mean_user,
+                                      root.item_vectors())  # placeholder item vectors
+        fresh = torch.arange(i0, i0 + n_new).unsqueeze(0)  # [1, N]
+        vectors = torch.cat([root.item_vectors(), partial.aggregate(root.mean_user, fresh)[0]])
+        partial._item_vectors = vectors  # [I + N, d]
+        return partial
+
+    def _sample_links(self, relations: np.ndarray, entities: np.ndarray, j: int
+                      ) -> tuple[np.ndarray, np.ndarray]:
+        """K (storage entity, relation) neighbours of new item j, like ``sample_neighbors``."""
+        k = self.backbone.neighbors.shape[1]
+        rng = np.random.default_rng([self.seed, 7919, j])
+        n = len(entities)
+        if n == 0:
+            return (np.full(k, self.backbone.entity_emb.num_embeddings + j, dtype=np.int64),
+                    np.full(k, self.backbone.graph.padding_relation, dtype=np.int64))
+        pick = rng.choice(n, size=k, replace=n < k)
+        return entities[pick].astype(np.int64), relations[pick].astype(np.int64)
+
+    def item_problem(self, item: int) -> str | None:
+        return self.base_catalogue().item_problem(item)
+
+    def item_vectors(self) -> Tensor:
+        return self.base_catalogue().item_vectors()
+
+    def query_vectors(self, users: Tensor | None = None, history: Tensor | None = None,
+                      valid: Tensor | None = None) -> Tensor:
+        return self.base_catalogue().query_vectors(users, history, valid)
+
+    def score_queries(self, queries: Tensor, items: Tensor | None) -> Tensor:
+        return self.base_catalogue().score_queries(queries, items)
+
+    def relation_weights(self, queries: Tensor) -> np.ndarray:
+        return self.base_catalogue().relation_weights(queries)
+
+    def neighbourhood(self, queries: Tensor, item: int) -> pd.DataFrame:
+        return self.base_catalogue().neighbourhood(queries, item)
+
+    def modality_shares(self, item: int) -> list[dict]:
+        return self.base_catalogue().modality_shares(item)
+
+
+class KGCN(KGServing, Recommender):
     """KGCN: score(u, i) = <e_u, v_i(u)>, v_i(u) aggregated over i's KG neighbourhood."""
 
     name = "kgcn"
     Config = KGConfig
+    ranking_caches = ("_ranking_slots", "_catalogue")  # reset by train()
 
     def __init__(self, dataset: MMKG, split: Split, config: KGConfig, seed: int = 0):
         super().__init__(dataset, split, config)
+        self.seed = seed
+        self.modality_names: list[str] = []
+        self._catalogue: KGCatalogue | None = None
         self.backbone = KGBackbone(dataset, config, np.random.default_rng(seed))
         self.user_emb = nn.Embedding(dataset.n_users, config.dim)
         self._ranking_slots: Tensor | None = None  # [rows, K, d+1], see prepare_ranking
@@ -127,6 +446,5 @@ class KGCN(Recommender):
                                            self._ranking_slots)  # [B, I, d]
         return torch.einsum("bd,bid->bi", u, v)
 
-    def train(self, mode: bool = True):
-        self._ranking_slots = None  # parameters may change: recompute before ranking again
-        return super().train(mode)
+    def known_queries(self, users: Tensor, base: Tensor) -> Tensor:
+        return self.user_emb.weight[users].detach()  # [B, d]

@@ -190,10 +190,7 @@ def standardised_modality(dataset, name: str, train_items: np.ndarray) -> tuple[
         (features [I, d_k] float32 with absent rows zero, present mask [I]).
     """
     features, mask = dataset.modalities[name], dataset.modality_masks[name]
-    fit = features[mask & train_items]
-    if len(fit) == 0:
-        raise ConfigError(f"modality {name!r}: no train item has it")
-    mean, std = fit.mean(axis=0), fit.std(axis=0) + 1e-6
+    mean, std = modality_statistics(dataset, name, train_items)
     scaled = np.where(mask[:, None], (features - mean) / std, 0.0).astype(np.float32)
     return scaled, mask
 
@@ -213,7 +210,7 @@ def register_modalities(module: nn.Module, dataset, split, names: list[str] | No
     """Validate modality ``names`` (None = all of the dataset's), z-score each with train-item
     statistics and register it on ``module`` as buffers ``features_{k}`` [I, d_k] (``dtype``:
     float16 halves the largest MKGCN buffer; consumers cast to float32) and ``present_{k}``
-    [I]; sets ``module.modality_names``. Returns the [I] bool train-item mask."""
+    [I]; sets ``module.modality_names`` and ``module.modality_stats``. Returns the [I] bool train-item mask."""
     names = list(dataset.modalities) if names is None else list(names)
     unknown = sorted(set(names) - set(dataset.modalities))
     if unknown:
@@ -221,7 +218,9 @@ def register_modalities(module: nn.Module, dataset, split, names: list[str] | No
                           f"{sorted(dataset.modalities) or 'none'}")
     train_items = np.zeros(dataset.n_items, dtype=bool)
     train_items[split.train_positives()["item"].to_numpy()] = True
+    module.modality_stats = []  # (mean [d_k], std [d_k]) per modality: new items scale alike
     for k, name in enumerate(names):
+        module.modality_stats.append(modality_statistics(dataset, name, train_items))
         features, mask = standardised_modality(dataset, name, train_items)
         module.register_buffer(f"features_{k}", torch.as_tensor(features, dtype=dtype))  # [I, d_k]
         module.register_buffer(f"present_{k}", torch.as_tensor(mask))  # [I]

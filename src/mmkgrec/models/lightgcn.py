@@ -34,6 +34,7 @@ class LightGCN(Recommender):
 
     name = "lightgcn"
     Config = LightGCNConfig
+    ranking_caches = ("_cache",)  # reset by train()
 
     def __init__(self, dataset: MMKG, split: Split, config: LightGCNConfig, seed: int = 0):
         super().__init__(dataset, split, config)
@@ -84,6 +85,3 @@ class LightGCN(Recommender):
         user_final, item_final = self.final_embeddings()
         return user_final[users] @ item_final.T  # [B, I]
 
-    def train(self, mode: bool = True):
-        self._cache = None  # parameters may change: propagate again before ranking
-        return super().train(mode)

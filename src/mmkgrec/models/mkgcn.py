@@ -26,7 +26,8 @@ from torch import Tensor, nn
 from mmkgrec.data.dataset import MMKG
 from mmkgrec.data.split import Split
 from mmkgrec.models.base import Recommender
-from mmkgrec.models.kgcn import KGBackbone, KGConfig, all_parameters_l2
+from mmkgrec.models.kgcn import (HistoryKGCatalogue, KGBackbone, KGCatalogue, KGConfig, KGServing,
+                                 all_parameters_l2)
 from mmkgrec.models.layers import (Fusion, MultiModalFusion, UserAggregator, UserPooling,
                                    register_modalities)
 
@@ -74,14 +75,17 @@ def sample_history(indptr: np.ndarray, items: np.ndarray, users: np.ndarray, siz
     return table, valid
 
 
-class MKGCN(Recommender):
+class MKGCN(KGServing, Recommender):
     """MKGCN: multi-modal fusion + history-built users + KGCN item aggregation."""
 
     name = "mkgcn"
     Config = MKGCNConfig
+    ranking_caches = ("_ranking_cache", "_ranking_slots", "_catalogue")  # reset by train()
+    catalogue_type = HistoryKGCatalogue
 
     def __init__(self, dataset: MMKG, split: Split, config: MKGCNConfig, seed: int = 0):
         super().__init__(dataset, split, config)
+        self.seed = seed
         rng = np.random.default_rng(seed)
         self.backbone = KGBackbone(dataset, config, rng)
         train_items = register_modalities(self, dataset, split, config.modalities,
@@ -102,6 +106,8 @@ class MKGCN(Recommender):
         self._ranking_cache: tuple[Tensor, Tensor, Tensor] | None = None
         self._ranking_slots: Tensor | None = None  # [rows, K, d+1], see prepare_ranking
         self._eval_seed = seed
+        self._eval_history: tuple[np.ndarray, np.ndarray] | None = None  # [U, S], [U, S]
+        self._catalogue: KGCatalogue | None = None
 
     def _set_history(self, size: int, rng: np.random.Generator) -> None:
         table, valid = sample_history(self.history_indptr, self.history_items,
@@ -177,9 +183,7 @@ class MKGCN(Recommender):
         """Cache the fused entity table and a seeded evaluation history per user."""
         base = self.base_vectors(torch.arange(self.backbone.entity_emb.num_embeddings,
                                               device=self.history.device))  # [E, d]
-        table, valid = sample_history(self.history_indptr, self.history_items,
-                                      np.arange(self.n_users), self.config.eval_history_size,
-                                      np.random.default_rng(self._eval_seed))
+        table, valid = self.ranking_histories(np.arange(self.n_users))
         self._ranking_cache = (base, torch.as_tensor(table, device=base.device),
                                torch.as_tensor(valid, device=base.device))
         self._ranking_slots = self.backbone.ranking_slots(base)
@@ -202,10 +206,37 @@ class MKGCN(Recommender):
         v = self.backbone.all_item_vectors(u, base, slots)  # [B, I, d]
         return torch.einsum("bd,bid->bi", u, v)
 
-    def train(self, mode: bool = True):
-        self._ranking_cache = None  # parameters may change: recompute before ranking again
-        self._ranking_slots = None
-        return super().train(mode)
+    # ---- capabilities (UsersFromItems; serving hooks of KGServing) ---------------------------
+    def ranking_histories(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The seeded sample of ``eval_history_size`` TRAIN positives a known user is built
+        from when ranking: (history [B, S], valid [B, S])."""
+        if self._eval_history is None:
+            self._eval_history = sample_history(
+                self.history_indptr, self.history_items, np.arange(self.n_users),
+                self.config.eval_history_size, np.random.default_rng(self._eval_seed))
+        users = np.asarray(users.cpu() if isinstance(users, Tensor) else users, dtype=np.int64)
+        return self._eval_history[0][users], self._eval_history[1][users]
+
+    def base_table(self) -> Tensor:
+        return self.base_vectors(torch.arange(self.backbone.entity_emb.num_embeddings,
+                                              device=self.history.device))  # [E, d]
+
+    def known_queries(self, users: Tensor, base: Tensor) -> Tensor:
+        table, valid = self.ranking_histories(users)
+        return self.user_vectors(torch.as_tensor(table, device=base.device),
+                                 torch.as_tensor(valid, device=base.device), base)  # [B, d]
+
+    def history_queries(self, history: Tensor, valid: Tensor, base: Tensor) -> Tensor:
+        return self.user_vectors(history, valid, base)  # [B, d]
+
+    def fuse_new(self, id_emb: Tensor, features: list[Tensor], present: list[Tensor]) -> Tensor:
+        return self.fusion(id_emb, features, present) if self.modality_names else id_emb
+
+    def item_inputs(self, items: Tensor) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+        n = len(self.modality_names)
+        return (self.backbone.entity_emb.weight[items],
+                [getattr(self, f"features_{k}")[items] for k in range(n)],
+                [getattr(self, f"present_{k}")[items] for k in range(n)])
 
 
 def train_rows(module: nn.Module, k: int, train_items: np.ndarray) -> np.ndarray:

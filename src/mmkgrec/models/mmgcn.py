@@ -96,6 +96,7 @@ class MMGCN(Recommender):
 
     name = "mmgcn"
     Config = MMGCNConfig
+    ranking_caches = ("_ranking_cache",)  # reset by train()
 
     def __init__(self, dataset: MMKG, split: Split, config: MMGCNConfig, seed: int = 0):
         super().__init__(dataset, split, config)
@@ -177,6 +178,3 @@ class MMGCN(Recommender):
         user_table, item_table = self._ranking_cache  # [U, D], [I, D]
         return user_table[users] @ item_table.T  # [B, I]
 
-    def train(self, mode: bool = True):
-        self._ranking_cache = None  # parameters may change: recompute before ranking again
-        return super().train(mode)

@@ -101,6 +101,7 @@ class MMKGCF(Recommender):
 
     name = "mmkgcf"
     Config = MMKGCFConfig
+    ranking_caches = ("_cache",)  # reset by train()
 
     def __init__(self, dataset: MMKG, split: Split, config: MMKGCFConfig, seed: int = 0):
         super().__init__(dataset, split, config)
@@ -195,6 +196,3 @@ class MMKGCF(Recommender):
         users = torch.einsum("bs,bsd->bd", weights, item_final[history])  # [B, d]
         return users @ item_final.T
 
-    def train(self, mode: bool = True):
-        self._cache = None
-        return super().train(mode)

@@ -23,13 +23,13 @@ import pandas as pd
 import torch
 
 from mmkgrec.errors import MMKGRecError
-from mmkgrec.graph.kg import user_item_csr
-from mmkgrec.models.kgcn import KGBackbone
-from mmkgrec.serve.engine import Catalogue, KGEngine, ScoreEngine
+from mmkgrec.models.base import AttentionExplanations, HistoryUsers, ItemVectors, UsersFromItems
+from mmkgrec.serve.engine import Catalogue, Engine, NewItem
 from mmkgrec.serve.explain import describe_path, find_paths, weigh_paths
 from mmkgrec.serve.retrieval import ItemIndex
 from mmkgrec.serve.store import FeedbackStore
-from mmkgrec.train.run import Run, load_run
+from mmkgrec.train.run import (Run, builds_listener, exclusions, listener_history, load_run,
+                               rank_items, seen_items, top_k, user_scores)
 
 Retrieval = Literal["exact", "two-stage"]
 
@@ -93,12 +93,9 @@ class RecService:
         self.dataset = ds
         self.model_name = run.spec.model
         run.model.eval()
-        is_kg = isinstance(getattr(run.model, "backbone", None), KGBackbone)
-        self.engine: KGEngine | ScoreEngine = KGEngine(run) if is_kg else ScoreEngine(run)
+        self.engine = Engine(run)
         self.user_index = pd.Index(ds.users)
-        inter = ds.interactions
-        self.seen_indptr, self.seen_items = user_item_csr(
-            inter["user"].to_numpy(), inter["item"].to_numpy(), ds.n_users, ds.n_items)
+        self.seen = seen_items(ds)  # every interaction row: what exclude_seen excludes
         self.train_indptr, self.train_items = run.split.user_history()
         self.attrs = ds.item_attrs
         self.candidates = int(candidates)
@@ -115,7 +112,7 @@ class RecService:
         catalogue = self.engine.build((), ds.items)
         self.retriever: ItemIndex | None = None
         if index != "none":
-            if not is_kg:
+            if not isinstance(catalogue.scorer, ItemVectors):
                 raise MMKGRecError(f"two-stage retrieval needs a model with user-independent item "
                                    f"vectors (mkgcn, kgcn); {self.model_name} serves exact ranking "
                                    f"only: use --index none")
@@ -162,7 +159,7 @@ class RecService:
                         quarantined[item_id] = "links to a quarantined item"
                 catalogue = self.engine.build(tuple(new), self.dataset.items) if new else base
                 bad = {x.item_id: problem for j, x in enumerate(new)
-                       if (problem := self.engine.item_problem(catalogue, base.n_items + j))}
+                       if (problem := catalogue.scorer.item_problem(base.n_items + j))}
                 if not bad:
                     break
                 quarantined.update(bad)
@@ -191,7 +188,7 @@ class RecService:
     def _partial_catalogue(self, catalogue: Catalogue, new: tuple) -> Catalogue:
         """A catalogue view with ``new`` items' ids (for resolving links while replaying)."""
         ids = np.concatenate([self.dataset.items, np.array([x.item_id for x in new], dtype=str)])
-        return Catalogue(catalogue.n_base, new, ids, pd.Index(ids), None, None, None,
+        return Catalogue(catalogue.n_base, new, ids, pd.Index(ids), None,
                          catalogue.item_vectors, catalogue.item_unit, catalogue.triples,
                          self.dataset.n_entities + len(new), catalogue.n_relations)
 
@@ -263,46 +260,45 @@ class RecService:
         values = np.fromiter(feedback.values(), dtype=np.float64, count=len(feedback))
         return items[values > 0], items
 
-    def _rank(self, catalogue: Catalogue, user: int | None, liked: np.ndarray, exclude: np.ndarray,
-              k: int, retrieval: Retrieval | None) -> tuple[np.ndarray, np.ndarray, str]:
-        """Top-k (items [k'], logits [k'], mode) for a user (index or None) plus liked items."""
-        with self._scoring:
-            return self._rank_now(catalogue, user, liked, exclude, k, retrieval)
+    def _unsupported_listener(self) -> UnsupportedError:
+        return UnsupportedError(f"{self.model_name} cannot build a user from liked items (it has a "
+                                f"user ID embedding); serve a model that builds users from items "
+                                f"(mkgcn, mmkgcf, mkrln, pgpr) for new listeners")
 
-    def _rank_now(self, catalogue: Catalogue, user: int | None, liked: np.ndarray,
-                  exclude: np.ndarray, k: int, retrieval: Retrieval | None
-                  ) -> tuple[np.ndarray, np.ndarray, str]:
+    def _query(self, catalogue: Catalogue, user: int | None, liked: np.ndarray) -> torch.Tensor:
+        """[1, d] the query vector of a user (index or None) plus liked items."""
+        scorer = catalogue.scorer
+        if builds_listener(scorer, user, liked):
+            history, valid = listener_history(scorer, user, liked)
+            return scorer.query_vectors(history=history, valid=valid)
+        return scorer.query_vectors(users=torch.tensor([user]))
+
+    def _rank(self, catalogue: Catalogue, user: int | None, liked: np.ndarray,
+              feedback: np.ndarray, k: int, retrieval: Retrieval | None, exclude_seen: bool = True
+              ) -> tuple[np.ndarray, np.ndarray, str]:
+        """Top-k (items [k'], logits [k'], mode) for a user (index or None) plus liked items;
+        exact ranking is :func:`mmkgrec.train.run.rank_items`, the CLI's own path."""
+        scorer = catalogue.scorer
+        if user is None and not isinstance(scorer, UsersFromItems):
+            raise self._unsupported_listener()
         mode = retrieval or self.retrieval
-        exclude = np.unique(exclude)
-        if isinstance(self.engine, ScoreEngine):
-            if user is None:
-                raise UnsupportedError(f"{self.model_name} scores only users it was trained on (it "
-                                       f"has a user ID embedding); serve an mkgcn run for new listeners")
+        if not isinstance(scorer, ItemVectors):
             mode = "exact"
-            scores = self.engine.score_known(user).clone()  # [I]
-            candidates = None
-        else:
-            if user is None and not self.engine.builds_users:
-                raise UnsupportedError(f"{self.model_name} cannot build a user from liked items (it "
-                                       f"has a user ID embedding); only mkgcn serves new listeners")
-            u = self.engine.user_vector(catalogue, user, liked)  # [1, d]
-            if mode == "two-stage":
-                if self.retriever is None:
-                    raise InvalidInputError("two-stage retrieval needs a server started with --index")
-                found = self.retriever.search(u.numpy(), self.candidates + len(exclude))[0]
-                found = found[(found >= 0) & (found < catalogue.n_items)]
-                candidates = found[~np.isin(found, exclude)][: self.candidates]  # [C]
-                scores = self.engine.score_items(catalogue, u, candidates)  # [C]
-            else:
-                scores = self.engine.score_all(catalogue, u)  # [I']
-                candidates = None
-        scores = finite_or_worst(scores)  # a NaN / inf score ranks last and is dropped below
-        if candidates is None and len(exclude):
-            scores[torch.as_tensor(exclude)] = -torch.inf
-        top_scores, top = torch.topk(scores, min(k, len(scores)))
-        keep = torch.isfinite(top_scores)
-        top, top_scores = top[keep].numpy(), top_scores[keep].numpy()
-        return (top if candidates is None else candidates[top]), top_scores, mode
+        if mode == "two-stage" and self.retriever is None:
+            raise InvalidInputError("two-stage retrieval needs a server started with --index")
+        with self._scoring:
+            if mode == "exact":
+                items, logits = rank_items(scorer, self.seen, user=user, liked=liked,
+                                           feedback=feedback, k=k, exclude_seen=exclude_seen)
+                return items, logits, mode
+            exclude = exclusions(self.seen, user, feedback, exclude_seen)
+            u = self._query(catalogue, user, liked)  # [1, d]
+            found = self.retriever.search(u.numpy(), self.candidates + len(exclude))[0]
+            found = found[(found >= 0) & (found < catalogue.n_items)]
+            candidates = found[~np.isin(found, exclude)][: self.candidates]  # [C]
+            scores = scorer.score_queries(u, torch.as_tensor(candidates).unsqueeze(0))[0]  # [C]
+            top, logits = top_k(scores, np.zeros(0, dtype=np.int64), k)
+            return candidates[top], logits, mode
 
     @torch.inference_mode()
     def recommend_user(self, user_id: str, k: int = 20, exclude_seen: bool = True,
@@ -311,12 +307,7 @@ class RecService:
         catalogue = self._catalogue
         user, feedback = self._user(user_id)
         liked, touched = self._history(feedback)
-        exclude = np.zeros(0, dtype=np.int64)
-        if exclude_seen:
-            seen = (self.seen_items[self.seen_indptr[user]:self.seen_indptr[user + 1]]
-                    if user is not None else exclude)
-            exclude = np.concatenate([seen, touched])
-        items, logits, mode = self._rank(catalogue, user, liked, exclude, k, retrieval)
+        items, logits, mode = self._rank(catalogue, user, liked, touched, k, retrieval, exclude_seen)
         return {"user_id": user_id, "known_user": user is not None, "k": k,
                 "retrieval": mode, "feedback_items": len(touched), "liked_items": len(liked),
                 "items": self._describe_items(catalogue, items, logits)}
@@ -361,8 +352,8 @@ class RecService:
         return {"id": row, "user_id": user_id, "item_id": str(catalogue.item_ids[item]),
                 "value": float(value), "new_user": bool(new_user), "stored": True}
 
-    def _make_item(self, item_id: str, payload: dict, catalogue: Catalogue):
-        if isinstance(self.engine, ScoreEngine):
+    def _make_item(self, item_id: str, payload: dict, catalogue: Catalogue) -> NewItem:
+        if not self.engine.new_items:
             raise UnsupportedError(f"{self.model_name} cannot score items it was not trained on; "
                                    f"new items need a KG model (mkgcn, kgcn)")
         links = payload.get("links", [])
@@ -393,8 +384,7 @@ class RecService:
             features[name] = scaled
         if not len(entities) and not features:
             raise InvalidInputError("a new item needs at least one KG link or one modality feature")
-        return self.engine.new_item(item_id, payload.get("name"), rel.astype(np.int64), entities,
-                                    features, catalogue)
+        return NewItem(item_id, payload.get("name"), rel.astype(np.int64), entities, features)
 
     def _storage_entities(self, catalogue: Catalogue, keys: list[str]) -> np.ndarray:
         """Entity ids (original) -> storage ids: dataset entities, then registered items."""
@@ -422,7 +412,7 @@ class RecService:
                 raise ConflictError(f"{clip(item_id)} is already an entity id of the KG")
             new = self._make_item(item_id, payload, catalogue)
             updated = self.engine.build(catalogue.new + (new,), self.dataset.items)
-            problem = self.engine.item_problem(updated, updated.n_items - 1)
+            problem = updated.scorer.item_problem(updated.n_items - 1)
             if problem:  # checked before it is stored: one request cannot poison every list
                 raise InvalidInputError(f"item {clip(item_id)} is not servable: {problem}")
             self.store.add_item(item_id, payload)  # durable before it is visible
@@ -431,7 +421,7 @@ class RecService:
             self._catalogue = updated
         return {"item_id": item_id, "index": updated.n_items - 1, "name": new.name,
                 "links": len(new.entities),
-                "modalities": [n for n, p in zip(self.engine.modality_names, new.present) if p]}
+                "modalities": [n for n in self.engine.modality_names if n in new.features]}
 
     # ---- explanations ----------------------------------------------------------------------------
     @torch.inference_mode()
@@ -446,16 +436,20 @@ class RecService:
                if user is not None else np.zeros(0, dtype=np.int64))
         history = np.unique(np.concatenate([own, liked]))  # model-space item ids
         weights, score, neighbourhood = None, None, []
-        if isinstance(self.engine, KGEngine) and (user is not None or self.engine.builds_users):
-            u = self.engine.user_vector(catalogue, user, liked)
-            weights = self.engine.relation_weights(u)
-            score = float(self.engine.score_items(catalogue, u, np.array([item]))[0])
-            frame = self.engine.neighbourhood(catalogue, u, item)
+        scorer = catalogue.scorer
+        servable = user is not None or isinstance(scorer, UsersFromItems)
+        if (isinstance(scorer, AttentionExplanations) and isinstance(scorer, ItemVectors)
+                and (user is not None or isinstance(scorer, HistoryUsers))):
+            u = self._query(catalogue, user, liked)
+            weights = scorer.relation_weights(u)
+            score = float(scorer.score_queries(u, torch.tensor([[item]]))[0, 0])
+            frame = scorer.neighbourhood(u, item)
             neighbourhood = [{"entity": self.entity_name(catalogue, int(e)),
                               "relation": self._relation_name(int(r)), "weight": round(float(w), 6)}
                              for e, r, w in frame[["entity", "relation", "weight"]].itertuples(index=False)]
-        elif isinstance(self.engine, ScoreEngine) and user is not None:
-            score = float(self.engine.score_known(user)[item])
+        elif servable:
+            with self._scoring:
+                score = float(user_scores(scorer, user, liked)[item])
         paths = find_paths(catalogue.graph(), history, item)
         total = len(paths)
         best = weigh_paths(paths, weights, limit)
@@ -479,8 +473,8 @@ class RecService:
         if weights is not None:
             order = np.argsort(-weights, kind="stable")
             relation_weights = {self._relation_name(int(r)): round(float(weights[r]), 6) for r in order}
-        modalities = (self.engine.modality_shares(catalogue, item)
-                      if isinstance(self.engine, KGEngine) else [])
+        modalities = (scorer.modality_shares(item)
+                      if isinstance(scorer, AttentionExplanations) else [])
         return {"user_id": user_id, "item_id": str(catalogue.item_ids[item]),
                 "name": self.item_name(catalogue, item),
                 "score": None if score is None else 1.0 / (1.0 + math.exp(-score)),
@@ -534,6 +528,6 @@ class RecService:
                 "new_items": len(catalogue.new), "feedback_users": n_feedback_users,
                 "feedback_rows": self.store.count(), "retrieval": self.retrieval,
                 "index": self.retriever.params if self.retriever else None,
-                "new_listeners": bool(getattr(self.engine, "builds_users", False)),
+                "new_listeners": isinstance(catalogue.scorer, UsersFromItems),
                 "modalities": list(self.engine.modality_names),
                 "uptime_s": round(time.time() - self.started, 3), "notes": self.notes}

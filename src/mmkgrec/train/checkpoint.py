@@ -3,8 +3,7 @@
 A checkpoint directory holds:
 
 - ``model.safetensors``: the model's ``state_dict()`` (parameters AND buffers, e.g. sampled
-  neighbour tables) plus ``model.extra_state_for_checkpoint()`` under the ``__extra__.`` prefix.
-  Tensors that share memory (tied weights) are stored once; ``checkpoint.json`` lists the aliases.
+  neighbour tables). Tensors that share memory (tied weights) are stored once; ``checkpoint.json`` lists the aliases.
 - ``checkpoint.json`` (written last; a directory without it is incomplete): format version, model
   name and config, train config, dataset name + fingerprint, split fingerprint + protocol +
   options, the sha256 of ``model.safetensors``, optional metrics and extra JSON.
@@ -40,7 +39,7 @@ from mmkgrec.errors import MMKGRecError
 FORMAT = "mmkgrec-checkpoint/1"
 MANIFEST = "checkpoint.json"
 WEIGHTS = "model.safetensors"
-EXTRA_PREFIX = "__extra__."
+EXTRA_PREFIX = "__extra__."  # no longer written; train/resume.py still imports it (remove there)
 
 
 class CheckpointError(MMKGRecError):
@@ -64,7 +63,7 @@ def save_checkpoint(
 
     Args:
         directory: created if needed; files already there are overwritten.
-        model: the model; its state dict (parameters and buffers) and extra state are saved.
+        model: the model; its state dict (parameters and buffers) is saved.
         model_name: registry name (e.g. ``"mkgcn"``).
         model_config, train_config: JSON-serialisable hyper-parameters.
         split: the split trained on (fingerprint, protocol, options; also the dataset identity
@@ -82,8 +81,6 @@ def save_checkpoint(
         raise CheckpointError(f"the split was made from dataset {split.dataset_name!r}, not from "
                               f"the given {dataset.name!r} (fingerprints differ)")
     tensors = dict(model.state_dict())
-    extra_state = getattr(model, "extra_state_for_checkpoint", lambda: {})()
-    tensors.update({EXTRA_PREFIX + name: value for name, value in extra_state.items()})
     digest, aliases = _save_tensors(directory / WEIGHTS, tensors)
     manifest = {
         "format": FORMAT,
@@ -116,13 +113,13 @@ def load_checkpoint(
 
     Args:
         directory: the checkpoint directory.
-        model: when given, the weights are loaded into it (strictly: same names and shapes) and
-            its extra state restored; its ``name`` must match the checkpoint's model name.
+        model: when given, the weights are loaded into it (strictly: same names and shapes);
+            its ``name`` must match the checkpoint's model name.
         dataset, split: when given, must be the ones the checkpoint was trained on.
 
     Returns:
         ``(state_dict, meta)``: the CPU tensors of ``model.state_dict()`` and the parsed
-        ``checkpoint.json``, with ``meta["extra_state"]`` the model's extra tensors.
+        ``checkpoint.json``.
 
     Raises:
         CheckpointError: missing / corrupt files, or a model, dataset or split mismatch.
@@ -140,17 +137,14 @@ def load_checkpoint(
             f"{where} was trained on another split (fingerprint "
             f"{meta['split']['fingerprint'][:12]}..., this one {split.fingerprint()[:12]}...)")
     weights = meta["weights"]
-    tensors = load_tensors(directory / weights["file"], weights["sha256"], weights["aliases"])
-    state = {k: v for k, v in tensors.items() if not k.startswith(EXTRA_PREFIX)}
-    meta["extra_state"] = {k[len(EXTRA_PREFIX):]: v for k, v in tensors.items()
-                           if k.startswith(EXTRA_PREFIX)}
+    state = load_tensors(directory / weights["file"], weights["sha256"], weights["aliases"])
     if model is not None:
         load_model_state(model, state, meta, where)
     return state, meta
 
 
 def load_model_state(model: nn.Module, state: dict[str, Tensor], meta: dict, where: str) -> None:
-    """Load ``state`` and ``meta["extra_state"]`` into ``model`` strictly, else CheckpointError."""
+    """Load ``state`` into ``model`` strictly, else CheckpointError."""
     name = getattr(model, "name", None)
     if name is not None and name != meta["model"]["name"]:
         raise CheckpointError(f"{where} holds a {meta['model']['name']!r} model, not {name!r}")
@@ -170,13 +164,6 @@ def load_model_state(model: nn.Module, state: dict[str, Tensor], meta: dict, whe
         module = model.get_submodule(module_name) if module_name else model
         setattr(module, attr, state[key].to(buffers[key].device).clone())
     model.load_state_dict(state, strict=True)
-    extra = meta.get("extra_state", {})
-    if extra:
-        loader = getattr(model, "load_extra_state_for_checkpoint", None)
-        if loader is None:
-            raise CheckpointError(f"{where} holds extra state {sorted(extra)[:5]} but "
-                                  f"{type(model).__name__} has no load_extra_state_for_checkpoint")
-        loader(extra)
 
 
 def read_manifest(directory: str | Path) -> dict:

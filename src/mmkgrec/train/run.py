@@ -24,15 +24,17 @@ import numpy as np
 import pandas as pd
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
+from torch import Tensor
 
 from mmkgrec.config import describe
 from mmkgrec.data.dataset import MMKG
 from mmkgrec.data.registry import load
-from mmkgrec.features.content import scope_content
 from mmkgrec.data.split import Split, apply_presplit, split
 from mmkgrec.errors import ConfigError, MMKGRecError
-from mmkgrec.evaluate.metrics import rank_topk
+from mmkgrec.features.content import scope_content
+from mmkgrec.data.csr import user_item_csr
 from mmkgrec.models import Recommender, default_config, model_class
+from mmkgrec.models.base import HistoryUsers, Scorer, UsersFromItems
 from mmkgrec.train.checkpoint import load_checkpoint
 from mmkgrec.train.distributed import is_main_process
 from mmkgrec.train.trainer import TrainConfig, Trainer, seed_everything
@@ -225,46 +227,119 @@ def load_run(directory: str | Path) -> Run:
     return Run(spec, dataset, data_split, model, meta.get("metrics"), directory)
 
 
+# ---- recommendations: the one path the CLI and the service share ------------------------------
+def seen_items(dataset: MMKG) -> tuple[np.ndarray, np.ndarray]:
+    """CSR ``(indptr [U + 1], items)`` of every item of each user's interaction rows in the
+    dataset: train, valid and test alike, any value (what ``exclude_seen`` excludes)."""
+    inter = dataset.interactions
+    return user_item_csr(inter["user"].to_numpy(), inter["item"].to_numpy(), dataset.n_users,
+                         dataset.n_items)
+
+
+def exclusions(seen: tuple[np.ndarray, np.ndarray], user: int | None, feedback: np.ndarray,
+               exclude_seen: bool = True) -> np.ndarray:
+    """The items not to recommend: with ``exclude_seen`` (default), every item of the user's
+    interaction rows (:func:`seen_items`; none for a user the dataset lacks) plus every item
+    with feedback (likes and dislikes; a new listener's liked items); else nothing."""
+    if not exclude_seen:
+        return np.zeros(0, dtype=np.int64)
+    indptr, items = seen
+    own = items[indptr[user]:indptr[user + 1]] if user is not None else items[:0]
+    return np.unique(np.concatenate([own, np.asarray(feedback, dtype=np.int64)]))
+
+
+def listener_history(scorer: Scorer, user: int | None, liked: np.ndarray) -> tuple[Tensor, Tensor]:
+    """(history [1, S], valid [1, S]) of a listener built from items: a known user's ranking
+    history (:class:`HistoryUsers`) plus the liked items not in it, or the liked items alone;
+    with no items, one invalid slot (the model's empty-user vector)."""
+    history = np.asarray(liked, dtype=np.int64)
+    if user is not None and isinstance(scorer, HistoryUsers):
+        table, valid = scorer.ranking_histories(np.array([user]))
+        own = table[0][valid[0]]
+        history = np.concatenate([own, history[~np.isin(history, own)]])
+    mask = np.ones(len(history), dtype=bool)
+    if not len(history):
+        history, mask = np.zeros(1, dtype=np.int64), np.zeros(1, dtype=bool)
+    return torch.as_tensor(history).unsqueeze(0), torch.as_tensor(mask).unsqueeze(0)
+
+
+def builds_listener(scorer: Scorer, user: int | None, liked: np.ndarray) -> bool:
+    """Whether the scores come from :meth:`UsersFromItems.score_histories` (a new listener, or
+    a known user of a :class:`HistoryUsers` model with liked feedback) rather than score_users."""
+    return user is None or (len(liked) > 0 and isinstance(scorer, HistoryUsers))
+
+
+@torch.no_grad()
+def user_scores(scorer: Scorer, user: int | None, liked: np.ndarray) -> Tensor:
+    """[I'] logits of a known user (index; liked feedback enters :class:`HistoryUsers` only)
+    or of a new listener (``user`` None) given by liked items (:class:`UsersFromItems`)."""
+    if not builds_listener(scorer, user, liked):
+        return scorer.score_users(torch.tensor([user]))[0]
+    if not isinstance(scorer, UsersFromItems):
+        raise ConfigError("this model needs a user id embedding; only models that build users "
+                          "from their items (mkgcn, mmkgcf, mkrln, pgpr) serve new listeners")
+    return scorer.score_histories(*listener_history(scorer, user, liked))[0]
+
+
+def top_k(scores: Tensor, exclude: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(items [k'], logits [k']) of the best ``k`` finite scores [I'] outside ``exclude``;
+    NaN / inf scores rank last and are dropped. Ties: torch.topk's order."""
+    scores = torch.where(torch.isfinite(scores), scores, torch.full_like(scores, -torch.inf))
+    if len(exclude):
+        scores[torch.as_tensor(exclude, device=scores.device)] = -torch.inf
+    best, items = torch.topk(scores, min(k, len(scores)))
+    keep = torch.isfinite(best)
+    return items[keep].cpu().numpy(), best[keep].cpu().numpy()
+
+
+def rank_items(scorer: Scorer, seen: tuple[np.ndarray, np.ndarray], *, user: int | None,
+               liked: np.ndarray, feedback: np.ndarray, k: int, exclude_seen: bool = True
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k (items [k'], logits [k']) for a known user (index) or a new listener, with
+    the :func:`exclusions` rule. The CLI's :func:`recommend` and the service both call this."""
+    exclude = exclusions(seen, user, feedback, exclude_seen)
+    return top_k(user_scores(scorer, user, liked).clone(), exclude, k)
+
+
+#: item display columns shown with recommendations, when the dataset has them
+DISPLAY_COLUMNS = ("name", "title", "artist", "album", "genre", "tags")
+
+
 @torch.no_grad()
 def recommend(run: Run, *, user: str | None = None, liked: list[str] | None = None,
               k: int = 10, exclude_seen: bool = True) -> pd.DataFrame:
     """Top-k items for a known user (original id) or a new listener (liked item ids).
 
-    Known users' train + valid positives are excluded when ``exclude_seen``; a new listener's
-    liked items always are. Returns columns rank, item_id, score, and name / tags when known.
+    Exclusions (:func:`exclusions`): a known user's every interaction row in the dataset (all
+    splits) when ``exclude_seen``; a new listener's liked items. Returns columns rank, item_id,
+    score (sigmoid of the logit) and the display columns the dataset has.
     """
     ds, model = run.dataset, run.model
     model.eval()
-    device = next(iter(model.buffers()), torch.zeros(0)).device
     if (user is None) == (liked is None):
         raise ConfigError("give either a user id or a list of liked item ids")
     if user is not None:
         position = np.flatnonzero(ds.users == str(user))
         if len(position) == 0:
             raise ConfigError(f"unknown user {user!r} (the dataset has {ds.n_users} users)")
-        users = torch.as_tensor(position[:1], device=device)
-        model.prepare_ranking()
-        scores = model.score_users(users)  # [1, I]
-        indptr, items = run.split.ranking_exclusions("test") if exclude_seen else (
-            np.zeros(ds.n_users + 1, dtype=np.int64), np.zeros(0, dtype=np.int64))
-        top_scores, top_items = rank_topk(scores, indptr, items, k, users=users)
+        who, wanted = int(position[0]), np.zeros(0, dtype=np.int64)
     else:
-        if not hasattr(model, "score_histories"):
+        if not isinstance(model, UsersFromItems):
             raise ConfigError(f"{run.spec.model} needs a user id embedding; only models that "
-                              f"build users from their items (mkgcn) serve new listeners")
+                              f"build users from their items (mkgcn, mmkgcf, mkrln, pgpr) serve "
+                              f"new listeners")
         index = pd.Index(ds.items).get_indexer(pd.Index([str(x) for x in liked]))
         if (index < 0).any():
             bad = [x for x, i in zip(liked, index) if i < 0]
             raise ConfigError(f"unknown item ids {bad}")
-        history = torch.as_tensor(index, device=device).unsqueeze(0)  # [1, L]
-        scores = model.score_histories(history, torch.ones_like(history, dtype=torch.bool))
-        top_scores, top_items = rank_topk(scores, np.array([0, len(index)]), np.sort(index), k)
-    keep = top_items[0] >= 0
-    items_ = top_items[0][keep].cpu().numpy()
-    frame = pd.DataFrame({"rank": np.arange(1, len(items_) + 1), "item_id": ds.items[items_],
-                          "score": torch.sigmoid(top_scores[0][keep]).cpu().numpy()})
+        who, wanted = None, index.astype(np.int64)
+    model.prepare_ranking()
+    items, logits = rank_items(model, seen_items(ds), user=who, liked=wanted, feedback=wanted,
+                               k=k, exclude_seen=exclude_seen or who is None)
+    frame = pd.DataFrame({"rank": np.arange(1, len(items) + 1), "item_id": ds.items[items],
+                          "score": 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))})
     if ds.item_attrs is not None:
-        for column in ("name", "tags"):
+        for column in DISPLAY_COLUMNS:
             if column in ds.item_attrs.columns:
-                frame[column] = ds.item_attrs[column].to_numpy()[items_]
+                frame[column] = ds.item_attrs[column].astype(str).to_numpy()[items]
     return frame
