@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from mmkgrec.data.split import Split, split
-from mmkgrec.evaluate.ranking import evaluate_topk, rank_stage
 from mmkgrec.errors import ConfigError
+from mmkgrec.evaluate.ranking import evaluate_topk, rank_stage
 from mmkgrec.models.base import Recommender
 
 
@@ -82,7 +82,7 @@ def test_content_lets_mkgcn_rank_new_items(tiny_dataset, cold):
 
 @pytest.mark.parametrize("strategy", ["uniform", "ratio"])
 def test_negatives_never_name_a_cold_item(cold, strategy):
-    from mmkgrec.train.sampler import NegativeSampler
+    from mmkgrec.graph.negatives import NegativeSampler
 
     sampler = NegativeSampler(cold, strategy, rng=0)
     held_out = np.concatenate(list(cold.cold_items.values()))

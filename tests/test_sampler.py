@@ -11,7 +11,7 @@ import pytest
 from mmkgrec.data import load
 from mmkgrec.data.split import Split, split
 from mmkgrec.errors import ConfigError
-from mmkgrec.train.sampler import NegativeSampler
+from mmkgrec.graph.negatives import NegativeSampler
 
 
 @pytest.fixture(scope="module")

@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mmkgrec.errors import DataFormatError, MMKGRecError
 from mmkgrec.data.textio import sha256_of
+from mmkgrec.errors import DataFormatError, MMKGRecError
 
 
 @dataclass
@@ -78,10 +78,6 @@ class MMKG:
         """Unique positive (user, item) pairs (first occurrence kept), with value / timestamp."""
         frame = self.interactions[self.positive_mask()]
         return frame.drop_duplicates(["user", "item"]).reset_index(drop=True)
-
-    def item_entity(self) -> np.ndarray:
-        """[n_items] int64: the entity id of each item (the identity, by convention)."""
-        return np.arange(self.n_items, dtype=np.int64)
 
     def modality_dims(self) -> dict[str, int]:
         return {name: int(matrix.shape[1]) for name, matrix in self.modalities.items()}

@@ -55,12 +55,21 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
-from pydantic import field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    field_validator,
+    model_validator,
+)
 
-from mmkgrec.data.dataset import MMKG
-from mmkgrec.data.textio import Column, read_table
 from mmkgrec.config import parse_config
+from mmkgrec.data.csr import user_item_csr
+from mmkgrec.data.dataset import MMKG
+from mmkgrec.data.sampling import first_occurrence, in_sorted, sample_unseen, sorted_unique
+from mmkgrec.data.textio import Column, read_table
 from mmkgrec.errors import ConfigError, DataFormatError, MMKGRecError
 
 Protocol = Literal["ctr", "topk", "cold"]
@@ -172,7 +181,8 @@ class Split:
     def user_history(self) -> tuple[np.ndarray, np.ndarray]:
         """CSR of train positives: ``indptr`` [n_users + 1], ``items`` [nnz] sorted per user."""
         train = self.train_positives()
-        return _csr(train["user"].to_numpy(), train["item"].to_numpy(), self.n_users)
+        return user_item_csr(train["user"].to_numpy(), train["item"].to_numpy(), self.n_users,
+                             self.n_items)
 
     def item_popularity(self) -> np.ndarray:
         """[n_items] int64: number of train positives of each item."""
@@ -186,7 +196,8 @@ class Split:
         """
         known = [self.positives(name) for name in PARTS[: PARTS.index(_check_stage(stage))]]
         frame = pd.concat(known, ignore_index=True)
-        return _csr(frame["user"].to_numpy(), frame["item"].to_numpy(), self.n_users)
+        return user_item_csr(frame["user"].to_numpy(), frame["item"].to_numpy(), self.n_users,
+                             self.n_items)
 
     def candidate_items(self, stage: Stage) -> np.ndarray | None:
         """Sorted ids of the items full ranking may return at ``stage``; None: every item.
@@ -221,7 +232,7 @@ class Split:
         """
         frame = self.positives(_check_stage(stage))
         users = frame["user"].to_numpy()
-        indptr, items = _csr(users, frame["item"].to_numpy(), self.n_users)
+        indptr, items = user_item_csr(users, frame["item"].to_numpy(), self.n_users, self.n_items)
         eval_users = np.flatnonzero(np.diff(indptr)).astype(np.int64)  # [n_eval]
         counts = np.diff(indptr)[eval_users]
         return eval_users, np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), items
@@ -265,7 +276,7 @@ class Split:
                     raise MMKGRecError(f"split part {name}: labels must be float32 0.0 / 1.0")
             keys.append(frame["user"].to_numpy() * self.n_items + frame["item"].to_numpy())
         keys = np.concatenate(keys)
-        if not _first_occurrence(keys).all():
+        if not first_occurrence(keys).all():
             raise MMKGRecError("split parts overlap: a (user, item) pair is in two parts or twice")
         if self.candidates not in CANDIDATES.get(self.protocol, ()):
             raise MMKGRecError(f"candidate set {self.candidates!r} does not fit the "
@@ -504,10 +515,11 @@ def _split_ctr(ds: MMKG, positives: pd.DataFrame, config: SplitConfig,
     pos_users = positives["user"].to_numpy()  # [n_pos]
     pos_items = positives["item"].to_numpy()  # [n_pos]
     interactions = ds.interactions
-    seen = _sorted_unique(interactions["user"].to_numpy() * n_items
+    seen = sorted_unique(interactions["user"].to_numpy() * n_items
                           + interactions["item"].to_numpy())  # [n_seen] keys, any value
     need = np.bincount(pos_users, minlength=ds.n_users) * config.neg_ratio  # [n_users]
-    negatives, notes = _sample_unseen(seen, need, n_items, rng)  # [n_neg] keys
+    negatives, notes = sample_unseen(seen, need, n_items, rng, _MAX_REJECTION_ROUNDS,
+                                     _RANK_BLOCK)  # [n_neg] keys
     users = np.concatenate([pos_users, negatives // n_items])  # [n]
     items = np.concatenate([pos_items, negatives % n_items])  # [n]
     labels = np.concatenate([np.ones(len(pos_users), np.float32),
@@ -523,65 +535,6 @@ def _split_ctr(ds: MMKG, positives: pd.DataFrame, config: SplitConfig,
                     f"{len(negatives)} negatives ({config.neg_ratio} per positive, drawn from "
                     f"never-interacted items): {_sizes_text(frames)}")
     return frames, notes
-
-
-def _sample_unseen(seen: np.ndarray, need: np.ndarray, n_items: int,
-                   rng: np.random.Generator) -> tuple[np.ndarray, list[str]]:
-    """Draw ``need[u]`` distinct items per user outside the sorted ``seen`` keys.
-
-    Rejection sampling on keys ``user * n_items + item``, redrawing only rejected slots. Users who
-    need at least half their unseen items (and slots still empty after the round cap) are filled
-    by ranking random scores over all items instead, which is exact and cheap for them.
-
-    Returns:
-        the negative keys [n_neg] (grouped by method, unshuffled) and notes on users who
-        got fewer than asked.
-    """
-    n_users = len(need)
-    unseen = n_items - np.bincount(seen // n_items, minlength=n_users)  # [n_users]
-    take = np.minimum(need, unseen)  # [n_users]
-    notes = []
-    short = need > take
-    if short.any():
-        notes.append(
-            f"{int(short.sum())} users have fewer never-interacted items than the negatives "
-            f"asked: they got all of theirs ({int((need - take).sum())} negatives missing, "
-            "so labels are not exactly balanced)")
-    by_rank = take * 2 > unseen  # [n_users]
-    pending = np.repeat(np.arange(n_users), np.where(by_rank, 0, take))  # [n_slots] slot owners
-    accepted = np.empty(0, dtype=np.int64)  # sorted keys
-    for _ in range(_MAX_REJECTION_ROUNDS):
-        if not pending.size:
-            break
-        keys = pending * n_items + rng.integers(0, n_items, pending.size)  # [n_pending]
-        ok = ~_in_sorted(keys, seen) & ~_in_sorted(keys, accepted) & _first_occurrence(keys)
-        # both runs sorted: the stable sort (timsort) merges them in linear time
-        accepted = np.sort(np.concatenate([accepted, np.sort(keys[ok])]), kind="stable")
-        pending = pending[~ok]
-    rest = np.where(by_rank, take, 0) + np.bincount(pending, minlength=n_users)  # [n_users]
-    excluded = np.sort(np.concatenate([seen, accepted]), kind="stable")
-    ranked = _sample_by_rank(rest, excluded, n_items, rng)
-    return np.concatenate([accepted, ranked]), notes
-
-
-def _sample_by_rank(count: np.ndarray, excluded: np.ndarray, n_items: int,
-                    rng: np.random.Generator) -> np.ndarray:
-    """Per user u, the ``count[u]`` items of lowest random score outside the sorted ``excluded``."""
-    users = np.flatnonzero(count)
-    block = max(1, _RANK_BLOCK // max(n_items, 1))
-    out = [np.empty(0, dtype=np.int64)]
-    for start in range(0, users.size, block):  # a few blocks of users, bounded memory
-        rows = users[start:start + block]  # [b] ascending
-        scores = rng.random((rows.size, n_items))  # [b, n_items]
-        lo, hi = np.searchsorted(excluded, [rows[0] * n_items, (rows[-1] + 1) * n_items])
-        keys = excluded[lo:hi]  # excluded keys of users rows[0]..rows[-1]
-        row = np.searchsorted(rows, keys // n_items)
-        hit = rows[np.minimum(row, rows.size - 1)] == keys // n_items
-        scores[row[hit], keys[hit] % n_items] = 2.0  # ranked after every allowed item
-        ranked = np.argsort(scores, axis=1)  # [b, n_items]
-        keep = np.arange(n_items)[None, :] < count[rows][:, None]  # [b, n_items]
-        out.append((rows[:, None] * n_items + ranked)[keep])
-    return np.concatenate(out).astype(np.int64)
 
 
 # ---- fixed benchmark splits -------------------------------------------------------------------
@@ -603,7 +556,7 @@ def apply_presplit(ds: MMKG, directory: str | Path) -> Split:
     positives = ds.positives()
     positive_keys = np.sort(positives["user"].to_numpy() * n_items + positives["item"].to_numpy())
     inter = ds.interactions
-    seen = _sorted_unique(inter["user"].to_numpy() * n_items + inter["item"].to_numpy())
+    seen = sorted_unique(inter["user"].to_numpy() * n_items + inter["item"].to_numpy())
 
     keys, where = [], []  # per file: [rows] keys, (path, [rows] lines)
     for name in PARTS:  # three files
@@ -621,9 +574,9 @@ def apply_presplit(ds: MMKG, directory: str | Path) -> Split:
         part_keys = users.astype(np.int64) * n_items + items
         for problem, bad in (
             ("is not an interaction of the dataset (a pre-split must not invent data)",
-             ~_in_sorted(part_keys, seen)),
+             ~in_sorted(part_keys, seen)),
             (f"is not a positive of the dataset (its value is below {ds.threshold:g})",
-             ~_in_sorted(part_keys, positive_keys)),
+             ~in_sorted(part_keys, positive_keys)),
         ):
             if bad.any():
                 i = int(np.argmax(bad))
@@ -633,7 +586,7 @@ def apply_presplit(ds: MMKG, directory: str | Path) -> Split:
         where.append((path, lines))
 
     all_keys = np.concatenate(keys)
-    repeated = ~_first_occurrence(all_keys)
+    repeated = ~first_occurrence(all_keys)
     if repeated.any():
         i = int(np.argmax(repeated))
         first = int(np.argmax(all_keys == all_keys[i]))
@@ -672,37 +625,6 @@ def _pairs(users: np.ndarray, items: np.ndarray, labels: np.ndarray | None = Non
     if labels is not None:
         frame["label"] = labels[order].astype(np.float32)
     return frame
-
-
-def _csr(users: np.ndarray, items: np.ndarray, n_rows: int) -> tuple[np.ndarray, np.ndarray]:
-    """(indptr [n_rows + 1], items [nnz] sorted by user then item)."""
-    order = np.lexsort((items, users))
-    indptr = np.zeros(n_rows + 1, dtype=np.int64)
-    np.cumsum(np.bincount(users, minlength=n_rows), out=indptr[1:])
-    return indptr, np.asarray(items, dtype=np.int64)[order]
-
-
-def _in_sorted(keys: np.ndarray, sorted_keys: np.ndarray) -> np.ndarray:
-    """[len(keys)] bool: whether each key is in the sorted array ``sorted_keys``."""
-    if not sorted_keys.size:
-        return np.zeros(keys.shape, dtype=bool)
-    at = np.minimum(np.searchsorted(sorted_keys, keys), sorted_keys.size - 1)
-    return sorted_keys[at] == keys
-
-
-def _sorted_unique(keys: np.ndarray) -> np.ndarray:
-    """Sorted distinct values (sort-based; faster than np.unique's hashing on int64 keys)."""
-    keys = np.sort(keys)
-    return keys[np.concatenate([[True], keys[1:] != keys[:-1]])] if keys.size else keys
-
-
-def _first_occurrence(keys: np.ndarray) -> np.ndarray:
-    """[len(keys)] bool: True at the first occurrence of each value."""
-    order = np.argsort(keys, kind="stable")
-    ranked = keys[order]
-    first = np.empty(keys.shape, dtype=bool)
-    first[order] = np.concatenate([[True], ranked[1:] != ranked[:-1]]) if keys.size else []
-    return first
 
 
 def _locate(where: list[tuple[Path, np.ndarray]], index: int) -> tuple[Path, int]:

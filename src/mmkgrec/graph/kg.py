@@ -178,29 +178,6 @@ def multi_hop(neighbor_table, seeds, n_hops: int) -> list:
 
 
 # ---- user-item graph -------------------------------------------------------------------------
-def user_item_csr(users, items, n_users: int, n_items: int) -> tuple[np.ndarray, np.ndarray]:
-    """CSR of (user, item) pairs, e.g. training positives for masking or test truth for metrics.
-
-    Args:
-        users, items: ``[n]`` int ids of the pairs (repeats are kept once).
-        n_users, n_items: id ranges.
-
-    Returns:
-        ``(indptr [n_users + 1], item_ids [nnz])`` int64, items ascending within each user.
-    """
-    users = np.asarray(users, dtype=np.int64).reshape(-1)
-    items = np.asarray(items, dtype=np.int64).reshape(-1)
-    if len(users) != len(items):
-        raise MMKGRecError(f"user_item_csr: {len(users)} users but {len(items)} items")
-    if len(users) and (users.min() < 0 or users.max() >= n_users
-                       or items.min() < 0 or items.max() >= n_items):
-        raise MMKGRecError(f"user_item_csr: id out of range ({n_users} users, {n_items} items)")
-    keys = np.unique(users * n_items + items)  # [nnz] sorted by (user, item), unique
-    indptr = np.zeros(n_users + 1, dtype=np.int64)
-    np.cumsum(np.bincount(keys // n_items, minlength=n_users), out=indptr[1:])
-    return indptr, keys % n_items
-
-
 def to_torch_sparse_adjacency(indptr, item_ids, n_items: int,
                               layout: Literal["coo", "csr"] = "coo") -> torch.Tensor:
     """LightGCN's normalised bipartite adjacency ``D^-1/2 A D^-1/2``.

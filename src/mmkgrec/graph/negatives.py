@@ -1,4 +1,6 @@
-"""Negative sampling shared by every model: vectorised, seeded by a numpy ``Generator``.
+"""Training negatives shared by every model (non-edges of the user-item graph): vectorised,
+seeded by a numpy ``Generator``. Used by the Trainer and by models that sample their own
+(FREEDOM); the ctr protocol's evaluation negatives are :func:`mmkgrec.data.sampling.sample_unseen`.
 
 Strategies (``NegativeSampler(strategy=...)``):
 
@@ -42,6 +44,7 @@ from typing import Literal
 
 import numpy as np
 
+from mmkgrec.data.sampling import excluded_cells, in_sorted
 from mmkgrec.data.split import Split
 from mmkgrec.errors import ConfigError
 
@@ -118,13 +121,13 @@ class NegativeSampler:
         """
         users = np.asarray(users, dtype=np.int64)
         items = self._draw(users.size)  # [n]
-        pending = np.flatnonzero(_in_sorted(users * self.n_items + items, self.pos_keys))
+        pending = np.flatnonzero(in_sorted(users * self.n_items + items, self.pos_keys))
         for _ in range(MAX_REJECTION_ROUNDS):
             if not pending.size:
                 return items
             items[pending] = self._draw(pending.size)
             keys = users[pending] * self.n_items + items[pending]
-            pending = pending[_in_sorted(keys, self.pos_keys)]
+            pending = pending[in_sorted(keys, self.pos_keys)]
         if pending.size:
             items[pending] = self._draw_excluding(users[pending])
         return items
@@ -183,11 +186,7 @@ class NegativeSampler:
         for start in range(0, users.size, block):  # a few blocks of entries, bounded memory
             rows = users[start:start + block]  # [b]
             scores = log_p + self.rng.gumbel(size=(rows.size, self.n_items))  # [b, n_items]
-            lo = np.searchsorted(self.pos_keys, rows * self.n_items)  # [b] CSR starts
-            hi = np.searchsorted(self.pos_keys, (rows + 1) * self.n_items)  # [b] CSR ends
-            row = np.repeat(np.arange(rows.size), hi - lo)  # [m]
-            at = np.arange(row.size) + np.repeat(lo - (np.cumsum(hi - lo) - (hi - lo)), hi - lo)
-            scores[row, self.pos_keys[at] % self.n_items] = -np.inf
+            scores[excluded_cells(self.pos_keys, rows, self.n_items)] = -np.inf
             out[start:start + block] = scores.argmax(axis=1)
         return out
 
@@ -203,11 +202,3 @@ class NegativeSampler:
         users, positives = self.pos_users[has], self.pos_items[has]
         pick = starts[users] + (self.rng.random(users.size) * counts[users]).astype(np.int64)
         return users, positives, neg_items[pick]
-
-
-def _in_sorted(keys: np.ndarray, sorted_keys: np.ndarray) -> np.ndarray:
-    """[len(keys)] bool: whether each key is in the sorted array ``sorted_keys``."""
-    if not sorted_keys.size:
-        return np.zeros(keys.shape, dtype=bool)
-    at = np.minimum(np.searchsorted(sorted_keys, keys), sorted_keys.size - 1)
-    return sorted_keys[at] == keys

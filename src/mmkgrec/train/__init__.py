@@ -6,8 +6,8 @@ Typical use::
     results = Trainer(model, split, {"epochs": 20, "loss": "bce"}, out_dir="runs/kgcn").fit()
 """
 
+from mmkgrec.graph.negatives import NegativeSampler
 from mmkgrec.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from mmkgrec.train.sampler import NegativeSampler
 from mmkgrec.train.trainer import TrainConfig, Trainer, resolve_device, seed_everything
 
 __all__ = [

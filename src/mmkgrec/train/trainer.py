@@ -62,6 +62,7 @@ from mmkgrec.data.dataset import MMKG
 from mmkgrec.data.split import Split
 from mmkgrec.errors import ConfigError, MMKGRecError
 from mmkgrec.evaluate.ranking import evaluate_ctr, evaluate_topk
+from mmkgrec.graph.negatives import NegativeSampler
 from mmkgrec.train.checkpoint import (
     WEIGHTS,
     latest_complete,
@@ -87,7 +88,6 @@ from mmkgrec.train.resume import (
     snapshot,
     split_extra,
 )
-from mmkgrec.train.sampler import NegativeSampler
 
 MONITOR_K = 20  # topk early stopping watches NDCG@20
 

@@ -17,8 +17,11 @@ from pathlib import Path
 import pandas as pd
 
 from mmkgrec.data.dataset import MMKG, build_mmkg
-from mmkgrec.data.formats.checks import (check_links_reach_kg, check_relation_column,
-                                         require_entity_ids)
+from mmkgrec.data.formats.checks import (
+    check_links_reach_kg,
+    check_relation_column,
+    require_entity_ids,
+)
 from mmkgrec.data.textio import Column, read_table
 
 FILES = ("user_artists.dat", "item_index2entity_id.txt", "kg.txt")

@@ -19,7 +19,14 @@ import pandas as pd
 from mmkgrec.data.dataset import MMKG, build_mmkg, file_provenance
 from mmkgrec.data.formats.checks import require_entity_ids
 from mmkgrec.data.formats.kgcn import check_kg, read_kg
-from mmkgrec.data.textio import MAX_FIELD_CHARS, Column, decode_text, preview, read_table, split_lines
+from mmkgrec.data.textio import (
+    MAX_FIELD_CHARS,
+    Column,
+    decode_text,
+    preview,
+    read_table,
+    split_lines,
+)
 from mmkgrec.errors import DataFormatError
 
 FILES = ("userID2itemID4ratings.tsv", "itemID2entityID.txt", "kg.txt")

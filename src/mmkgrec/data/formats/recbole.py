@@ -52,8 +52,15 @@ import pandas as pd
 
 from mmkgrec.data.dataset import MMKG, build_mmkg, file_provenance
 from mmkgrec.data.formats.checks import check_links_reach_kg, check_relation_column
-from mmkgrec.data.textio import (MAX_CELL_CHARS, MAX_FIELD_CHARS, Column, decode_text, preview,
-                                 read_table, split_lines)
+from mmkgrec.data.textio import (
+    MAX_CELL_CHARS,
+    MAX_FIELD_CHARS,
+    Column,
+    decode_text,
+    preview,
+    read_table,
+    split_lines,
+)
 from mmkgrec.errors import ConfigError, DataFormatError, DatasetNotFoundError, MMKGRecError
 
 TYPES = ("token", "token_seq", "float", "float_seq")
