@@ -28,8 +28,8 @@ from mmkgrec.serve.engine import Catalogue, Engine, NewItem
 from mmkgrec.serve.explain import describe_path, find_paths, weigh_paths
 from mmkgrec.serve.retrieval import ItemIndex
 from mmkgrec.serve.store import FeedbackStore
-from mmkgrec.train.run import (Run, builds_listener, exclusions, listener_history, load_run,
-                               rank_items, seen_items, top_k, user_scores)
+from mmkgrec.train.run import (Run, builds_listener, display_names, exclusions, listener_history,
+                               load_run, rank_items, seen_items, top_k, user_scores)
 
 Retrieval = Literal["exact", "two-stage"]
 
@@ -98,6 +98,7 @@ class RecService:
         self.seen = seen_items(ds)  # every interaction row: what exclude_seen excludes
         self.train_indptr, self.train_items = run.split.user_history()
         self.attrs = ds.item_attrs
+        self.names = display_names(ds)  # [I] name, else "artist – title"; None without attributes
         self.candidates = int(candidates)
         self._search_text: pd.Series | None = None
         # Scoring runs in the server's thread pool; more concurrent tensor programs than cores
@@ -225,8 +226,8 @@ class RecService:
     def item_name(self, catalogue: Catalogue, item: int) -> str | None:
         if item >= catalogue.n_base:
             return catalogue.new[item - catalogue.n_base].name
-        if self.attrs is not None and "name" in self.attrs.columns:
-            return str(self.attrs["name"].iat[item])
+        if self.names is not None:
+            return str(self.names[item])
         return None
 
     def entity_name(self, catalogue: Catalogue, entity: int) -> str:
@@ -509,8 +510,8 @@ class RecService:
         """Items whose id or display name contains ``query`` (case-insensitive)."""
         catalogue = self._catalogue
         if self._search_text is None:  # trained items' "name id" strings, built once
-            names = (self.attrs["name"].astype(str) if self.attrs is not None
-                     and "name" in self.attrs.columns else pd.Series([""] * catalogue.n_base))
+            names = (pd.Series(self.names, dtype=object).astype(str) if self.names is not None
+                     else pd.Series([""] * catalogue.n_base))
             self._search_text = (names.reset_index(drop=True) + " "
                                  + pd.Series(self.dataset.items)).str.lower()
         new = pd.Series([f"{x.name or ''} {x.item_id}" for x in catalogue.new], dtype=object).str.lower()

@@ -2,14 +2,21 @@
 
 A run directory holds everything needed to reuse the trained model without pickle::
 
-    run.json        the RunSpec (model, dataset, protocol, seed, config) and the resolved configs
-    split/          the exact split (mmkgrec.data.split.Split.save)
+    run.json        the RunSpec (model, dataset, protocol, seed, config), the resolved configs and
+                    the dataset reference (name, resolved path, fingerprint)
+    dataset/        the dataset trained on (after split-scoped content), native format
+                    (mmkgrec.data.formats.native): ids, interactions, KG, modalities and the item
+                    display attributes (name, title, artist, tags, ...); sha256-checked on load
+    split/          the exact split (mmkgrec.data.split.Split.save: train / valid / test Parquet)
     best/           safetensors + JSON checkpoint of the best weights
     last/           resumable state (see mmkgrec.train.trainer)
     metrics.json    valid / test metrics, timings; log.jsonl and curve.png beside it
 
-:func:`load_run` rebuilds dataset, split and model from it (checking fingerprints), and
-:func:`recommend` ranks items for a known user or for a new listener given liked items.
+:func:`load_run` rebuilds dataset, split and model from it (checking fingerprints): from the
+``dataset/`` snapshot, so a run directory copied anywhere serves and evaluates without the data
+folder and from any working directory; a run without a snapshot (written before snapshots, or
+with ``snapshot=False``) re-loads its referenced dataset and refuses one whose fingerprint
+changed. :func:`recommend` ranks items for a known user or for a new listener given liked items.
 """
 
 from __future__ import annotations
@@ -28,6 +35,8 @@ from torch import Tensor
 
 from mmkgrec.config import describe
 from mmkgrec.data.dataset import MMKG
+from mmkgrec.data.formats.native import MANIFEST as NATIVE_MANIFEST
+from mmkgrec.data.formats.native import read_native, write_native
 from mmkgrec.data.registry import load
 from mmkgrec.data.split import Split, apply_presplit, split
 from mmkgrec.errors import ConfigError, MMKGRecError
@@ -170,9 +179,27 @@ def build_model(spec: RunSpec, dataset: MMKG, data_split: Split, model_cfg) -> R
     return model_class(spec.model)(dataset, data_split, model_cfg, seed=spec.seed)
 
 
+SNAPSHOT = "dataset"  # the run directory's dataset snapshot (native format)
+
+
+def dataset_reference(spec: RunSpec, dataset: MMKG) -> dict:
+    """What run.json records of the dataset: the spec's name / source, their absolute paths
+    where they are directories (so a run made with a relative path loads from another cwd),
+    and the fingerprint a re-loaded dataset must have."""
+    def resolved(value: str | None) -> str | None:
+        return str(Path(value).resolve()) if value is not None and Path(value).is_dir() else None
+
+    return {"name": dataset.name, "dataset": spec.dataset, "dataset_path": resolved(spec.dataset),
+            "source": spec.source, "source_path": resolved(spec.source),
+            "fingerprint": dataset.fingerprint()}
+
+
 def run_experiment(spec: RunSpec, out_dir: str | Path | None = None, *, resume: bool = False,
-                   progress: bool | None = None, data: tuple[MMKG, Split] | None = None) -> Run:
-    """Train and evaluate one model. ``data`` reuses an already loaded (dataset, split)."""
+                   progress: bool | None = None, data: tuple[MMKG, Split] | None = None,
+                   snapshot: bool = True) -> Run:
+    """Train and evaluate one model. ``data`` reuses an already loaded (dataset, split).
+    ``snapshot``: store the dataset in the run directory (``dataset/``, see the module
+    docstring); False keeps only the checked reference (smaller, but needs the data folder)."""
     model_cfg, train_cfg = resolved_configs(spec)
     dataset, data_split = data if data is not None else prepare_data(spec)
     out = Path(out_dir) if out_dir is not None else None
@@ -183,9 +210,13 @@ def run_experiment(spec: RunSpec, out_dir: str | Path | None = None, *, resume: 
             if saved != spec.model_dump():
                 raise ConfigError(f"{out} holds a different run ({saved}); resume needs the same "
                                   f"options, or choose another --out")
+        reference = dataset_reference(spec, dataset)
+        if snapshot and not _snapshot_matches(out / SNAPSHOT, reference["fingerprint"]):
+            write_native(dataset, out / SNAPSHOT)
         (out / "run.json").write_text(json.dumps({
             "spec": spec.model_dump(), "model_config": model_cfg.model_dump(),
             "train_config": train_cfg.model_dump(), "dataset_fingerprint": dataset.fingerprint(),
+            "dataset": {**reference, "snapshot": SNAPSHOT if snapshot else None},
         }, indent=2) + "\n")
         data_split.save(out / "split")
     model = build_model(spec, dataset, data_split, model_cfg)
@@ -216,15 +247,52 @@ def load_run(directory: str | Path) -> Run:
                    else str(error))
         raise MMKGRecError(f"{manifest}: not a valid run.json ({problem})") from None
     data_split = Split.load(directory / "split")
-    dataset, data_split = derive_data(spec, load_dataset(spec), data_split)
+    reference = saved.get("dataset") if isinstance(saved.get("dataset"), dict) else {}
+    if (directory / SNAPSHOT / NATIVE_MANIFEST).is_file():  # self-contained (sha256-checked)
+        dataset = read_native(directory / SNAPSHOT)
+        where = f"its snapshot {directory / SNAPSHOT}"
+    else:  # an older run directory, or snapshot=False: the referenced dataset, checked
+        dataset, data_split = derive_data(spec, _load_reference(directory, spec, reference),
+                                          data_split)
+        where = f"dataset {spec.dataset!r}"
     if dataset.fingerprint() != data_split.dataset_fingerprint:
-        raise MMKGRecError(f"{directory}: the dataset (or its split-scoped content) differs from "
-                           "the one this run was trained with (data files changed?)")
+        raise MMKGRecError(
+            f"{directory}: {where} is not the dataset this run was trained on (fingerprint "
+            f"{dataset.fingerprint()[:12]}..., the run's {data_split.dataset_fingerprint[:12]}...):"
+            f" its files changed since training; restore them or retrain")
     cls = model_class(spec.model)
     model = cls(dataset, data_split, cls.Config(**model_options), seed=spec.seed)
     _, meta = load_checkpoint(directory / "best", model, dataset=dataset, split=data_split)
     model.eval()
     return Run(spec, dataset, data_split, model, meta.get("metrics"), directory)
+
+
+def _snapshot_matches(directory: Path, fingerprint: str) -> bool:
+    """Whether ``directory`` already holds a native snapshot with this fingerprint (resume)."""
+    try:
+        return json.loads((directory / NATIVE_MANIFEST).read_text())["fingerprint"] == fingerprint
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def _load_reference(directory: Path, spec: RunSpec, reference: dict) -> MMKG:
+    """The dataset a snapshot-less run names: by the spec, else by the absolute paths recorded
+    at training time (a relative ``--dataset`` from another working directory)."""
+    try:
+        return load_dataset(spec)
+    except MMKGRecError as error:
+        first = error
+    if reference.get("dataset_path") or reference.get("source_path"):
+        moved = spec.model_copy(update={
+            "dataset": reference.get("dataset_path") or spec.dataset,
+            "source": reference.get("source_path") or spec.source})
+        try:
+            return load_dataset(moved)
+        except MMKGRecError:
+            pass
+    raise MMKGRecError(f"{directory}: this run holds no dataset snapshot and its dataset "
+                       f"{spec.dataset!r} cannot be loaded ({first}); restore the data folder, or "
+                       f"retrain (new runs store a snapshot)") from None
 
 
 # ---- recommendations: the one path the CLI and the service share ------------------------------
@@ -305,6 +373,26 @@ def rank_items(scorer: Scorer, seen: tuple[np.ndarray, np.ndarray], *, user: int
 DISPLAY_COLUMNS = ("name", "title", "artist", "album", "genre", "tags")
 
 
+def display_names(dataset: MMKG) -> np.ndarray | None:
+    """[I] an item's display name: its ``name`` attribute, else "artist – title", else the
+    title or the artist alone; None without such attributes (empty cells give "")."""
+    attrs = dataset.item_attrs
+    if attrs is None:
+        return None
+    def column(name: str) -> np.ndarray | None:
+        if name not in attrs.columns:
+            return None
+        return attrs[name].fillna("").astype(str).str.strip().to_numpy()
+    name, title, artist = column("name"), column("title"), column("artist")
+    if name is not None:
+        return name
+    if title is not None and artist is not None:
+        both = (artist != "") & (title != "")
+        return np.where(both, np.char.add(np.char.add(artist.astype(str), " – "), title.astype(str)),
+                        np.where(title != "", title, artist)).astype(object)
+    return title if title is not None else artist
+
+
 @torch.no_grad()
 def recommend(run: Run, *, user: str | None = None, liked: list[str] | None = None,
               k: int = 10, exclude_seen: bool = True) -> pd.DataFrame:
@@ -338,8 +426,11 @@ def recommend(run: Run, *, user: str | None = None, liked: list[str] | None = No
                                k=k, exclude_seen=exclude_seen or who is None)
     frame = pd.DataFrame({"rank": np.arange(1, len(items) + 1), "item_id": ds.items[items],
                           "score": 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))})
+    names = display_names(ds)
+    if names is not None:
+        frame["name"] = names[items]
     if ds.item_attrs is not None:
-        for column in DISPLAY_COLUMNS:
+        for column in DISPLAY_COLUMNS[1:]:
             if column in ds.item_attrs.columns:
-                frame[column] = ds.item_attrs[column].astype(str).to_numpy()[items]
+                frame[column] = ds.item_attrs[column].fillna("").astype(str).to_numpy()[items]
     return frame
