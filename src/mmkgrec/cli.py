@@ -7,7 +7,6 @@ Failures the user can fix exit with code 2 and a one-paragraph message, never a 
 
 from __future__ import annotations
 
-import os
 import sys
 from enum import Enum
 from pathlib import Path
@@ -18,8 +17,9 @@ from rich.console import Console
 from rich.table import Table
 
 from mmkgrec import __version__
-from mmkgrec.errors import MMKGRecError
-from mmkgrec.features.cli import app as features_app, attach_command
+from mmkgrec.errors import MMKGRecError, run_command
+from mmkgrec.features.cli import app as features_app
+from mmkgrec.features.cli import attach_command
 from mmkgrec.serve.cli import export_feedback, serve
 
 app = typer.Typer(
@@ -196,8 +196,9 @@ def data_build_mmkg(
     """
     from mmkgrec.data import load
     from mmkgrec.data.formats.native import write_native
+    from mmkgrec.data.split import apply_presplit
+    from mmkgrec.data.split import split as make_split
     from mmkgrec.features.content import has_user_content, scope_content
-    from mmkgrec.data.split import apply_presplit, split as make_split
     from mmkgrec.graph.mmkg_build import build_mmkg
 
     dataset = load(name, source=source, seed=seed, threshold=threshold)
@@ -358,7 +359,8 @@ def recommend(
     k: int = typer.Option(10, "--k", min=1, help="How many items."),
 ) -> None:
     """Recommend items to a known user or to a new listener given liked items."""
-    from mmkgrec.train.run import load_run, recommend as recommend_items
+    from mmkgrec.train.run import load_run
+    from mmkgrec.train.run import recommend as recommend_items
 
     run = load_run(run_dir)
     frame = recommend_items(run, user=user, liked=liked.split(",") if liked else None, k=k)
@@ -450,8 +452,9 @@ def tune(
     source: Optional[Path] = SOURCE_OPTION,
 ) -> None:
     """Search a model's hyper-parameters (Optuna TPE) on the validation metric, never test."""
+    from mmkgrec.experiments.tune import TuneSpec
+    from mmkgrec.experiments.tune import tune as run_tune
     from mmkgrec.models import model_class
-    from mmkgrec.experiments.tune import TuneSpec, tune as run_tune
 
     model_class(model)
     spec = TuneSpec(model=model, dataset=dataset, protocol=protocol.value, trials=trials,
@@ -501,18 +504,4 @@ def main(argv: list[str] | None = None) -> None:
     """
     global _ARGV
     _ARGV = list(sys.argv[1:] if argv is None else argv)
-    try:
-        app(args=argv, prog_name="mmkgrec")
-    except (MMKGRecError, OSError, ValueError) as error:
-        if os.environ.get("MMKGREC_DEBUG"):
-            raise
-        Console(stderr=True).print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
-        sys.exit(2)
-    except Exception as error:  # a bug: still one paragraph, and a way to get the traceback
-        if os.environ.get("MMKGREC_DEBUG"):
-            raise
-        Console(stderr=True).print(
-            f"[bold red]internal error:[/] {type(error).__name__}: {error}. This is a bug in "
-            f"mmkgrec; rerun with MMKGREC_DEBUG=1 for the traceback and report it.",
-            highlight=False, soft_wrap=True)
-        sys.exit(2)
+    run_command(lambda: app(args=argv, prog_name="mmkgrec"))

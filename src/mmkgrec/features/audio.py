@@ -15,6 +15,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import Field
 
+from mmkgrec.data.transforms import zscore_stats
 from mmkgrec.errors import ConfigError, ExtractionError
 from mmkgrec.features.base import Extractor, Options, missing_modules
 from mmkgrec.features.catalogue import CatalogueItem
@@ -259,8 +260,8 @@ class BagOfFrames(AudioExtractor):
         if len(frames) < k:
             raise ConfigError(f"{self.name}: a codebook of {k} words needs at least {k} train "
                               f"frames, the train items gave {len(frames)}")
-        mean = frames.mean(axis=0) if self.options.standardize else np.zeros(frames.shape[1])
-        std = frames.std(axis=0) + 1e-8 if self.options.standardize else np.ones(frames.shape[1])
+        mean, std = (zscore_stats(frames, 1e-8) if self.options.standardize
+                     else (np.zeros(frames.shape[1]), np.ones(frames.shape[1])))  # [d] each
         kmeans = MiniBatchKMeans(n_clusters=k, random_state=self.options.seed, n_init=3,
                                  batch_size=min(4096, len(frames)))
         kmeans.fit((frames - mean) / std)

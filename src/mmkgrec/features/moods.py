@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mmkgrec.data.transforms import zscore_stats
 from mmkgrec.errors import MMKGRecError
 
 
@@ -58,8 +59,8 @@ def write_mood_catalogue(tracks: list[Track], path: str | Path) -> Path:
 
 
 def _standardise(x: np.ndarray, fit: np.ndarray) -> np.ndarray:
-    mean, std = x[fit].mean(axis=0), x[fit].std(axis=0)
-    return (x - mean) / np.where(std > 1e-12, std, 1.0)
+    mean, std = zscore_stats(x[fit], 1e-12, "unit")  # [d] each
+    return (x - mean) / std
 
 
 def neighbour_orders(features: np.ndarray | Callable[[int], np.ndarray], n: int,

@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from mmkgrec.data.dataset import MMKG
+from mmkgrec.data.transforms import zscore_stats
 from mmkgrec.errors import ConfigError
 
 Mode = Literal["attribute", "entity"]
@@ -117,7 +118,7 @@ def _cluster_links(name: str, matrix: np.ndarray, mask: np.ndarray, clusters: in
     if not fit.any():
         return pd.DataFrame(columns=["item", "relation", "entity"])
     fit_rows = matrix[fit].astype(np.float64)  # [n_fit, d]
-    mean, std = fit_rows.mean(0), np.maximum(fit_rows.std(0), 1e-8)
+    mean, std = zscore_stats(fit_rows, 1e-8, "floor")  # [d] each
     k = min(clusters, len(np.unique(fit_rows, axis=0)))
     if k < 2:
         return pd.DataFrame(columns=["item", "relation", "entity"])
