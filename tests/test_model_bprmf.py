@@ -1,15 +1,14 @@
-"""BPR-MF: shapes, gradients, L2, seeding, pair scores = full ranking, beats popularity."""
+"""BPR-MF: scores are dot products, gradients touch only the batch rows, L2, seeding, the
+RecBole-like defaults, beats popularity. The shared contract: tests/test_model_contract.py."""
 
 from __future__ import annotations
 
-import pytest
 import torch
-from pydantic import ValidationError
 
 from mmkgrec.models import default_config
 from mmkgrec.models.bprmf import BPRMF, BPRMFConfig
 from mmkgrec.models.pop import Pop
-from mmkgrec.train.trainer import Trainer, TrainConfig
+from mmkgrec.train.trainer import TrainConfig, Trainer
 
 
 def test_shapes_and_scores_are_dot_products(tiny_topk):
@@ -21,17 +20,6 @@ def test_shapes_and_scores_are_dot_products(tiny_topk):
     expected = (model.user_emb.weight[users] * model.item_emb.weight[items]).sum(-1)
     torch.testing.assert_close(logits, expected)
     assert model.score_users(users).shape == (3, ds.n_items)
-
-
-def test_pair_scores_equal_full_ranking_scores(tiny_topk):
-    ds, sp = tiny_topk
-    model = BPRMF(ds, sp, BPRMFConfig(dim=16)).eval()
-    users = torch.arange(ds.n_users)
-    with torch.no_grad():
-        full = model.score_users(users)  # [U, I]
-        pairs = model(users.repeat_interleave(ds.n_items),
-                      torch.arange(ds.n_items).repeat(ds.n_users))
-    torch.testing.assert_close(pairs.reshape(ds.n_users, ds.n_items), full, rtol=1e-5, atol=1e-6)
 
 
 def test_gradients_reach_only_the_batch_rows(tiny_topk):
@@ -67,14 +55,12 @@ def test_initialisation_follows_the_seed_not_the_global_rng(tiny_topk):
     assert a.item_emb.weight.abs().max() <= bound
 
 
-def test_default_config_file_is_valid():
+def test_default_config_pins_recbole_settings():
     raw = default_config("bprmf")
     assert BPRMFConfig(**raw["model"]).dim == 64
     train = TrainConfig.parse(**raw["train"])
     assert (train.loss, train.negatives, train.batch_size, train.lr) == (
         "bpr", "uniform", 2048, 1e-3)
-    with pytest.raises(ValidationError):
-        BPRMFConfig(dimension=8)  # unknown keys are errors
 
 
 def test_short_training_beats_popularity(small_topk):

@@ -1,6 +1,7 @@
 """LATTICE: kNN item-item graphs (k neighbours per item with the modality, none for masked items,
 the true cosine top-k), the normalisation, the learned graph's per-epoch rebuild, LightGCN
-without modalities, pair scores = full ranking, gradients, checkpoints, it beats pop."""
+without modalities, it beats pop. The shared contract (pair scores = full ranking, gradients,
+checkpoints, defaults): tests/test_model_contract.py."""
 
 from __future__ import annotations
 
@@ -11,12 +12,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmkgrec.models import default_config
 from mmkgrec.models.lattice import LATTICE, knn_neighbors, normalized_values
 from mmkgrec.models.lightgcn import LightGCN, LightGCNConfig
 from mmkgrec.models.pop import Pop
-from mmkgrec.train.checkpoint import load_checkpoint
-from mmkgrec.train.trainer import TrainConfig, Trainer
+from mmkgrec.train.trainer import Trainer
 from tests.conftest import assert_pair_scores_match_ranking
 
 
@@ -62,7 +61,7 @@ def test_knn_neighbours_are_the_cosine_top_k_and_blocks_do_not_matter(monkeypatc
     for item in present.nonzero().squeeze(1).tolist():
         expected = set(sim[item].topk(4).indices.tolist())
         assert set(cols[rows == item].tolist()) == expected
-    import mmkgrec.models.lattice as lattice
+    from mmkgrec.models import lattice
 
     monkeypatch.setattr(lattice, "SIMILARITY_CELLS", 7 * 40)  # blocks of 7 rows
     small_rows, small_cols = knn_neighbors(x, present, 4)
@@ -120,13 +119,12 @@ def test_item_graph_mixes_initial_and_learned_with_lambda_and_modality_weights(t
     assert (got.sum(1)[~torch.as_tensor(with_any)] == 0).all()
 
 
-def test_pair_scores_equal_full_ranking_scores(tiny_topk):
+def test_pair_scores_equal_full_ranking_scores_with_two_item_layers(tiny_topk):
     ds, sp = tiny_topk
-    assert_pair_scores_match_ranking(build(ds, sp, dim=16, knn_k=4))
     assert_pair_scores_match_ranking(build(ds, sp, dim=16, knn_k=4, item_layers=2, n_layers=1))
 
 
-def test_gradients_reach_every_parameter_and_the_graph_is_rebuilt_per_epoch(tiny_topk):
+def test_learned_graph_carries_gradient_on_each_epochs_first_step(tiny_topk):
     ds, sp = tiny_topk
     model = build(ds, sp, knn_k=4)
     model.train()
@@ -134,8 +132,6 @@ def test_gradients_reach_every_parameter_and_the_graph_is_rebuilt_per_epoch(tiny
     logits = model(users, items)  # the epoch's first step: the learned graph carries gradient
     assert logits.shape == (4,)
     (logits.sum() + model.regularization(users, items)).backward()
-    for key, param in model.named_parameters():
-        assert param.grad is not None and torch.isfinite(param.grad).all(), key
     assert all(p.weight.grad.abs().sum() > 0 for p in model.projections)
     assert model.modal_weight.grad.abs().sum() > 0
     model.zero_grad()
@@ -155,7 +151,6 @@ def test_without_modalities_lattice_is_lightgcn(tiny_topk):
     with torch.no_grad():
         torch.testing.assert_close(model.score_users(torch.arange(6)),
                                    reference.score_users(torch.arange(6)))
-    assert_pair_scores_match_ranking(model)
 
 
 def test_masked_rows_change_nothing(tiny_topk):
@@ -169,18 +164,11 @@ def test_masked_rows_change_nothing(tiny_topk):
                                    build(ds, sp).eval().score_users(torch.arange(6)))
 
 
-def test_checkpoint_round_trip(tiny_topk, tmp_path):
+def test_initial_graphs_travel_with_the_weights(tiny_topk):
     ds, sp = tiny_topk
     model = build(ds, sp, dim=8, feat_dim=8, knn_k=4)
-    Trainer(model, sp, {"epochs": 2, "loss": "bpr", "lr": 1e-2, "ks": [20], "device": "cpu"},
-            out_dir=tmp_path).fit()
-    restored = build(ds, sp, seed=5, dim=8, feat_dim=8, knn_k=4)
-    load_checkpoint(tmp_path / "best", restored, dataset=ds, split=sp)
-    assert "initial_index_0" in model.state_dict()  # the frozen graph travels with the weights
-    model.eval(), restored.eval()
-    with torch.no_grad():
-        torch.testing.assert_close(restored.score_users(torch.arange(10)),
-                                   model.score_users(torch.arange(10)), rtol=0, atol=0)
+    frozen = {f"initial_{part}_{m}" for part in ("index", "value") for m in range(4)}
+    assert frozen <= set(model.state_dict())
 
 
 def test_short_training_beats_popularity(small_topk):
@@ -191,9 +179,3 @@ def test_short_training_beats_popularity(small_topk):
                                  "l2": 1e-4, "ks": [20]}).fit()["test"]
     assert result["ndcg@20"] > 1.3 * pop["ndcg@20"]
     assert result["recall@20"] > pop["recall@20"]
-
-
-def test_default_config_file_is_valid():
-    raw = default_config("lattice")
-    assert LATTICE.Config(**raw["model"]) == LATTICE.Config()
-    TrainConfig(**raw["train"])

@@ -1,5 +1,6 @@
-"""MMKG-CF: the collaborative KG graph, kNN content graphs, the closed gate, pair scores = full
-ranking, gradients, checkpoints, new listeners, beats popularity."""
+"""MMKG-CF: the collaborative KG graph, kNN content graphs, the closed gate, gradients through
+open gates, new listeners, the defaults, beats popularity. The shared contract (pair scores =
+full ranking, gradients, checkpoints, defaults): tests/test_model_contract.py."""
 
 from __future__ import annotations
 
@@ -8,11 +9,9 @@ import dataclasses
 import numpy as np
 import torch
 
-from conftest import assert_pair_scores_match_ranking
 from mmkgrec.models import default_config
 from mmkgrec.models.mmkgcf import MMKGCF, MMKGCFConfig, knn_edges
 from mmkgrec.models.pop import Pop
-from mmkgrec.train.checkpoint import load_checkpoint
 from mmkgrec.train.trainer import TrainConfig, Trainer
 
 
@@ -75,19 +74,14 @@ def test_closed_gate_means_content_changes_no_score(tiny_topk):
                                   opened.score_users(torch.arange(6)))
 
 
-def test_pair_scores_equal_full_ranking_and_gradients_reach_every_part(tiny_topk):
+def test_gradients_reach_kg_entities_every_gate_and_projections_behind_open_gates(tiny_topk):
     ds, sp = tiny_topk
     model = MMKGCF(ds, sp, MMKGCFConfig(dim=8, gate_init=0.1), seed=0)
     users, items = torch.tensor([0, 1, 2]), torch.tensor([3, 4, 5])
-    logits = model(users, items)
-    assert logits.shape == (3,)
-    (logits.sum() + model.regularization(users, items)).backward()
-    assert model.user_emb.weight.grad.abs().sum() > 0
+    model(users, items).sum().backward()
     assert model.entity_emb.weight.grad[ds.n_items:].abs().sum() > 0  # KG entities learn
     assert model.gates.grad.abs().min() > 0
     assert all(p.weight.grad.abs().sum() > 0 for p in model.projections)
-    model.zero_grad()
-    assert_pair_scores_match_ranking(model)
 
 
 def test_new_listener_is_the_mean_of_liked_items(tiny_topk):
@@ -99,20 +93,10 @@ def test_new_listener_is_the_mean_of_liked_items(tiny_topk):
         torch.testing.assert_close(scores[0], (items[1] + items[2]) / 2 @ items.T)
 
 
-def test_checkpoint_round_trip_and_default_config(tiny_topk, tmp_path):
-    ds, sp = tiny_topk
+def test_default_config_starts_with_closed_gates_and_bpr():
     raw = default_config("mmkgcf")
     assert MMKGCFConfig(**raw["model"]).gate_init == 0.0
     assert TrainConfig.parse(**raw["train"]).loss == "bpr"
-    model = MMKGCF(ds, sp, MMKGCFConfig(dim=8), seed=0)
-    Trainer(model, sp, {"epochs": 2, "loss": "bpr", "lr": 1e-2, "ks": [20], "device": "cpu"},
-            out_dir=tmp_path).fit()
-    restored = MMKGCF(ds, sp, MMKGCFConfig(dim=8), seed=5)
-    load_checkpoint(tmp_path / "best", restored, dataset=ds, split=sp)
-    model.eval(), restored.eval()
-    with torch.no_grad():
-        torch.testing.assert_close(restored.score_users(torch.arange(10)),
-                                   model.score_users(torch.arange(10)))
 
 
 def test_short_training_beats_popularity(small_topk):
