@@ -29,3 +29,19 @@ def user_item_csr(users, items, n_users: int, n_items: int) -> tuple[np.ndarray,
     indptr = np.zeros(n_users + 1, dtype=np.int64)
     np.cumsum(np.bincount(keys // n_items, minlength=n_users), out=indptr[1:])
     return indptr, keys % n_items
+
+
+def segments(values: np.ndarray, starts: np.ndarray, lengths: np.ndarray
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """Segments ``values[starts[b]:starts[b] + lengths[b]]`` laid out for a dense block
+    ``[b, ...]``: ``(block_row [m], value [m])``, e.g. the cells to mask. One gather, no loop."""
+    block_row = np.repeat(np.arange(len(starts), dtype=np.int64), lengths)  # [m]
+    offset = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)  # [m]
+    return block_row, values[np.arange(len(block_row), dtype=np.int64) + offset]
+
+
+def csr_rows(indptr: np.ndarray, values: np.ndarray, rows: np.ndarray
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """CSR rows ``rows`` [b] (any order, repeats allowed) as ``(block_row [m], value [m])``."""
+    starts = indptr[rows]  # [b]
+    return segments(values, starts, indptr[rows + 1] - starts)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from mmkgrec.data.csr import segments
+
 
 def in_sorted(keys: np.ndarray, sorted_keys: np.ndarray) -> np.ndarray:
     """[len(keys)] bool: whether each key is in the sorted array ``sorted_keys``."""
@@ -36,12 +38,11 @@ def excluded_cells(sorted_keys: np.ndarray, rows: np.ndarray, n_items: int
                    ) -> tuple[np.ndarray, np.ndarray]:
     """The cells of a dense ``[len(rows), n_items]`` block that hold a key of ``sorted_keys``
     (``user * n_items + item``, sorted): ``(block_row [m], item [m])``, for any ``rows`` (users,
-    in any order, repeats allowed). One CSR gather, no per-row loop."""
-    lo = np.searchsorted(sorted_keys, rows * n_items)  # [b] CSR starts
-    hi = np.searchsorted(sorted_keys, (rows + 1) * n_items)  # [b] CSR ends
-    row = np.repeat(np.arange(rows.size), hi - lo)  # [m]
-    at = np.arange(row.size) + np.repeat(lo - (np.cumsum(hi - lo) - (hi - lo)), hi - lo)  # [m]
-    return row, sorted_keys[at] % n_items
+    in any order, repeats allowed)."""
+    lo = np.searchsorted(sorted_keys, rows * n_items)  # [b] first key of each row's user
+    hi = np.searchsorted(sorted_keys, (rows + 1) * n_items)  # [b] one past its last
+    block_row, keys = segments(sorted_keys, lo, hi - lo)  # [m] each
+    return block_row, keys % n_items
 
 
 def sample_unseen(seen: np.ndarray, need: np.ndarray, n_items: int, rng: np.random.Generator,
