@@ -111,3 +111,16 @@ def test_stats_names_the_atomic_files_it_ignores(tmp_path, capsys):
     (tmp_path / "rb" / "rb.user").write_text("user_id:token\tage:float\nu0\t31\n")
     code, out, _ = run_cli(capsys, "data", "stats", str(tmp_path / "rb"))
     assert code == 0 and "ignored atomic files: rb.user" in out.replace("\n", " ")
+
+
+def test_help_does_not_import_torch():
+    """`mmkgrec --help` (and a command's help) renders without importing torch."""
+    code = ("import sys\n"
+            "from typer.testing import CliRunner\n"
+            "from mmkgrec.cli import app\n"
+            "for args in (['--help'], ['train', '--help'], ['data', '--help']):\n"
+            "    result = CliRunner().invoke(app, args)\n"
+            "    assert result.exit_code == 0 and 'Usage' in result.output, result.output\n"
+            "assert 'torch' not in sys.modules, 'the CLI help imported torch'\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr

@@ -280,18 +280,20 @@ def data_split(
     console.print(f"saved to {out}")
 
 
-def _model_names() -> type[Enum]:
+def _check_model(name: str) -> str:
+    """A registered model name; the registry (and torch) is imported only when a command runs,
+    so ``mmkgrec --help`` stays fast."""
     from mmkgrec.models import MODELS
 
-    return Enum("ModelName", {name: name for name in MODELS}, type=str)
-
-
-ModelName = _model_names()  # the registry's models, as CLI choices
+    if name not in MODELS:
+        raise typer.BadParameter(f"{name!r} is not one of {', '.join(map(repr, MODELS))}")
+    return name
 
 
 @app.command()
 def train(
-    model: ModelName = typer.Option("mkgcn", "--model", help="Model to train."),
+    model: str = typer.Option("mkgcn", "--model", callback=_check_model,
+                              help="Model to train (a registered name: mkgcn, kgcn, lightgcn, ...)."),
     dataset: str = typer.Option("synthetic", "--dataset", help="Dataset name or directory."),
     protocol: Protocol = typer.Option(Protocol.ctr, "--protocol", help="ctr, topk or cold."),
     presplit: Optional[Path] = typer.Option(None, "--presplit", help="Folder with "
@@ -319,8 +321,8 @@ def train(
         raise typer.Exit(launch(nproc, _ARGV))
 
     file_model, file_train = read_config_file(config) if config else ({}, {})
-    set_model, set_train = parse_overrides(overrides, model.value)
-    spec = RunSpec(model=model.value, dataset=dataset, protocol=protocol.value, seed=seed,
+    set_model, set_train = parse_overrides(overrides, model)
+    spec = RunSpec(model=model, dataset=dataset, protocol=protocol.value, seed=seed,
                    source=str(source) if source else None,
                    presplit=str(presplit) if presplit else None,
                    content_scope=content_scope.value, candidates=candidates,
@@ -329,7 +331,7 @@ def train(
                    train_options={**file_train, **set_train})
     run = run_experiment(spec, out, resume=resume)
     if is_main_process():  # under torchrun only rank 0 reports
-        _print_metrics(f"{model.value} on {run.dataset.name} ({run.split.protocol})", run.metrics)
+        _print_metrics(f"{model} on {run.dataset.name} ({run.split.protocol})", run.metrics)
         console.print(f"run directory: {out}")
 
 
