@@ -75,3 +75,33 @@ def test_fetch_from_a_zip_archive(tmp_path, real_root):
 def test_fetch_unknown_name():
     with pytest.raises(DatasetNotFoundError, match="nothing to fetch"):
         fetch("synthetic")
+
+
+def test_content_datasets_are_registered_by_the_features_layer():
+    """data/ imports nothing above it: lastfm-kgcn-content comes from features/ through the
+    "mmkgrec.datasets" entry point, loaded when the name is first asked for."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "from mmkgrec.data import registry\n"
+            "assert 'lastfm-kgcn-content' not in registry.DATASETS\n"
+            "assert 'mmkgrec.features.lastfm' not in sys.modules\n"
+            "assert registry.datasets()['lastfm-kgcn-content'].needs == "
+            "('lastfm-kgcn', 'hetrec-lastfm-2k')\n"
+            "assert 'lastfm-kgcn-content' in registry.available_names()\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+
+
+def test_a_dataset_whose_layer_cannot_be_imported_is_a_clear_error(monkeypatch):
+    from importlib import metadata
+
+    broken = metadata.EntryPoint("broken-content", "mmkgrec.no_such_layer:DATASET",
+                                 registry.PLUGIN_GROUP)
+    monkeypatch.setattr(metadata, "entry_points",
+                        lambda group=None: [broken] if group == registry.PLUGIN_GROUP else [])
+    monkeypatch.setattr(registry, "_plugin_errors", {})
+    with pytest.raises(DatasetNotFoundError, match="cannot be imported here.*no_such_layer"):
+        load("broken-content")
+    assert "broken-content" not in registry.DATASETS
