@@ -15,10 +15,10 @@ from __future__ import annotations
 import argparse
 import json
 import time
-import tomllib
 from importlib import resources
 from pathlib import Path
 
+import tomllib
 import torch
 
 from mmkgrec.data import apply_presplit, load

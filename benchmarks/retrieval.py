@@ -170,7 +170,8 @@ def synthetic(args, log) -> dict:
     start = time.perf_counter()
     run = run_experiment(spec, None, data=(ds, small), progress=False)
     train_s = time.perf_counter() - start
-    log(f"trained MKGCN ({args.epochs} epochs) in {train_s:.0f} s: {run.metrics['train_seconds_per_epoch']:.1f} s/epoch")
+    per_epoch = run.metrics["train_seconds_per_epoch"]
+    log(f"trained MKGCN ({args.epochs} epochs) in {train_s:.0f} s: {per_epoch:.1f} s/epoch")
     start = time.perf_counter()
     service = _service(run)
     service_s = time.perf_counter() - start
@@ -218,13 +219,15 @@ def write(results: dict) -> None:
                       + (f"; its test recall@20 {r['test_metrics']['recall@20']:.4f}"
                          if r.get("test_metrics") else "") + ".", ""]
         d = r.get("diagnostics")
-        lines += [] if d is None else [(f"Over {d['users']} users, the exact logits correlate at {d['corr_exact_vs_index_proxy']} "
+        lines += [] if d is None else [(f"Over {d['users']} users, the exact logits correlate at "
+                   f"{d['corr_exact_vs_index_proxy']} "
                    f"with the index's proxy <u, v_i(mean user)> (at {d['corr_exact_vs_base_vectors']} "
                    f"with <u, fused base vector>): the user's relation attention is nearly uniform "
                    f"(max / min weight {d['relation_attention_max_over_min']} over "
                    f"{d['relations']} relations), so the user-independent vectors rank almost "
                    f"exactly as the model does."), ""]
-        lines += ["| ranking | index vectors | candidates | index build s | Recall@20 vs exact (min) | p50 ms | p99 ms |",
+        lines += ["| ranking | index vectors | candidates | index build s | "
+                  "Recall@20 vs exact (min) | p50 ms | p99 ms |",
                   "|---|---|---|---|---|---|---|",
                   (f"| exact (all {r['items']:,} items) | – | – | – | 1 | {r['exact']['p50_ms']} | "
                    f"{r['exact']['p99_ms']} |")]
@@ -234,7 +237,8 @@ def write(results: dict) -> None:
                                     if index["kind"] == "ivf" else
                                     f" (M {index['M']}, efSearch {index['efSearch']})"
                                     if index["kind"] == "hnsw" else "")
-            lines.append(f"| two-stage, {name} | {row.get('vectors', 'aggregated')} | {row['candidates']} | {row['build_s']} | "
+            lines.append(f"| two-stage, {name} | {row.get('vectors', 'aggregated')} | "
+                         f"{row['candidates']} | {row['build_s']} | "
                          f"{row['recall@20_vs_exact']:.4f} ({row['recall@20_min']:.2f}) | "
                          f"{row['p50_ms']} | {row['p99_ms']} |")
         lines.append("")
@@ -255,7 +259,10 @@ def main() -> None:
 
     faiss.omp_set_num_threads(1)
     start = time.perf_counter()
-    log = lambda text: print(f"[{time.perf_counter() - start:7.1f}s] {text}", flush=True)
+
+    def log(text: str) -> None:
+        print(f"[{time.perf_counter() - start:7.1f}s] {text}", flush=True)
+
     load_before = [round(x, 2) for x in os.getloadavg()]
     result = (lastfm if args.part == "lastfm" else synthetic)(args, log)
     result["load_average"] = {"before": load_before, "after": [round(x, 2) for x in os.getloadavg()]}

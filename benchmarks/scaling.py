@@ -28,6 +28,7 @@ log-log (``np.polyfit``) against the number of interactions.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -160,10 +161,8 @@ def measure_one(data: Path, model_name: str, variant: str, device: str, threads:
         if len(stamps) > warmup + batches:
             raise _Stop
 
-    try:
+    with contextlib.suppress(_Stop):
         Trainer(model, sp, train, progress=False).fit(on_batch=on_batch, evaluate_test=False)
-    except _Stop:
-        pass
     steps = np.diff(stamps[warmup:])  # [<= batches]
     record["step_s"] = float(steps.mean())
     record["n_rows"] = n_rows
@@ -240,10 +239,8 @@ def _profile(model, sp, train, steps: int, warmup: int = 2) -> list[dict]:
             prof.stop()
             raise _Stop
 
-    try:
+    with contextlib.suppress(_Stop):
         Trainer(model, sp, train, progress=False).fit(on_batch=on_batch, evaluate_test=False)
-    except _Stop:
-        pass
     events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
     total = sum(e.self_cpu_time_total for e in events) or 1.0
     return [{"op": e.key, "self_ms_per_step": e.self_cpu_time_total / 1000 / steps,

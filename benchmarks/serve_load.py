@@ -224,7 +224,10 @@ def main() -> None:
     parser.add_argument("--index", default="none", help="server --index (none: exact ranking)")
     args = parser.parse_args()
     start = time.perf_counter()
-    log = lambda text: print(f"[{time.perf_counter() - start:7.1f}s] {text}", flush=True)
+
+    def log(text: str) -> None:
+        print(f"[{time.perf_counter() - start:7.1f}s] {text}", flush=True)
+
     run_dir = Path(args.run) if args.run else default_run(log)
     workdir = Path(tempfile.mkdtemp(prefix="serve-load-"))
     db = workdir / "feedback.sqlite"

@@ -19,8 +19,8 @@ from mmkgrec.errors import ConfigError
 from mmkgrec.experiments.benchmark import BenchmarkSpec, run_benchmark
 from mmkgrec.experiments.breakdown import breakdown_groups
 from mmkgrec.experiments.recbole import markdown_tables
-from mmkgrec.experiments.spec import overrides_for as _overrides_for
 from mmkgrec.experiments.significance import holm
+from mmkgrec.experiments.spec import overrides_for as _overrides_for
 
 SMOKE = ["benchmark", "--datasets", "synthetic-tiny", "--models", "pop,bprmf,mkgcn", "--seeds",
          "2", "--set", "train.epochs=2"]

@@ -11,7 +11,6 @@ import pytest
 from conftest import requires_data, run_cli
 
 
-
 def test_help_lists_the_commands(capsys):
     code, out, _ = run_cli(capsys, "--help")
     assert code == 0 and "data" in out

@@ -8,8 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from mmkgrec.errors import DataFormatError
-from mmkgrec.errors import ExtractionError
+from mmkgrec.errors import DataFormatError, ExtractionError
 from mmkgrec.features.catalogue import read_catalogue
 
 

@@ -122,8 +122,10 @@ def test_second_run_computes_nothing_and_changes_recompute_only_those(catalogue,
 
 
 def test_codebook_is_fitted_on_train_items_only(catalogue, tmp_path):
-    run = lambda out, train: extract(catalogue, tmp_path / out, ["mfcc_bof"],
-                                     options=OPTIONS, train_items=train, progress=False)
+    def run(out, train):
+        return extract(catalogue, tmp_path / out, ["mfcc_bof"], options=OPTIONS,
+                       train_items=train, progress=False)
+
     ab = run("ab", ["a", "b"]).extractors["mfcc_bof"].fit
     ab_again = run("ab2", ["b", "a", "not-in-catalogue"]).extractors["mfcc_bof"].fit
     abc = run("abc", ["a", "b", "c"]).extractors["mfcc_bof"].fit

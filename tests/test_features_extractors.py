@@ -7,8 +7,7 @@ import pytest
 import soundfile as sf
 from PIL import Image
 
-from mmkgrec.errors import ConfigError, MMKGRecError
-from mmkgrec.errors import ExtractionError
+from mmkgrec.errors import ConfigError, ExtractionError, MMKGRecError
 from mmkgrec.features.base import dump_state, load_state
 from mmkgrec.features.catalogue import CatalogueItem
 from mmkgrec.features.registry import EXTRACTORS, make_extractor

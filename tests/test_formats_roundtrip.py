@@ -17,8 +17,12 @@ from hypothesis import strategies as st
 from mmkgrec.data.dataset import MMKG, build_mmkg
 from mmkgrec.data.formats import convert
 from mmkgrec.data.formats.native import read_native, write_native
-from mmkgrec.data.formats.recbole import (format_float_seq, parse_float_seq, read_recbole,
-                                          write_recbole)
+from mmkgrec.data.formats.recbole import (
+    format_float_seq,
+    parse_float_seq,
+    read_recbole,
+    write_recbole,
+)
 from mmkgrec.data.registry import read_directory
 from mmkgrec.data.textio import sha256_of
 from mmkgrec.errors import ConfigError, DataFormatError, MMKGRecError

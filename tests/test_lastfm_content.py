@@ -3,10 +3,10 @@
 import numpy as np
 import pandas as pd
 import pytest
+from tests.conftest import requires_data
 
 from mmkgrec.data.split import split
 from mmkgrec.features.lastfm import attach_lastfm_content, scoped_content, tag_assignments
-from tests.conftest import requires_data
 
 real_data = requires_data("lastfm-kgcn", "hetrec-lastfm-2k")
 

@@ -3,11 +3,11 @@
 import numpy as np
 import pandas as pd
 import pytest
+from tests.conftest import run_cli
 
 from mmkgrec.data.dataset import MMKG
 from mmkgrec.errors import ConfigError
 from mmkgrec.graph.mmkg_build import MOODS, build_mmkg
-from tests.conftest import run_cli
 
 
 def toy() -> MMKG:
@@ -80,6 +80,6 @@ def test_cli_writes_a_loadable_entity_mmkg(capsys, tmp_path):
     loaded = load(str(tmp_path / "ent"))
     assert {"has_mood", "audio_like", "image_like", "text_like"} <= set(loaded.relations)
     assert loaded.modalities == {}
-    code, out, err = run_cli(capsys, "data", "build-mmkg", "synthetic-tiny", "--mode", "entity",
+    code, out, _err = run_cli(capsys, "data", "build-mmkg", "synthetic-tiny", "--mode", "entity",
                              "--clusters", "1", "--out", str(tmp_path / "x"))
     assert code == 2

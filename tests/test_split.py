@@ -10,13 +10,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import requires_data
 from mmkgrec.data.dataset import build_mmkg
 from mmkgrec.data.split import (
-    Split, SplitConfig, apply_presplit, recbole_part_sizes, split,
+    Split,
+    SplitConfig,
+    apply_presplit,
+    recbole_part_sizes,
+    split,
 )
 from mmkgrec.errors import ConfigError, DataFormatError, MMKGRecError
-
-from conftest import requires_data
 
 SEEDS = (0, 1, 2)
 

@@ -10,7 +10,6 @@ import pytest
 import mmkgrec.train.trainer as trainer_module
 from mmkgrec.cli import main
 from mmkgrec.errors import ConfigError
-from mmkgrec.train.run import RunSpec, read_config_file, resolved_configs
 from mmkgrec.experiments.tune import (
     GENERIC_SPACE,
     TuneSpec,
@@ -20,6 +19,7 @@ from mmkgrec.experiments.tune import (
     to_toml,
     tune,
 )
+from mmkgrec.train.run import RunSpec, read_config_file, resolved_configs
 
 pytest.importorskip("optuna")
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -110,9 +109,9 @@ def data_list() -> None:
 @data_app.command("stats")
 def data_stats(
     name: str = typer.Argument(..., help="Dataset name (see `mmkgrec data list`) or directory."),
-    source: Optional[Path] = SOURCE_OPTION,
+    source: Path | None = SOURCE_OPTION,
     seed: int = SEED_OPTION,
-    threshold: Optional[float] = THRESHOLD_OPTION,
+    threshold: float | None = THRESHOLD_OPTION,
 ) -> None:
     """Print the counts of a dataset: users, items, entities, relations, triples, positives."""
     from mmkgrec.data import load
@@ -139,7 +138,7 @@ def data_convert(
     src: str = typer.Argument(..., help="Dataset name or directory (any supported format)."),
     dst: Path = typer.Argument(..., help="Output directory."),
     to: TargetFormat = typer.Option(..., "--to", help="Output format."),
-    source: Optional[Path] = SOURCE_OPTION,
+    source: Path | None = SOURCE_OPTION,
     seed: int = SEED_OPTION,
 ) -> None:
     """Convert a dataset to the native Parquet format or to RecBole atomic files."""
@@ -156,8 +155,8 @@ def data_convert(
 @data_app.command("fetch")
 def data_fetch(
     name: str = typer.Argument(..., help="lastfm-kgcn, music-d or hetrec-lastfm-2k."),
-    dest: Optional[Path] = typer.Option(None, "--dest", help="Target folder (default: the cache)."),
-    mirror: Optional[str] = typer.Option(None, "--mirror", help="Base URL replacing the original."),
+    dest: Path | None = typer.Option(None, "--dest", help="Target folder (default: the cache)."),
+    mirror: str | None = typer.Option(None, "--mirror", help="Base URL replacing the original."),
 ) -> None:
     """Download a public dataset's original files, verifying their pinned sha256."""
     from mmkgrec.data.registry import fetch
@@ -181,11 +180,11 @@ def data_build_mmkg(
     content_scope: ContentScope = CONTENT_SCOPE_OPTION,
     protocol: Protocol = typer.Option(Protocol.topk, "--protocol", help="The split the content "
                                       "is scoped to (with --seed), saved as OUT/split."),
-    presplit: Optional[Path] = typer.Option(None, "--presplit", help="Folder with "
+    presplit: Path | None = typer.Option(None, "--presplit", help="Folder with "
                                             "train/valid/test.tsv to scope the content to."),
-    source: Optional[Path] = SOURCE_OPTION,
+    source: Path | None = SOURCE_OPTION,
     seed: int = SEED_OPTION,
-    threshold: Optional[float] = THRESHOLD_OPTION,
+    threshold: float | None = THRESHOLD_OPTION,
 ) -> None:
     """Build the attribute-based or entity-based MMKG of a dataset and write it (native format).
 
@@ -254,10 +253,10 @@ def data_split(
     protocol: Protocol = typer.Option(Protocol.topk, "--protocol", help="ctr (6:2:2 with negatives), "
                                       "topk (per-user 8:1:1 of positives) or cold (8:1:1 of items: "
                                       "new songs are ranked for users)."),
-    presplit: Optional[Path] = typer.Option(None, "--presplit", help="Folder with train/valid/test.tsv "
+    presplit: Path | None = typer.Option(None, "--presplit", help="Folder with train/valid/test.tsv "
                                             "to apply instead of splitting."),
     temporal: bool = typer.Option(False, "--temporal", help="topk: latest positives go to test."),
-    source: Optional[Path] = SOURCE_OPTION,
+    source: Path | None = SOURCE_OPTION,
     seed: int = SEED_OPTION,
 ) -> None:
     """Split a dataset under a leak-free protocol and save the split."""
@@ -296,22 +295,22 @@ def train(
                               help="Model to train (a registered name: mkgcn, kgcn, lightgcn, ...)."),
     dataset: str = typer.Option("synthetic", "--dataset", help="Dataset name or directory."),
     protocol: Protocol = typer.Option(Protocol.ctr, "--protocol", help="ctr, topk or cold."),
-    presplit: Optional[Path] = typer.Option(None, "--presplit", help="Folder with "
+    presplit: Path | None = typer.Option(None, "--presplit", help="Folder with "
                                             "train/valid/test.tsv (topk) to use as the split."),
     seed: int = typer.Option(0, "--seed", help="Seed of the split, the model and training."),
     out: Path = typer.Option(Path("runs/latest"), "--out", help="Run directory to write."),
-    config: Optional[Path] = typer.Option(None, "--config", help="TOML file with [model] / "
+    config: Path | None = typer.Option(None, "--config", help="TOML file with [model] / "
                                           "[train] tables overriding the defaults."),
     overrides: list[str] = typer.Option([], "--set", help="KEY=VALUE override of a model or "
                                         "train option, e.g. --set dim=32 --set epochs=5."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out."),
     content_scope: ContentScope = CONTENT_SCOPE_OPTION,
-    candidates: Optional[str] = CANDIDATES_OPTION,
-    threshold: Optional[float] = THRESHOLD_OPTION,
+    candidates: str | None = CANDIDATES_OPTION,
+    threshold: float | None = THRESHOLD_OPTION,
     mmkg: MmkgMode = MMKG_OPTION,
     nproc: int = typer.Option(1, "--nproc", min=1, help="Processes on this machine: DDP via "
                               "torchrun (one per GPU on CUDA); several machines: docs/scaling.md."),
-    source: Optional[Path] = SOURCE_OPTION,
+    source: Path | None = SOURCE_OPTION,
 ) -> None:
     """Train a model, early-stop on validation, evaluate test once; write a run directory."""
     from mmkgrec.train.distributed import is_main_process, launch
@@ -355,8 +354,8 @@ def evaluate(
 @app.command()
 def recommend(
     run_dir: Path = typer.Argument(..., help="Run directory written by `mmkgrec train`."),
-    user: Optional[str] = typer.Option(None, "--user", help="Original user id."),
-    liked: Optional[str] = typer.Option(None, "--liked", help="Comma-separated item ids of a new "
+    user: str | None = typer.Option(None, "--user", help="Original user id."),
+    liked: str | None = typer.Option(None, "--liked", help="Comma-separated item ids of a new "
                                         "listener (mkgcn serves them without retraining)."),
     k: int = typer.Option(10, "--k", min=1, help="How many items."),
 ) -> None:
@@ -389,27 +388,28 @@ def benchmark(
     datasets: str = typer.Option(..., "--datasets", help="Comma-separated dataset names."),
     models: str = typer.Option("all", "--models", help="Comma-separated models, or 'all' "
                                "(every registered model)."),
-    protocol: Protocol = typer.Option(Protocol.topk, "--protocol", help="topk, ctr or cold (item cold start)."),
+    protocol: Protocol = typer.Option(Protocol.topk, "--protocol",
+                                      help="topk, ctr or cold (item cold start)."),
     seeds: int = typer.Option(3, "--seeds", min=1, help="Seeds 0..N-1; seed s = split s "
                               "(shared by all models) and model seed s."),
     out: Path = typer.Option(..., "--out", help="Benchmark folder; rerunning resumes it."),
-    presplit_root: Optional[Path] = typer.Option(None, "--presplit-root", help="Folder with "
+    presplit_root: Path | None = typer.Option(None, "--presplit-root", help="Folder with "
                                                  "<dataset>/{train,valid,test}.tsv (topk)."),
     recbole_reference: bool = typer.Option(False, "--recbole-reference", help="Add RecBole's "
                                            "rows from recbole-splits/README.md."),
-    tuned: Optional[Path] = typer.Option(None, "--tuned", help="Folder of `mmkgrec tune` "
+    tuned: Path | None = typer.Option(None, "--tuned", help="Folder of `mmkgrec tune` "
                                          "configs (<dataset>/<model>.toml)."),
-    tune_trials: Optional[int] = typer.Option(None, "--tune-trials", min=1, help="First tune "
+    tune_trials: int | None = typer.Option(None, "--tune-trials", min=1, help="First tune "
                                               "every model with this many Optuna trials on "
                                               "validation (equal budget), into --tuned (default "
                                               "OUT/tuned); existing tuned files are reused."),
     overrides: list[str] = typer.Option([], "--set", help="KEY=VALUE for every model that has "
                                         "KEY: model.KEY, train.KEY, or <model>.KEY for one."),
     content_scope: ContentScope = CONTENT_SCOPE_OPTION,
-    candidates: Optional[str] = CANDIDATES_OPTION,
-    threshold: Optional[float] = THRESHOLD_OPTION,
+    candidates: str | None = CANDIDATES_OPTION,
+    threshold: float | None = THRESHOLD_OPTION,
     mmkg: MmkgMode = MMKG_OPTION,
-    source: Optional[Path] = SOURCE_OPTION,
+    source: Path | None = SOURCE_OPTION,
 ) -> None:
     """Compare models on identical splits over seeds: tables, significance, breakdowns, plots.
 
@@ -429,7 +429,8 @@ def benchmark(
     from rich.markdown import Markdown
 
     text = report.read_text(encoding="utf-8")
-    console.print(Markdown("\n".join(l for l in text.splitlines() if not l.startswith("!["))))
+    console.print(Markdown("\n".join(line for line in text.splitlines()
+                                     if not line.startswith("!["))))
     console.print(f"report: {report}; rows: {out / 'results.csv'}")
 
 
@@ -440,18 +441,18 @@ def tune(
     protocol: Protocol = typer.Option(Protocol.topk, "--protocol", help="topk (valid NDCG@20) "
                                       "or ctr (valid AUC)."),
     trials: int = typer.Option(20, "--trials", min=1, help="Optuna trials."),
-    presplit: Optional[Path] = typer.Option(None, "--presplit", help="Folder with "
+    presplit: Path | None = typer.Option(None, "--presplit", help="Folder with "
                                             "train/valid/test.tsv (topk)."),
     out: Path = typer.Option(..., "--out", help="Tuned-configs folder (for benchmark --tuned)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the split, the models and TPE."),
     overrides: list[str] = typer.Option([], "--set", help="KEY=VALUE fixed in every trial."),
-    timeout: Optional[float] = typer.Option(None, "--timeout", help="Stop after this many "
+    timeout: float | None = typer.Option(None, "--timeout", help="Stop after this many "
                                             "seconds (finishing the running trial)."),
     content_scope: ContentScope = CONTENT_SCOPE_OPTION,
-    candidates: Optional[str] = CANDIDATES_OPTION,
-    threshold: Optional[float] = THRESHOLD_OPTION,
+    candidates: str | None = CANDIDATES_OPTION,
+    threshold: float | None = THRESHOLD_OPTION,
     mmkg: MmkgMode = MMKG_OPTION,
-    source: Optional[Path] = SOURCE_OPTION,
+    source: Path | None = SOURCE_OPTION,
 ) -> None:
     """Search a model's hyper-parameters (Optuna TPE) on the validation metric, never test."""
     from mmkgrec.experiments.tune import TuneSpec

@@ -15,10 +15,10 @@ import shutil
 import tempfile
 import urllib.request
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Callable
 
 from mmkgrec import paths
 from mmkgrec.data.dataset import MMKG

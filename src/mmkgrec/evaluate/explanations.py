@@ -422,7 +422,7 @@ def explanation_metrics(
         "pattern_diversity": mean("pattern_diversity"),
         "relation_diversity": mean("relation_diversity"),
         "lir": mean("lir"), "sep": mean("sep"), "etd": mean("etd"),
-        "n_paths": n_paths, "n_patterns": int(len(np.unique(summary["code"]))),
+        "n_paths": n_paths, "n_patterns": len(np.unique(summary["code"])),
         "n_lists": len(recs.users),
     }
 

@@ -37,7 +37,8 @@ def scope_content(dataset: MMKG, data_split: Split, scope: str) -> tuple[MMKG, S
         raise ConfigError(f"content scope must be one of {', '.join(CONTENT_SCOPES)}, got {scope!r}")
     built_for = dataset.meta.get("content split")
     if built_for is not None:  # already scoped (e.g. by `mmkgrec data build-mmkg`)
-        if built_for != data_split.fingerprint(with_candidates=False) or dataset.meta.get("content scope") != scope:
+        if (built_for != data_split.fingerprint(with_candidates=False)
+                or dataset.meta.get("content scope") != scope):
             raise ConfigError(
                 f"dataset {dataset.name!r}: its content was scoped ({dataset.meta.get('content scope')}) "
                 f"against split {str(built_for)[:12]}...; train it with that scope on that split "

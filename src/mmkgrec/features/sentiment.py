@@ -61,7 +61,10 @@ def sentiment_scores(segments: list[list[str]]) -> np.ndarray:
                            ) / count[:, None]  # [n, 4]
     compound = scores[:, 0]  # [total]
     var = np.bincount(owner, (compound - mean[owner, 0]) ** 2, minlength=n) / count  # [n]
-    share = lambda hit: np.bincount(owner, hit.astype(np.float64), minlength=n) / count
+
+    def share(hit):  # [n] share of each item's segments where ``hit``
+        return np.bincount(owner, hit.astype(np.float64), minlength=n) / count
+
     has = lengths > 0
     starts = (np.cumsum(lengths) - lengths)[has]  # first segment of each non-empty item
     summary = np.column_stack([mean[:, 0], np.sqrt(var), np.zeros(n), np.zeros(n), mean[:, 1],

@@ -91,7 +91,8 @@ def read_modality_file(path: str | Path, items: np.ndarray, sep: str = "\t") -> 
         raise DataFormatError(path, f"field of {len(cell):,} characters exceeds the limit of "
                                     f"{MAX_FIELD_CHARS:,}: {preview(cell)}", int(numbers[i]))
     first = cells.iloc[0]
-    if first[0].strip() not in set(items) and pd.to_numeric(pd.Series(first[1:]), errors="coerce").isna().any():
+    not_numbers = pd.to_numeric(pd.Series(first[1:]), errors="coerce").isna().any()
+    if first[0].strip() not in set(items) and not_numbers:
         cells, numbers = cells.iloc[1:].reset_index(drop=True), numbers[1:]
         if cells.empty:
             raise DataFormatError(path, "no data rows (only a header)")

@@ -131,7 +131,8 @@ def write_native(dataset: MMKG, directory: str | Path) -> Path:
     try:
         text = json.dumps(manifest, indent=2, default=_json_scalar)
     except (TypeError, ValueError) as error:
-        raise MMKGRecError(f"dataset {dataset.name!r}: provenance / notes / meta are not JSON: {error}")
+        raise MMKGRecError(f"dataset {dataset.name!r}: provenance / notes / meta are not JSON: "
+                           f"{error}") from None
     (directory / MANIFEST).write_text(text + "\n", encoding="utf-8")
     return directory
 
@@ -219,7 +220,7 @@ def read_native(directory: str | Path, mmap: bool | None = None, *,
         item_attrs = pd.DataFrame(index=pd.RangeIndex(counts.items))
         if m.item_attr_columns:
             table = _read_parquet(directory / "item_attrs.parquet",
-                                  {c: pa.types.is_string for c in m.item_attr_columns},
+                                  dict.fromkeys(m.item_attr_columns, pa.types.is_string),
                                   counts.items, mmap)
             for column in m.item_attr_columns:
                 item_attrs[column] = table.column(column).to_numpy(zero_copy_only=False)
@@ -250,8 +251,13 @@ def _read_arrays(directory: Path, m: Manifest, memory_map: bool) -> dict[str, np
         ``present.<k>`` [n_items] bool.
     """
     counts = m.counts
-    is_int64 = lambda t: t == pa.int64()
-    is_float64 = lambda t: t == pa.float64()
+
+    def is_int64(t):
+        return t == pa.int64()
+
+    def is_float64(t):
+        return t == pa.float64()
+
     interaction_types = {"user": is_int64, "item": is_int64, "value": is_float64}
     if m.has_timestamps:
         interaction_types["timestamp"] = is_float64

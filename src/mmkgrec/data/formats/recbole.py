@@ -514,7 +514,8 @@ def _check_text(values: np.ndarray, what: str, labels: np.ndarray, allow_empty: 
         i = int(np.argmax(bad))
         raise MMKGRecError(
             f"{what} {str(labels[i])!r}: {str(values[i])!r} cannot be written to a RecBole atomic "
-            f"file (tabs, line breaks, NUL, leading/trailing whitespace{'' if allow_empty else ', empty ids'} "
+            f"file (tabs, line breaks, NUL, leading/trailing whitespace"
+            f"{'' if allow_empty else ', empty ids'} "
             f"are not representable); write the native format instead")
 
 
