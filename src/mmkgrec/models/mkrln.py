@@ -56,6 +56,13 @@ reaches; each recommended item comes with the path that reached it.
   score and full-ranking metrics compare with every other model: the logit of a reached item is
   its ranking value shifted per user above the best unreached score. ``forward`` returns the
   same scores for (user, item) pairs.
+- **New listeners** (:meth:`MKRLN.walk_from_items`, :meth:`MKRLN.score_histories`; the
+  ``UsersFromItems`` and ``WalksPaths`` capabilities): a listener given only by liked items has no
+  user node; their vector is the TransE estimate ``u = mean_i(e_i) - r_played`` (``u + r_played
+  ~ i`` for the items they played), and the walk's first step goes to one of the liked items
+  (relation ``played``, chosen by the policy like any step), then on through the train graph. Such
+  paths start at node ``n_nodes`` (the listener, who has no node). Liked items are not rewarded
+  and not recommended, as train positives are for a user.
 """
 
 from __future__ import annotations
@@ -288,11 +295,13 @@ class MKRLN(Recommender):
         return (weights.unsqueeze(-1) * vectors).sum(1), weights
 
     def _hidden(self, users: Tensor, nodes: Tensor, history: Tensor, step: int,
-                tables: dict[str, Tensor]) -> Tensor:
+                tables: dict[str, Tensor], node_vectors: Tensor | None = None) -> Tensor:
         """The policy's hidden state [S, hidden] from user vectors [S, d], nodes [S], the path
-        summary [S, d] and the hop index."""
+        summary [S, d] and the hop index; ``node_vectors`` [S, d] replaces the nodes' embeddings
+        (a new listener's start, which has no node)."""
         steps = self.step_emb.weight[step].expand(len(nodes), -1)  # [S, d]
-        parts = [users, tables["nodes"][nodes], history, steps]
+        current = tables["nodes"][nodes] if node_vectors is None else node_vectors
+        parts = [users, current, history, steps]
         if self.modality_names:
             parts.append(self._modality_context(users, steps, nodes)[0])
         return self.body(torch.cat(parts, dim=1))
@@ -422,33 +431,49 @@ class MKRLN(Recommender):
 
     # ---- inference ----------------------------------------------------------------------------
     @torch.no_grad()
-    def beam_search(self, users: Tensor, tables: dict[str, Tensor] | None = None,
-                    dots: Tensor | None = None) -> dict[str, Tensor]:
+    def beam_search(self, users: Tensor | None, tables: dict[str, Tensor] | None = None,
+                    dots: Tensor | None = None, start: dict[str, Tensor] | None = None
+                    ) -> dict[str, Tensor]:
         """Policy-guided beam search from each user: every path keeps its ``beam_widths[t]``
         most probable actions at hop ``t``.
+
+        ``start`` (new listeners, ``users`` None): ``vectors`` [B, d] the listeners' vectors and
+        their first actions ``relations`` / ``tails`` / ``mask`` [B, A0]; ``dots`` is then
+        required. Their paths start at node ``n_nodes``.
 
         Returns:
             flat tensors over the P paths found: ``owner`` [P] (row in ``users``), ``nodes``
             [P, H + 1], ``relations`` [P, H], ``step_probs`` [P, H], ``log_prob`` [P].
         """
         tables = self._tables() if tables is None else tables
-        if dots is None:
-            dots, _ = self._user_scores(users, tables)
-        owner = torch.arange(len(users), device=users.device)
-        nodes = self.user_nodes(users)
-        user_vectors = tables["nodes"][nodes]
+        if start is None:
+            if dots is None:
+                dots, _ = self._user_scores(users, tables)
+            nodes = self.user_nodes(users)
+            user_vectors = tables["nodes"][nodes]  # [B, d]
+        else:
+            user_vectors = start["vectors"]
+            nodes = torch.full((len(user_vectors),), self.n_nodes, dtype=torch.int64,
+                               device=user_vectors.device)  # the listener: no node
+        n = len(user_vectors)
+        owner = torch.arange(n, device=user_vectors.device)
         visited = nodes.unsqueeze(1)
-        history = user_vectors.new_zeros(len(users), self.config.dim)
-        relation_path = users.new_zeros(len(users), 0)
-        prob_path = user_vectors.new_zeros(len(users), 0)
-        log_prob = user_vectors.new_zeros(len(users))
+        history = user_vectors.new_zeros(n, self.config.dim)
+        relation_path = nodes.new_zeros(n, 0)
+        prob_path = user_vectors.new_zeros(n, 0)
+        log_prob = user_vectors.new_zeros(n)
         for step, width in enumerate(self.config.beam_widths):
-            relations, tails, mask = self.actions(dots, owner, nodes, visited, tables)
-            hidden = self._hidden(user_vectors[owner], nodes, history, step, tables)
+            if step == 0 and start is not None:
+                relations, tails, mask = start["relations"], start["tails"], start["mask"]
+                hidden = self._hidden(user_vectors, nodes, history, step, tables,
+                                      node_vectors=user_vectors)
+            else:
+                relations, tails, mask = self.actions(dots, owner, nodes, visited, tables)
+                hidden = self._hidden(user_vectors[owner], nodes, history, step, tables)
             log_pi = torch.log_softmax(self._logits(hidden, relations, tails, mask, tables), 1)
             best, slot = log_pi.topk(min(width, log_pi.shape[1]), dim=1)  # [S, w]
             alive = torch.isfinite(best)  # fewer actions than the width: padding
-            source = torch.arange(len(nodes), device=users.device).unsqueeze(1).expand_as(slot)
+            source = torch.arange(len(nodes), device=nodes.device).unsqueeze(1).expand_as(slot)
             source, slot, best = source[alive], slot[alive], best[alive]  # [S']
             relation, nodes = relations[source, slot], tails[source, slot]
             owner = owner[source]
@@ -466,10 +491,38 @@ class MKRLN(Recommender):
         tables = self._tables()
         dots, embedding = self._user_scores(users, tables)  # [B, N], [B, I]
         paths = self.beam_search(users, tables, dots)
-        n_users, n_items = len(users), self.n_items
+        return self._rank_paths(paths, embedding, self._history_mask(users))
+
+    @torch.no_grad()
+    def _listener_block(self, history: Tensor, valid: Tensor
+                        ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """:meth:`_rank_block` for listeners given by liked items: history / valid [B, S]."""
+        tables = self._tables()
+        nodes, played = tables["nodes"], self.relation_emb.weight.detach()[self.n_kg_relations]
+        weights = valid.float() / valid.float().sum(1, keepdim=True).clamp(min=1)  # [B, S]
+        vectors = torch.einsum("bs,bsd->bd", weights, nodes[history]) - played  # [B, d]
+        dots = vectors @ nodes.T  # [B, N]
+        embedding = dots[:, :self.n_items] + tables["item_bias"]  # [B, I]
+        batch = len(history)
+        start = {"vectors": vectors,  # first step: self-loop slot (off), then the liked items
+                 "relations": torch.cat([torch.full((batch, 1), self.self_loop, device=history.device),
+                                         torch.full_like(history, self.played)], dim=1),
+                 "tails": torch.cat([history[:, :1], history], dim=1),
+                 "mask": torch.cat([torch.zeros_like(valid[:, :1]), valid], dim=1)}
+        paths = self.beam_search(None, tables, dots, start)
+        known = torch.zeros(batch, self.n_items, dtype=torch.bool, device=history.device)
+        row = torch.arange(batch, device=history.device).unsqueeze(1).expand_as(history)
+        known[row[valid], history[valid]] = True  # liked: neither rewarded nor recommended
+        return self._rank_paths(paths, embedding, known)
+
+    def _rank_paths(self, paths: dict[str, Tensor], embedding: Tensor, known: Tensor
+                    ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """Scores [B, I] and best path per item [B, I] from the beam's paths; ``known`` [B, I]
+        marks each row's items that no path may reach (train history, liked items)."""
+        n_users, n_items = embedding.shape
         end = paths["nodes"][:, -1]
         items = end.clamp(max=n_items - 1)
-        ok = (end < n_items) & ~self._in_history(users[paths["owner"]], items)
+        ok = (end < n_items) & ~known[paths["owner"], items]
         key = paths["owner"][ok] * n_items + items[ok]
         log_prob = paths["log_prob"][ok]
         best = embedding.new_full((n_users * n_items,), float("-inf")).scatter_reduce(
@@ -477,7 +530,7 @@ class MKRLN(Recommender):
         winner = log_prob >= best[key]  # ties: the first path found
         index = torch.nonzero(ok).squeeze(1)[winner]
         path_of = torch.full((n_users * n_items,), len(end), dtype=torch.int64,
-                             device=users.device).scatter_reduce(0, key[winner], index, "amin")
+                             device=embedding.device).scatter_reduce(0, key[winner], index, "amin")
         best, path_of = best.view(n_users, n_items), path_of.view(n_users, n_items)
         reached = torch.isfinite(best)
         path_of = torch.where(reached, path_of, torch.full_like(path_of, -1))
@@ -501,6 +554,15 @@ class MKRLN(Recommender):
         unique, inverse = torch.unique(users, return_inverse=True)
         return self.score_users(unique)[inverse, items]
 
+    def score_histories(self, history: Tensor, valid: Tensor) -> Tensor:
+        """Listeners given by liked items (history / valid [B, S]) -> logits [B, I]: the walk
+        starts at the liked items (module docstring)."""
+        size = self.config.beam_batch_users
+        if not len(history):
+            return self.node_emb.weight.new_zeros(0, self.n_items)
+        return torch.cat([self._listener_block(history[s:s + size], valid[s:s + size])[0]
+                          for s in range(0, len(history), size)])
+
     @torch.no_grad()
     def recommend_paths(self, users, k: int = 10, exclude: tuple | None = None
                         ) -> PathRecommendations:
@@ -517,22 +579,54 @@ class MKRLN(Recommender):
             :class:`~mmkgrec.evaluate.explanations.PathRecommendations` (items without a path
             are those ranked by embedding score after every reached item).
         """
+        device = self.node_emb.weight.device
+        users = torch.as_tensor(np.asarray(users), dtype=torch.int64, device=device).reshape(-1)
+        indptr, items = (exclude if exclude is not None else
+                         (self.history_indptr, self.history_items))
+        return self._top_paths(users, users, lambda rows: self._rank_block(users[rows]),
+                               lambda rows: self._history_mask(users[rows]), indptr, items, k)
+
+    @torch.no_grad()
+    def walk_from_items(self, history: Tensor, valid: Tensor, k: int = 10,
+                        exclude: tuple | None = None) -> PathRecommendations:
+        """Top-``k`` items of listeners given by liked items (history / valid [B, S]) with the
+        path that reached them, the walk starting at the liked items; ``users`` of the result
+        are the rows ``0..B-1``, paths start at node ``n_nodes``. ``exclude``: optional CSR over
+        the rows of further items not to recommend; the liked items always are."""
+        device = self.node_emb.weight.device
+        history = torch.as_tensor(history, dtype=torch.int64, device=device)
+        valid = torch.as_tensor(valid, dtype=torch.bool, device=device)
+        rows = torch.arange(len(history), device=device)
+        indptr, items = exclude if exclude is not None else (
+            np.zeros(len(history) + 1, dtype=np.int64), np.zeros(0, dtype=np.int64))
+
+        def liked(block: Tensor) -> Tensor:
+            mask = torch.zeros(len(block), self.n_items, dtype=torch.bool, device=device)
+            picked = valid[block]
+            row = torch.arange(len(block), device=device).unsqueeze(1).expand_as(picked)
+            mask[row[picked], history[block][picked]] = True
+            return mask
+
+        return self._top_paths(rows, rows, lambda block: self._listener_block(
+            history[block], valid[block]), liked, indptr, items, k)
+
+    def _top_paths(self, ids: Tensor, rows: Tensor, rank_block, known_mask, indptr, items,
+                   k: int) -> PathRecommendations:
+        """Top-k with paths, block by block: ``rank_block(rows)`` -> (scores, path_of, paths),
+        ``known_mask(rows)`` [b, I] never recommended, ``(indptr, items)`` a CSR over ``ids``."""
         was_training = self.training
         self.eval()
         device = self.node_emb.weight.device
-        users = torch.as_tensor(np.asarray(users), dtype=torch.int64, device=device).reshape(-1)
         hops = self.config.max_hops
-        indptr, items = (exclude if exclude is not None else
-                         (self.history_indptr, self.history_items))
         indptr = torch.as_tensor(indptr, dtype=torch.int64, device=device)
         items = torch.as_tensor(items, dtype=torch.int64, device=device)
         parts = []
         size = self.config.beam_batch_users
-        for begin in range(0, len(users), size):
-            block = users[begin:begin + size]
-            scores, path_of, paths = self._rank_block(block)
-            scores = scores.masked_fill(self._history_mask(block), float("-inf"))
-            top_scores, top_items = rank_topk(scores, indptr, items, k, users=block,
+        for begin in range(0, len(rows), size):
+            block = torch.arange(begin, min(begin + size, len(rows)), device=device)
+            scores, path_of, paths = rank_block(block)
+            scores = scores.masked_fill(known_mask(block), float("-inf"))
+            top_scores, top_items = rank_topk(scores, indptr, items, k, users=ids[block],
                                               inplace=True)
             index = torch.where(top_items >= 0, path_of.gather(1, top_items.clamp(min=0)),
                                 torch.full_like(top_items, -1))  # [b, k] path or -1
@@ -559,7 +653,7 @@ class MKRLN(Recommender):
             return torch.cat([p[i] for p in parts]).cpu().numpy().astype(dtype)
 
         return PathRecommendations(
-            users=users.cpu().numpy(), items=stack(0, -1, (), np.int64),
+            users=ids.cpu().numpy(), items=stack(0, -1, (), np.int64),
             scores=stack(1, 0, (), np.float32), has_path=stack(2, False, (), bool),
             nodes=stack(3, -1, (hops + 1,), np.int64), relations=stack(4, -1, (hops,), np.int64),
             step_probs=stack(5, np.nan, (hops,), np.float32))

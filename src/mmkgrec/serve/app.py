@@ -224,19 +224,29 @@ class ItemRegistered(_Out):
 class PathNode(_Out):
     entity: str
     name: str
+    kind: Literal["user", "item", "entity", "listener"] | None = Field(
+        None, description="walked paths: what the node is (listener: a new listener's start)")
 
 
 class PathRelation(_Out):
     relation: str
-    weight: float | None
+    weight: float | None = Field(description="kg: the user's attention on the relation; "
+                                             "walked: the step's probability")
+    probability: float | None = Field(None, description="walked: the policy's probability of "
+                                                        "this step")
 
 
 class ExplanationPath(_Out):
     hops: int
-    weight: float | None
+    weight: float | None = Field(description="kg: product of the hops' attention; walked: the "
+                                             "path's probability")
     text: str
     nodes: list[PathNode]
     relations: list[PathRelation]
+    kind: Literal["kg", "walked"] = Field("kg", description="kg: found in the KG after the fact;"
+                                                            " walked: the path the model walked")
+    probability: float | None = Field(None, description="walked: product of the step "
+                                                        "probabilities")
 
 
 class Neighbour(_Out):
@@ -252,6 +262,7 @@ class ModalityShare(_Out):
 
 
 class Explanation(_Out):
+    explainer: Literal["kg-paths", "walked-path"] = "kg-paths"
     user_id: str
     item_id: str
     name: str | None

@@ -23,7 +23,8 @@ import pandas as pd
 import torch
 
 from mmkgrec.errors import MMKGRecError
-from mmkgrec.models.base import AttentionExplanations, HistoryUsers, ItemVectors, UsersFromItems
+from mmkgrec.models.base import (AttentionExplanations, HistoryUsers, ItemVectors, UsersFromItems,
+                                 WalksPaths)
 from mmkgrec.serve.engine import Catalogue, Engine, NewItem
 from mmkgrec.serve.explain import describe_path, find_paths, weigh_paths
 from mmkgrec.serve.retrieval import ItemIndex
@@ -451,12 +452,17 @@ class RecService:
         elif servable:
             with self._scoring:
                 score = float(user_scores(scorer, user, liked)[item])
-        paths = find_paths(catalogue.graph(), history, item)
-        total = len(paths)
-        best = weigh_paths(paths, weights, limit)
+        walked = (self._walked_path(catalogue, scorer, user, liked, item)
+                  if isinstance(scorer, WalksPaths) and servable else None)
+        if walked is not None:  # the path the model itself walked to the item
+            best = pd.DataFrame({"source": []})
+            total, out_paths = 1, [walked]
+        else:  # KG paths found after the fact (and for items the walk did not reach)
+            paths = find_paths(catalogue.graph(), history, item)
+            total, out_paths = len(paths), []
+            best = weigh_paths(paths, weights, limit)
         best["target"] = item
         name_of = lambda e: self.entity_name(catalogue, e)
-        out_paths = []
         for row in best.itertuples(index=False):
             nodes = [int(row.source)] + ([int(row.middle)] if row.hops == 2 else []) + [item]
             rels = [int(row.r1)] + ([int(row.r2)] if row.hops == 2 else [])
@@ -476,12 +482,54 @@ class RecService:
             relation_weights = {self._relation_name(int(r)): round(float(weights[r]), 6) for r in order}
         modalities = (scorer.modality_shares(item)
                       if isinstance(scorer, AttentionExplanations) else [])
-        return {"user_id": user_id, "item_id": str(catalogue.item_ids[item]),
+        return {"explainer": "walked-path" if walked is not None else "kg-paths",
+                "user_id": user_id, "item_id": str(catalogue.item_ids[item]),
                 "name": self.item_name(catalogue, item),
                 "score": None if score is None else 1.0 / (1.0 + math.exp(-score)),
                 "logit": score, "history_items": len(history), "n_paths": int(total),
                 "paths": out_paths, "relation_weights": relation_weights,
                 "neighbourhood": neighbourhood, "modalities": modalities}
+
+    def _walked_path(self, catalogue: Catalogue, scorer: WalksPaths, user: int | None,
+                     liked: np.ndarray, item: int) -> dict | None:
+        """The path the model walked to ``item`` (from the user, or for a listener without a
+        dataset row from their liked items), each step with its probability; None when the
+        walk did not reach the item (it was ranked by its embedding score)."""
+        with self._scoring:
+            if user is not None:
+                found = scorer.recommend_paths(np.array([user]), k=catalogue.n_items)
+            else:
+                history, valid = listener_history(scorer, None, liked)
+                found = scorer.walk_from_items(history, valid, k=catalogue.n_items)
+        where = np.flatnonzero(found.items[0] == item)
+        if not len(where) or not found.has_path[0, where[0]]:
+            return None
+        j = int(where[0])
+        graph = scorer.path_graph()
+        nodes = [self._walked_node(catalogue, graph, int(n)) for n in found.nodes[0, j]]
+        if user is not None:
+            nodes[0]["name"] = "you"
+        steps = [(graph.relation_names[int(r)], float(q))
+                 for r, q in zip(found.relations[0, j], found.step_probs[0, j])]
+        probability = float(np.prod([q for _, q in steps]))
+        text = nodes[0]["name"] + "".join(f" -[{r} {q:.2f}]-> {n['name']}"
+                                          for (r, q), n in zip(steps, nodes[1:]))
+        sig = lambda x: float(f"{x:.6g}")  # 6 significant digits: small probabilities stay exact
+        return {"hops": len(steps), "weight": sig(probability), "kind": "walked",
+                "probability": sig(probability),
+                "text": f"{text}; path probability {probability:.3g}", "nodes": nodes,
+                "relations": [{"relation": r, "weight": sig(q), "probability": sig(q)}
+                              for r, q in steps]}
+
+    def _walked_node(self, catalogue: Catalogue, graph, node: int) -> dict:
+        """A node of a walked path: a user, an item, another entity, or a new listener's start."""
+        if node >= graph.n_nodes:
+            return {"entity": "(listener)", "name": "you (your liked songs)", "kind": "listener"}
+        if node >= graph.n_entities:
+            user_id = str(self.dataset.users[node - graph.n_entities])
+            return {"entity": user_id, "name": f"listener {user_id}", "kind": "user"}
+        return {"entity": self._entity_id(catalogue, node), "name": self.entity_name(catalogue, node),
+                "kind": "item" if node < graph.n_items else "entity"}
 
     def _relation_name(self, relation: int) -> str:
         relations = self.dataset.relations

@@ -50,6 +50,19 @@ function bar(label, share, present = true) {
   ]);
 }
 
+// A path the model walked (MKRLN / PGPR): every node by name, every step with its relation and
+// the policy's probability of taking it, then the path's probability.
+function walkedPath(path) {
+  const parts = [el("span", { class: `node ${path.nodes[0].kind || ""}`, text: path.nodes[0].name })];
+  path.relations.forEach((step, i) => {
+    const node = path.nodes[i + 1];
+    parts.push(el("span", { class: "step", text: ` ─${step.relation} · p ${step.probability.toFixed(2)}→ ` }));
+    parts.push(el("span", { class: `node ${node.kind || ""}`, text: node.name }));
+  });
+  parts.push(el("span", { class: "muted", text: ` (path probability ${path.probability.toPrecision(2)})` }));
+  return el("li", { class: "walked" }, parts);
+}
+
 async function toggleWhy(item, box) {
   if (!box.hidden) { box.hidden = true; return; }
   box.hidden = false;
@@ -57,9 +70,11 @@ async function toggleWhy(item, box) {
   try {
     const why = await api(`/users/${encodeURIComponent(state.user)}/recommendations/${encodeURIComponent(item)}/explanation?limit=5`);
     const parts = [];
-    parts.push(el("strong", { text: `Paths from your history (${why.n_paths} found)` }));
+    const walked = why.explainer === "walked-path";
+    parts.push(el("strong", { text: walked ? "The path the model walked to this song"
+      : `Paths from your history (${why.n_paths} found)` }));
     const list = el("ul", { class: "paths" });
-    for (const path of why.paths) list.append(el("li", { text: path.text }));
+    for (const path of why.paths) list.append(path.kind === "walked" ? walkedPath(path) : el("li", { text: path.text }));
     if (!why.paths.length) list.append(el("li", { class: "muted", text: "no 1–2 hop path from your history" }));
     parts.push(list);
     if (why.modalities.length) {
