@@ -87,6 +87,7 @@ class FREEDOM(LightGCN):
 
     name = "freedom"
     Config = FREEDOMConfig
+    ranking_caches = ("_cache", "_step_users")  # reset by train()
 
     def __init__(self, dataset: MMKG, split: Split, config: FREEDOMConfig, seed: int = 0):
         super().__init__(dataset, split, config, seed)  # user_emb, item_emb, full adjacency
@@ -223,6 +224,3 @@ class FREEDOM(LightGCN):
             total = total + (loss * both).sum() / both.sum().clamp_min(1.0)
         return self.config.modality_loss_weight * total
 
-    def train(self, mode: bool = True):
-        self._step_users = None
-        return super().train(mode)
