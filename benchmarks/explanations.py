@@ -35,8 +35,12 @@ import pandas as pd
 import torch
 
 from mmkgrec.config import file_slug
-from mmkgrec.evaluate.explanations import (PathGraph, PathRecommendations, explanation_metrics,
-                                           train_timestamps)
+from mmkgrec.evaluate.explanations import (
+    PathGraph,
+    PathRecommendations,
+    explanation_metrics,
+    train_timestamps,
+)
 from mmkgrec.evaluate.ranking import rank_stage
 from mmkgrec.graph.kg import KnowledgeGraph
 from mmkgrec.models.base import AttentionExplanations, ItemVectors, WalksPaths
