@@ -19,12 +19,12 @@ import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
-from test_serve import API_KEY, _free_port, _train, make_client, new_song
 
 from mmkgrec.errors import ConfigError
 from mmkgrec.serve.app import create_app
 from mmkgrec.serve.service import RecService
 from mmkgrec.serve.store import FeedbackStore
+from test_serve import API_KEY, _free_port, _train, make_client, new_song
 
 TINY = {"dim": 8, "n_heads": 2, "n_hops": 2}
 

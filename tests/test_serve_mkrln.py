@@ -9,8 +9,8 @@ import pytest
 
 pytest.importorskip("fastapi")
 
-from mmkgrec.train.run import load_run, recommend  # noqa: E402
-from test_serve import _train, ids, make_client  # noqa: E402
+from mmkgrec.train.run import load_run, recommend
+from test_serve import _train, ids, make_client
 
 FAST = {"pretrain_epochs": 20, "pretrain_lr": 1e-2, "dim": 16, "hidden": 32,
         "beam_widths": [10, 5, 3]}

@@ -9,10 +9,15 @@ import numpy as np
 import pytest
 
 from conftest import run_cli
-from mmkgrec.models.base import (AttentionExplanations, HistoryUsers, ItemsFromLinks, ItemVectors,
-                                 UsersFromItems)
+from mmkgrec.models.base import (
+    AttentionExplanations,
+    HistoryUsers,
+    ItemsFromLinks,
+    ItemVectors,
+    UsersFromItems,
+)
 from mmkgrec.train.run import load_run, recommend
-from test_serve import ids, make_client, mkgcn_dir, kgcn_dir, pop_dir  # noqa: F401 (fixtures)
+from test_serve import ids, kgcn_dir, make_client, mkgcn_dir, pop_dir  # noqa: F401 (fixtures)
 
 
 @pytest.mark.parametrize("which", ["mkgcn_dir", "kgcn_dir", "pop_dir"])

@@ -32,7 +32,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-MODELS: dict[str, type[Recommender]] = {model.name: model for model in (MKGCN, MMKGCF, KGCN, MKGAT, KGAT, CKE, MMGCN, LATTICE, FREEDOM, MKRLN, PGPR, LightGCN, BPRMF, Pop)}
+MODELS: dict[str, type[Recommender]] = {model.name: model for model in (
+    MKGCN, MMKGCF, KGCN, MKGAT, KGAT, CKE, MMGCN, LATTICE, FREEDOM, MKRLN, PGPR, LightGCN, BPRMF, Pop)}
 
 
 def model_class(name: str) -> type[Recommender]:
@@ -60,4 +61,6 @@ def default_config(name: str, dataset: str | None = None, protocol: str | None =
     return config
 
 
-__all__ = ["MMKGCF", "BPRMF", "CKE", "FREEDOM", "KGAT", "KGCN", "LATTICE", "LightGCN", "MKGAT", "MKGCN", "MKRLN", "MMGCN", "PGPR", "Pop", "MODELS", "ModelConfig", "Recommender", "default_config", "model_class"]
+__all__ = ["BPRMF", "CKE", "FREEDOM", "KGAT", "KGCN", "LATTICE", "MKGAT", "MKGCN", "MKRLN", "MMGCN",
+           "MMKGCF", "MODELS", "PGPR", "LightGCN", "ModelConfig", "Pop", "Recommender",
+           "default_config", "model_class"]

@@ -60,7 +60,7 @@ class Recommender(nn.Module):
     #: because the parameters may change before the next ranking
     ranking_caches: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, dataset: MMKG, split: Split, config: ModelConfig):
+    def __init__(self, dataset: MMKG, split: Split, config: ModelConfig, seed: int = 0):
         super().__init__()
         self.config = config
         self.n_users, self.n_items = dataset.n_users, dataset.n_items

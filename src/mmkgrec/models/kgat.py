@@ -28,6 +28,7 @@ Nodes: entities ``0..E-1`` (items are entities ``0..I-1``), then users ``E..E+U-
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Literal
 
@@ -282,7 +283,7 @@ class KGAT(CKGRecommender):
         nn.init.xavier_uniform_(self.relation_proj)
         dims = [config.dim, *config.layers]
         self.layers = nn.ModuleList(KGATLayer(a, b, config.aggregator)
-                                    for a, b in zip(dims[:-1], dims[1:]))
+                                    for a, b in itertools.pairwise(dims))
         # Edges grouped by relation, for the per-relation attention products.
         order = np.argsort(self.ckg.relations, kind="stable")  # [M]
         self.relation_bounds = np.searchsorted(self.ckg.relations[order],

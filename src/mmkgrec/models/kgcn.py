@@ -17,7 +17,7 @@ vectors are the aggregated item vectors for the mean user of the training set,
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal, cast
 
 import numpy as np
 import pandas as pd
@@ -95,7 +95,7 @@ class KGBackbone(nn.Module):
 
 def all_parameters_l2(module: nn.Module) -> Tensor:
     """0.5 * sum of squares of every parameter (TensorFlow's l2_loss, as KGCN uses)."""
-    return 0.5 * sum(p.pow(2).sum() for p in module.parameters())
+    return cast(Tensor, 0.5 * sum(p.pow(2).sum() for p in module.parameters()))
 
 
 #: elements of the largest temporary the all-items path may create; above it, item blocks
@@ -152,7 +152,11 @@ class KGCatalogue:
         """[B, d]: known users [B] (KGCN: ID embedding; MKGCN: their ranking history), or users
         given by items (MKGCN), history / valid [B, S] model-space item ids."""
         if history is None:
+            if users is None:
+                raise ValueError("query_vectors needs users or a history")
             return self.model.known_queries(users, self.base)
+        if valid is None:
+            valid = torch.ones_like(history, dtype=torch.bool)
         return self.model.history_queries(history, valid, self.base)
 
     def score_queries(self, queries: Tensor, items: Tensor | None) -> Tensor:
@@ -222,7 +226,8 @@ class KGCatalogue:
             id_emb = self.new_id_emb[j:j + 1]
             features = [f[j:j + 1] for f in self.new_features]
             present = [p[j:j + 1] for p in self.new_present]
-        parts = self.model.fusion.contributions(id_emb, features, present)[0]  # [1 + K, d]
+        fusion = cast(Any, self.model).fusion  # only models with modalities get here
+        parts = fusion.contributions(id_emb, features, present)[0]  # [1 + K, d]
         norms = parts.norm(dim=1)
         shares = (norms / norms.sum().clamp(min=1e-12)).cpu().numpy()
         flags = [True] + [bool(p[0]) for p in present]
@@ -234,7 +239,7 @@ class HistoryKGCatalogue(KGCatalogue):
     """:class:`KGCatalogue` of a model whose users are built from items (MKGCN)."""
 
     def ranking_histories(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return self.model.ranking_histories(users)
+        return cast(Any, self.model).ranking_histories(users)
 
     def score_histories(self, history: Tensor, valid: Tensor) -> Tensor:
         """history [B, S] model-space item ids, valid [B, S] -> logits [B, I']."""
@@ -253,6 +258,8 @@ class KGServing:
     catalogue_type: ClassVar[type[KGCatalogue]] = KGCatalogue
     backbone: KGBackbone
     modality_names: list[str]
+    modality_stats: list[tuple[np.ndarray, np.ndarray]]  # (mean, std) per modality
+    _catalogue: KGCatalogue | None
     n_users: int
     n_items: int
     seed: int
@@ -281,16 +288,17 @@ class KGServing:
     @torch.no_grad()
     def base_catalogue(self) -> KGCatalogue:
         """The catalogue of the trained items (cached until ``train()``)."""
-        if getattr(self, "_catalogue", None) is None:
+        catalogue = getattr(self, "_catalogue", None)
+        if catalogue is None:
             base = self.base_table()  # [E, d]
             users = torch.arange(self.n_users, device=base.device)
             mean_user = torch.cat([self.known_queries(users[s:s + 4096], base)
                                    for s in range(0, self.n_users, 4096)]).mean(0, keepdim=True)
-            self._catalogue = self.catalogue_type(
+            catalogue = self._catalogue = self.catalogue_type(
                 self, base, self.backbone.neighbors.long(), self.backbone.neighbor_relations.long(),
                 self.n_items, base.new_zeros(0, base.shape[1]), *self._empty_features(),
                 mean_user, None)
-        return self._catalogue
+        return catalogue
 
     def _empty_features(self) -> tuple[list[Tensor], list[Tensor]]:
         widths = [getattr(self, f"features_{k}").shape[1] for k in range(len(self.modality_names))]
@@ -334,8 +342,8 @@ class KGServing:
         i0, e0 = self.n_items, self.backbone.entity_emb.num_embeddings
         id_table = root.base.new_zeros(0, root.dim)
         id_emb0 = self.backbone.entity_emb.weight.detach()  # [E, d]
-        rows = []
-        for relations, entities in links:  # each new item may link to the earlier new ones
+        rows: list[Tensor] = []
+        for _, entities in links:  # each new item may link to the earlier new ones
             old, new = entities[entities < e0], entities[entities >= e0] - e0
             linked = torch.cat([id_emb0[torch.as_tensor(old, dtype=torch.int64)],
                                 torch.stack(rows)[torch.as_tensor(new, dtype=torch.int64)]
@@ -403,6 +411,8 @@ class KGServing:
 
 class KGCN(KGServing, Recommender):
     """KGCN: score(u, i) = <e_u, v_i(u)>, v_i(u) aggregated over i's KG neighbourhood."""
+
+    config: KGConfig
 
     name = "kgcn"
     Config = KGConfig

@@ -6,7 +6,8 @@ E entities, I items (items are entities ``0..I-1``), R relation embeddings.
 
 from __future__ import annotations
 
-from typing import Callable, Literal
+from collections.abc import Callable
+from typing import Literal
 
 import numpy as np
 import torch
@@ -210,7 +211,8 @@ def register_modalities(module: nn.Module, dataset, split, names: list[str] | No
     """Validate modality ``names`` (None = all of the dataset's), z-score each with train-item
     statistics and register it on ``module`` as buffers ``features_{k}`` [I, d_k] (``dtype``:
     float16 halves the largest MKGCN buffer; consumers cast to float32) and ``present_{k}``
-    [I]; sets ``module.modality_names`` and ``module.modality_stats``. Returns the [I] bool train-item mask."""
+    [I]; sets ``module.modality_names`` and ``module.modality_stats``. Returns the [I] bool
+    train-item mask."""
     names = list(dataset.modalities) if names is None else list(names)
     unknown = sorted(set(names) - set(dataset.modalities))
     if unknown:

@@ -23,6 +23,7 @@ TRAIN positives only), with multi-modal items and MKGAT's attention layer:
 
 from __future__ import annotations
 
+import itertools
 from typing import Literal
 
 import torch
@@ -111,7 +112,7 @@ class MKGAT(CKGRecommender):
         nn.init.xavier_uniform_(self.relation_emb.weight)
         dims = [config.dim, *config.layers]
         self.layers = nn.ModuleList(MKGATLayer(a, config.dim, b, config.aggregation)
-                                    for a, b in zip(dims[:-1], dims[1:]))
+                                    for a, b in itertools.pairwise(dims))
 
     def ego_rows(self, nodes: Tensor) -> Tensor:
         """Node ids [...] -> [..., d]: fused ID + modality vectors for items, ID otherwise."""

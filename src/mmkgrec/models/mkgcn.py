@@ -26,10 +26,21 @@ from torch import Tensor, nn
 from mmkgrec.data.dataset import MMKG
 from mmkgrec.data.split import Split
 from mmkgrec.models.base import Recommender
-from mmkgrec.models.kgcn import (HistoryKGCatalogue, KGBackbone, KGCatalogue, KGConfig, KGServing,
-                                 all_parameters_l2)
-from mmkgrec.models.layers import (Fusion, MultiModalFusion, UserAggregator, UserPooling,
-                                   register_modalities)
+from mmkgrec.models.kgcn import (
+    HistoryKGCatalogue,
+    KGBackbone,
+    KGCatalogue,
+    KGConfig,
+    KGServing,
+    all_parameters_l2,
+)
+from mmkgrec.models.layers import (
+    Fusion,
+    MultiModalFusion,
+    UserAggregator,
+    UserPooling,
+    register_modalities,
+)
 
 
 class MKGCNConfig(KGConfig):
@@ -80,6 +91,7 @@ class MKGCN(KGServing, Recommender):
 
     name = "mkgcn"
     Config = MKGCNConfig
+    config: MKGCNConfig
     ranking_caches = ("_ranking_cache", "_ranking_slots", "_catalogue")  # reset by train()
     catalogue_type = HistoryKGCatalogue
 
@@ -191,6 +203,7 @@ class MKGCN(KGServing, Recommender):
     def score_users(self, users: Tensor) -> Tensor:
         if self._ranking_cache is None:
             self.prepare_ranking()
+        assert self._ranking_cache is not None  # set by prepare_ranking
         base, table, valid = self._ranking_cache
         return self.score_histories(table[users], valid[users], base, self._ranking_slots)
 
@@ -207,7 +220,7 @@ class MKGCN(KGServing, Recommender):
         return torch.einsum("bd,bid->bi", u, v)
 
     # ---- capabilities (UsersFromItems; serving hooks of KGServing) ---------------------------
-    def ranking_histories(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def ranking_histories(self, users: np.ndarray | Tensor) -> tuple[np.ndarray, np.ndarray]:
         """The seeded sample of ``eval_history_size`` TRAIN positives a known user is built
         from when ranking: (history [B, S], valid [B, S])."""
         if self._eval_history is None:

@@ -320,8 +320,8 @@ def _key_dependency(key: str):
                           description="the server's API key (mmkgrec serve --api-key-file / MMKGREC_API_KEY)")
     bearer = HTTPBearer(auto_error=False, scheme_name="Bearer", description="the same key as a bearer token")
 
-    def require_key(api_key: str | None = Security(header),  # noqa: B008 - FastAPI's idiom
-                    token: HTTPAuthorizationCredentials | None = Security(bearer)) -> None:  # noqa: B008
+    def require_key(api_key: str | None = Security(header),
+                    token: HTTPAuthorizationCredentials | None = Security(bearer)) -> None:
         given = api_key if api_key is not None else (token.credentials if token is not None else None)
         if given is None:
             raise UnauthorizedError(f"this endpoint needs the server's API key ({API_KEY_HEADER}: KEY "
@@ -403,7 +403,8 @@ def create_app(service: RecService, *, api_key: str | None = None, no_auth: bool
     if (api_key is None) == (not no_auth):
         raise ConfigError("choose how the mutating endpoints are protected: an API key, or "
                           "no_auth=True (mmkgrec serve --no-auth) for a server only you can reach")
-    auth = [] if no_auth else [Depends(_key_dependency(check_api_key(api_key)))]
+    auth = ([] if no_auth or api_key is None
+            else [Depends(_key_dependency(check_api_key(api_key)))])
     auth_errors = () if no_auth else (401,)
 
     @asynccontextmanager

@@ -14,8 +14,14 @@ from pathlib import Path
 import typer
 
 from mmkgrec.errors import MMKGRecError
-from mmkgrec.serve.edge import (BODY_TIMEOUT_S, HEADER_TIMEOUT_S, MAX_BODY_BYTES, MAX_CONNECTIONS,
-                                default_allowed_hosts, server_config)
+from mmkgrec.serve.edge import (
+    BODY_TIMEOUT_S,
+    HEADER_TIMEOUT_S,
+    MAX_BODY_BYTES,
+    MAX_CONNECTIONS,
+    default_allowed_hosts,
+    server_config,
+)
 
 API_KEY_ENV = "MMKGREC_API_KEY"
 

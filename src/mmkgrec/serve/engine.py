@@ -19,6 +19,7 @@ user (similar items only).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 import pandas as pd
@@ -49,7 +50,7 @@ class Catalogue:
     new: tuple[NewItem, ...]
     item_ids: np.ndarray  # [I'] original ids
     id_index: pd.Index  # original id -> item id
-    scorer: Scorer | None  # ranks the I' items (None: a view for resolving ids only)
+    scorer: Scorer  # ranks the I' items
     item_vectors: Tensor  # [I', d] user-independent
     item_unit: Tensor  # [I', d] the same, L2-normalised (cosine similarity)
     triples: np.ndarray  # [T', 3] model-space (head, relation, tail): the explanation graph
@@ -78,11 +79,15 @@ class Engine:
         self.n_items0, self.n_entities0, self.n_relations = ds.n_items, ds.n_entities, ds.n_relations
         self.triples0 = ds.triples
         self.new_items = isinstance(model, ItemsFromLinks)
-        self.modality_names: list[str] = list(model.modality_names) if self.new_items else []
+        #: the model's new-item capability (None: it scores only the items it was trained on)
+        self.links = cast(ItemsFromLinks, model) if self.new_items else None
+        self.modality_names: list[str] = (list(self.links.modality_names)
+                                          if self.links is not None else [])
         self.model = model
         with torch.inference_mode():
             model.prepare_ranking()
-            self.root: Scorer = model.with_new_items([], []) if self.new_items else model
+            self.root: Scorer = (self.links.with_new_items([], []) if self.links is not None
+                                 else model)
             if isinstance(self.root, ItemVectors):
                 self.vectors0 = self.root.item_vectors()  # [I, d]
             else:
@@ -94,15 +99,17 @@ class Engine:
 
     def standardise(self, name: str, row: np.ndarray) -> tuple[np.ndarray, str | None]:
         """A raw modality row as the model computes with it, and what is wrong with it."""
-        return self.model.standardise_feature(name, row)  # type: ignore[union-attr]
+        if self.links is None:
+            return np.asarray(row, dtype=np.float32), "the model takes no features"
+        return self.links.standardise_feature(name, row)
 
     def build(self, new: tuple[NewItem, ...], item_ids0: np.ndarray) -> Catalogue:
         """The catalogue of the trained items plus ``new`` (one rebuild per registration)."""
         n_new, i0, e0 = len(new), self.n_items0, self.n_entities0
         scorer, triples = self.root, self.triples0
-        if n_new:
+        if n_new and self.links is not None:
             with torch.inference_mode():
-                scorer = self.model.with_new_items(  # type: ignore[union-attr]
+                scorer = self.links.with_new_items(
                     [(x.relations, x.entities) for x in new], [x.features for x in new])
             t0 = self.triples0
             heads = np.concatenate([model_space_ids(t0[:, 0], i0, e0, n_new)]

@@ -75,7 +75,9 @@ def describe_path(row, name_of, relation_name) -> str:
     """One sentence, e.g. "you played A; A and B share the genre 'shoegaze'; relation weight 0.41"."""
     a, b = name_of(int(row.source)), name_of(int(row.target))
     r1 = relation_name(int(row.r1))
-    weight = lambda w: "" if w is None or np.isnan(w) else f"{w:.2f}"
+    def weight(w) -> str:
+        return "" if w is None or np.isnan(w) else f"{w:.2f}"
+
     if row.hops == 1:
         text = f"you played {a}; {a} and {b} are linked by '{r1}'"
         w = weight(row.w1)

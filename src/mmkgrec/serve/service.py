@@ -23,14 +23,30 @@ import pandas as pd
 import torch
 
 from mmkgrec.errors import MMKGRecError
-from mmkgrec.models.base import (AttentionExplanations, HistoryUsers, ItemVectors, UsersFromItems,
-                                 WalksPaths)
+from mmkgrec.models.base import (
+    AttentionExplanations,
+    HistoryUsers,
+    ItemsFromLinks,
+    ItemVectors,
+    UsersFromItems,
+    WalksPaths,
+)
 from mmkgrec.serve.engine import Catalogue, Engine, NewItem
 from mmkgrec.serve.explain import describe_path, find_paths, weigh_paths
 from mmkgrec.serve.retrieval import ItemIndex
 from mmkgrec.serve.store import FeedbackStore
-from mmkgrec.train.run import (Run, builds_listener, display_names, exclusions, listener_history,
-                               load_run, rank_items, seen_items, top_k, user_scores)
+from mmkgrec.train.run import (
+    Run,
+    builds_listener,
+    display_names,
+    exclusions,
+    listener_history,
+    load_run,
+    rank_items,
+    seen_items,
+    top_k,
+    user_scores,
+)
 
 Retrieval = Literal["exact", "two-stage"]
 
@@ -161,7 +177,7 @@ class RecService:
                         quarantined[item_id] = "links to a quarantined item"
                 catalogue = self.engine.build(tuple(new), self.dataset.items) if new else base
                 bad = {x.item_id: problem for j, x in enumerate(new)
-                       if (problem := catalogue.scorer.item_problem(base.n_items + j))}
+                       if (problem := self._item_problem(catalogue, base.n_items + j))}
                 if not bad:
                     break
                 quarantined.update(bad)
@@ -187,10 +203,16 @@ class RecService:
             self.notes.append(f"{skipped} stored feedback rows name items this run does not have "
                               f"(or have a non-finite value); they are skipped")
 
+    @staticmethod
+    def _item_problem(catalogue: Catalogue, item: int) -> str | None:
+        """What makes a registered item unservable (``ItemsFromLinks.item_problem``), or None."""
+        scorer = catalogue.scorer
+        return scorer.item_problem(item) if isinstance(scorer, ItemsFromLinks) else None
+
     def _partial_catalogue(self, catalogue: Catalogue, new: tuple) -> Catalogue:
         """A catalogue view with ``new`` items' ids (for resolving links while replaying)."""
         ids = np.concatenate([self.dataset.items, np.array([x.item_id for x in new], dtype=str)])
-        return Catalogue(catalogue.n_base, new, ids, pd.Index(ids), None,
+        return Catalogue(catalogue.n_base, new, ids, pd.Index(ids), catalogue.scorer,
                          catalogue.item_vectors, catalogue.item_unit, catalogue.triples,
                          self.dataset.n_entities + len(new), catalogue.n_relations)
 
@@ -270,6 +292,8 @@ class RecService:
     def _query(self, catalogue: Catalogue, user: int | None, liked: np.ndarray) -> torch.Tensor:
         """[1, d] the query vector of a user (index or None) plus liked items."""
         scorer = catalogue.scorer
+        if not isinstance(scorer, ItemVectors):
+            raise UnsupportedError(f"{self.model_name} has no user query vectors")
         if builds_listener(scorer, user, liked):
             history, valid = listener_history(scorer, user, liked)
             return scorer.query_vectors(history=history, valid=valid)
@@ -286,16 +310,17 @@ class RecService:
         mode = retrieval or self.retrieval
         if not isinstance(scorer, ItemVectors):
             mode = "exact"
-        if mode == "two-stage" and self.retriever is None:
+        retriever = self.retriever
+        if mode == "two-stage" and retriever is None:
             raise InvalidInputError("two-stage retrieval needs a server started with --index")
         with self._scoring:
-            if mode == "exact":
+            if mode == "exact" or retriever is None or not isinstance(scorer, ItemVectors):
                 items, logits = rank_items(scorer, self.seen, user=user, liked=liked,
                                            feedback=feedback, k=k, exclude_seen=exclude_seen)
                 return items, logits, mode
             exclude = exclusions(self.seen, user, feedback, exclude_seen)
             u = self._query(catalogue, user, liked)  # [1, d]
-            found = self.retriever.search(u.numpy(), self.candidates + len(exclude))[0]
+            found = retriever.search(u.numpy(), self.candidates + len(exclude))[0]
             found = found[(found >= 0) & (found < catalogue.n_items)]
             candidates = found[~np.isin(found, exclude)][: self.candidates]  # [C]
             scores = scorer.score_queries(u, torch.as_tensor(candidates).unsqueeze(0))[0]  # [C]
@@ -414,7 +439,7 @@ class RecService:
                 raise ConflictError(f"{clip(item_id)} is already an entity id of the KG")
             new = self._make_item(item_id, payload, catalogue)
             updated = self.engine.build(catalogue.new + (new,), self.dataset.items)
-            problem = updated.scorer.item_problem(updated.n_items - 1)
+            problem = self._item_problem(updated, updated.n_items - 1)
             if problem:  # checked before it is stored: one request cannot poison every list
                 raise InvalidInputError(f"item {clip(item_id)} is not servable: {problem}")
             self.store.add_item(item_id, payload)  # durable before it is visible
@@ -437,7 +462,8 @@ class RecService:
         own = (self.train_items[self.train_indptr[user]:self.train_indptr[user + 1]]
                if user is not None else np.zeros(0, dtype=np.int64))
         history = np.unique(np.concatenate([own, liked]))  # model-space item ids
-        weights, score, neighbourhood = None, None, []
+        weights, score = None, None
+        neighbourhood: list[dict] = []
         scorer = catalogue.scorer
         servable = user is not None or isinstance(scorer, UsersFromItems)
         if (isinstance(scorer, AttentionExplanations) and isinstance(scorer, ItemVectors)
@@ -462,7 +488,9 @@ class RecService:
             total, out_paths = len(paths), []
             best = weigh_paths(paths, weights, limit)
         best["target"] = item
-        name_of = lambda e: self.entity_name(catalogue, e)
+        def name_of(entity: int) -> str:
+            return self.entity_name(catalogue, entity)
+
         for row in best.itertuples(index=False):
             nodes = [int(row.source)] + ([int(row.middle)] if row.hops == 2 else []) + [item]
             rels = [int(row.r1)] + ([int(row.r2)] if row.hops == 2 else [])
@@ -476,11 +504,11 @@ class RecService:
                                "weight": None if np.isnan(w) else round(float(w), 6)}
                               for r, w in zip(rels, hop_weights)],
             })
-        relation_weights = {}
+        relation_weights: dict[str, float] = {}
         if weights is not None:
             order = np.argsort(-weights, kind="stable")
             relation_weights = {self._relation_name(int(r)): round(float(weights[r]), 6) for r in order}
-        modalities = (scorer.modality_shares(item)
+        modalities: list[dict] = (scorer.modality_shares(item)
                       if isinstance(scorer, AttentionExplanations) else [])
         return {"explainer": "walked-path" if walked is not None else "kg-paths",
                 "user_id": user_id, "item_id": str(catalogue.item_ids[item]),
@@ -499,7 +527,7 @@ class RecService:
             if user is not None:
                 found = scorer.recommend_paths(np.array([user]), k=catalogue.n_items)
             else:
-                history, valid = listener_history(scorer, None, liked)
+                history, valid = listener_history(catalogue.scorer, None, liked)
                 found = scorer.walk_from_items(history, valid, k=catalogue.n_items)
         where = np.flatnonzero(found.items[0] == item)
         if not len(where) or not found.has_path[0, where[0]]:
@@ -514,7 +542,9 @@ class RecService:
         probability = float(np.prod([q for _, q in steps]))
         text = nodes[0]["name"] + "".join(f" -[{r} {q:.2f}]-> {n['name']}"
                                           for (r, q), n in zip(steps, nodes[1:]))
-        sig = lambda x: float(f"{x:.6g}")  # 6 significant digits: small probabilities stay exact
+        def sig(x: float) -> float:  # 6 significant digits: small probabilities stay exact
+            return float(f"{x:.6g}")
+
         return {"hops": len(steps), "weight": sig(probability), "kind": "walked",
                 "probability": sig(probability),
                 "text": f"{text}; path probability {probability:.3g}", "nodes": nodes,

@@ -86,61 +86,68 @@ class FeedbackStore:
                 raise MMKGRecError(f"feedback database {self.path}: cannot switch to WAL mode ({mode})")
             self._db, self._was_open = db, True
 
+    @property
+    def _conn(self) -> sqlite3.Connection:
+        """The open connection (callers hold ``_lock``)."""
+        if self._db is None:
+            raise MMKGRecError(f"feedback database {self.path} is closed")
+        return self._db
+
     # ---- writes --------------------------------------------------------------------------------
     def add_feedback(self, user_id: str, item_id: str, value: float) -> int:
         """Store one feedback event durably (committed and fsynced on return); its row id."""
         with self._lock:
-            cursor = self._db.execute(
+            cursor = self._conn.execute(
                 "INSERT INTO feedback(user_id, item_id, value, created) VALUES (?, ?, ?, ?)",
                 (user_id, item_id, float(value), time.time()))
-            return int(cursor.lastrowid)
+            return int(cursor.lastrowid or 0)
 
     def add_item(self, item_id: str, payload: dict) -> int:
         """Store a registered item's request (links, features, name) as JSON; its row id."""
         with self._lock:
-            cursor = self._db.execute(
+            cursor = self._conn.execute(
                 "INSERT INTO items(item_id, payload, created) VALUES (?, ?, ?)",
                 (item_id, json.dumps(payload, separators=(",", ":")), time.time()))
-            return int(cursor.lastrowid)
+            return int(cursor.lastrowid or 0)
 
     def quarantine_item(self, item_id: str, reason: str) -> None:
         """Move a registered item to ``quarantined_items`` (with the reason), in one transaction:
         it is no longer replayed, and its id is free to be registered again."""
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+            self._conn.execute("BEGIN IMMEDIATE")
             try:
-                self._db.execute(
+                self._conn.execute(
                     "INSERT INTO quarantined_items(item_id, payload, reason, created) "
                     "SELECT item_id, payload, ?, ? FROM items WHERE item_id = ?",
                     (reason, time.time(), item_id))
-                self._db.execute("DELETE FROM items WHERE item_id = ?", (item_id,))
+                self._conn.execute("DELETE FROM items WHERE item_id = ?", (item_id,))
             except BaseException:
-                self._db.execute("ROLLBACK")
+                self._conn.execute("ROLLBACK")
                 raise
-            self._db.execute("COMMIT")
+            self._conn.execute("COMMIT")
 
     def quarantined(self) -> list[tuple[str, str]]:
         """Quarantined items (item_id, reason) in quarantine order."""
         with self._lock:
-            return self._db.execute(
+            return self._conn.execute(
                 "SELECT item_id, reason FROM quarantined_items ORDER BY id").fetchall()
 
     # ---- reads ---------------------------------------------------------------------------------
     def feedback(self) -> list[tuple[int, str, str, float, float]]:
         """Every feedback row (id, user_id, item_id, value, created) in write order."""
         with self._lock:
-            return self._db.execute(
+            return self._conn.execute(
                 "SELECT id, user_id, item_id, value, created FROM feedback ORDER BY id").fetchall()
 
     def items(self) -> list[tuple[str, dict]]:
         """Registered items (item_id, payload) in registration order."""
         with self._lock:
-            rows = self._db.execute("SELECT item_id, payload FROM items ORDER BY id").fetchall()
+            rows = self._conn.execute("SELECT item_id, payload FROM items ORDER BY id").fetchall()
         return [(item_id, json.loads(payload)) for item_id, payload in rows]
 
     def count(self) -> int:
         with self._lock:
-            return int(self._db.execute("SELECT COUNT(*) FROM feedback").fetchone()[0])
+            return int(self._conn.execute("SELECT COUNT(*) FROM feedback").fetchone()[0])
 
     def close(self) -> None:
         with self._lock:

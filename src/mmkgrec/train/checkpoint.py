@@ -3,7 +3,8 @@
 A checkpoint directory holds:
 
 - ``model.safetensors``: the model's ``state_dict()`` (parameters AND buffers, e.g. sampled
-  neighbour tables). Tensors that share memory (tied weights) are stored once; ``checkpoint.json`` lists the aliases.
+  neighbour tables). Tensors that share memory (tied weights) are stored once;
+  ``checkpoint.json`` lists the aliases.
 - ``checkpoint.json`` (written last; a directory without it is incomplete): format version, model
   name and config, train config, dataset name + fingerprint, split fingerprint + protocol +
   options, the sha256 of ``model.safetensors``, optional metrics and extra JSON.
@@ -230,11 +231,11 @@ def save_rng_state(directory: str | Path, generator: np.random.Generator | None 
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         tensors.update({f"torch.cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
     version, internal, gauss = random.getstate()
-    name, keys, pos, has_gauss, cached = np.random.get_state()
+    name, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
     digest, _ = _save_tensors(Path(directory) / "rng.safetensors", tensors)
     _write_json(Path(directory) / "rng.json", {
         "python": [version, list(internal), gauss],
-        "numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+        "numpy": [name, np.asarray(keys).tolist(), int(pos), int(has_gauss), float(cached)],
         "generator": None if generator is None else generator.bit_generator.state,
         "sha256": digest,
     })

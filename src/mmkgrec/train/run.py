@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import Tensor
 
 from mmkgrec.config import describe
+from mmkgrec.data.csr import user_item_csr
 from mmkgrec.data.dataset import MMKG
 from mmkgrec.data.formats.native import MANIFEST as NATIVE_MANIFEST
 from mmkgrec.data.formats.native import read_native, write_native
@@ -41,7 +42,6 @@ from mmkgrec.data.registry import load
 from mmkgrec.data.split import Split, apply_presplit, split
 from mmkgrec.errors import ConfigError, MMKGRecError
 from mmkgrec.features.content import scope_content
-from mmkgrec.data.csr import user_item_csr
 from mmkgrec.models import Recommender, default_config, model_class
 from mmkgrec.models.base import HistoryUsers, Scorer, UsersFromItems
 from mmkgrec.train.checkpoint import load_checkpoint
@@ -150,7 +150,7 @@ def prepare_data(spec: RunSpec) -> tuple[MMKG, Split]:
                               "use --protocol topk")
         data_split = apply_presplit(dataset, spec.presplit)
     else:
-        data_split = split(dataset, protocol=spec.protocol, seed=spec.seed)
+        data_split = split(dataset, protocol=spec.protocol, seed=spec.seed)  # type: ignore[arg-type]
     return derive_data(spec, dataset, data_split.with_candidates(spec.candidates))
 
 
@@ -416,9 +416,10 @@ def recommend(run: Run, *, user: str | None = None, liked: list[str] | None = No
             raise ConfigError(f"{run.spec.model} needs a user id embedding; only models that "
                               f"build users from their items (mkgcn, mmkgcf, mkrln, pgpr) serve "
                               f"new listeners")
-        index = pd.Index(ds.items).get_indexer(pd.Index([str(x) for x in liked]))
+        wanted_ids = [str(x) for x in liked or []]
+        index = pd.Index(ds.items).get_indexer(pd.Index(wanted_ids))
         if (index < 0).any():
-            bad = [x for x, i in zip(liked, index) if i < 0]
+            bad = [x for x, i in zip(wanted_ids, index) if i < 0]
             raise ConfigError(f"unknown item ids {bad}")
         who, wanted = None, index.astype(np.int64)
     model.prepare_ranking()
