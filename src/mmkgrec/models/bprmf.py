@@ -37,6 +37,7 @@ class BPRMF(Recommender):
 
     name = "bprmf"
     Config = BPRMFConfig
+    config: BPRMFConfig
 
     def __init__(self, dataset: MMKG, split: Split, config: BPRMFConfig, seed: int = 0):
         super().__init__(dataset, split, config)

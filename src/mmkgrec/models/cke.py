@@ -92,6 +92,7 @@ class CKE(Recommender):
 
     name = "cke"
     Config = CKEConfig
+    config: CKEConfig
     ranking_caches = ("_cache",)  # reset by train()
 
     def __init__(self, dataset: MMKG, split: Split, config: CKEConfig, seed: int = 0):

@@ -87,6 +87,7 @@ class FREEDOM(LightGCN):
 
     name = "freedom"
     Config = FREEDOMConfig
+    config: FREEDOMConfig
     ranking_caches = ("_cache", "_step_users")  # reset by train()
 
     def __init__(self, dataset: MMKG, split: Split, config: FREEDOMConfig, seed: int = 0):

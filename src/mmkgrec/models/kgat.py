@@ -132,6 +132,7 @@ class CKGRecommender(Recommender):
     """
 
     ranking_caches = ("_ranking_table",)  # reset by train()
+    config: CKGConfig
 
     def __init__(self, dataset: MMKG, split: Split, config: CKGConfig, seed: int = 0):
         super().__init__(dataset, split, config)
@@ -273,6 +274,7 @@ class KGAT(CKGRecommender):
 
     name = "kgat"
     Config = KGATConfig
+    config: KGATConfig
 
     def __init__(self, dataset: MMKG, split: Split, config: KGATConfig, seed: int = 0):
         super().__init__(dataset, split, config, seed)

@@ -412,10 +412,9 @@ class KGServing:
 class KGCN(KGServing, Recommender):
     """KGCN: score(u, i) = <e_u, v_i(u)>, v_i(u) aggregated over i's KG neighbourhood."""
 
-    config: KGConfig
-
     name = "kgcn"
     Config = KGConfig
+    config: KGConfig
     ranking_caches = ("_ranking_slots", "_catalogue")  # reset by train()
 
     def __init__(self, dataset: MMKG, split: Split, config: KGConfig, seed: int = 0):

@@ -112,6 +112,7 @@ class LATTICE(LightGCN):
 
     name = "lattice"
     Config = LATTICEConfig
+    config: LATTICEConfig
 
     def __init__(self, dataset: MMKG, split: Split, config: LATTICEConfig, seed: int = 0):
         super().__init__(dataset, split, config, seed)  # user_emb, item_emb, adjacency

@@ -34,6 +34,7 @@ class LightGCN(Recommender):
 
     name = "lightgcn"
     Config = LightGCNConfig
+    config: LightGCNConfig
     ranking_caches = ("_cache",)  # reset by train()
 
     def __init__(self, dataset: MMKG, split: Split, config: LightGCNConfig, seed: int = 0):

@@ -101,6 +101,7 @@ class MKGAT(CKGRecommender):
 
     name = "mkgat"
     Config = MKGATConfig
+    config: MKGATConfig
 
     def __init__(self, dataset: MMKG, split: Split, config: MKGATConfig, seed: int = 0):
         super().__init__(dataset, split, config, seed)

@@ -119,6 +119,16 @@ class MKRLN(Recommender):
 
     name = "mkrln"
     Config = MKRLNConfig
+    config: MKRLNConfig
+    # buffers (registered in __init__): the train graph's CSR and the users' TRAIN histories
+    indptr: Tensor  # [N + 1]
+    edge_relations: Tensor  # [M]
+    edge_tails: Tensor  # [M]
+    history_indptr: Tensor  # [U + 1]
+    history_items: Tensor  # [nnz]
+    history_keys: Tensor  # [nnz] user * I + item, sorted
+    pretrained: Tensor  # [] bool
+    modality_names: list[str]
 
     def __init__(self, dataset: MMKG, split: Split, config: MKRLNConfig, seed: int = 0):
         super().__init__(dataset, split, config)
@@ -288,6 +298,7 @@ class MKRLN(Recommender):
         present = torch.stack([getattr(self, f"present_{k}")[items]
                                for k in range(len(self.modality_proj))], dim=1)  # [S, K]
         present = present & is_item.unsqueeze(1)
+        assert self.modality_query is not None  # built when the model has modalities
         query = self.modality_query(torch.cat([users, steps], dim=1))  # [S, d]
         logits = (vectors * query.unsqueeze(1)).sum(-1) / math.sqrt(query.shape[1])  # [S, K]
         weights = torch.softmax(logits.masked_fill(~present, float("-inf")), dim=1)
@@ -447,6 +458,8 @@ class MKRLN(Recommender):
         """
         tables = self._tables() if tables is None else tables
         if start is None:
+            if users is None:
+                raise ValueError("beam_search needs users or a start")
             if dots is None:
                 dots, _ = self._user_scores(users, tables)
             nodes = self.user_nodes(users)
@@ -468,6 +481,7 @@ class MKRLN(Recommender):
                 hidden = self._hidden(user_vectors, nodes, history, step, tables,
                                       node_vectors=user_vectors)
             else:
+                assert dots is not None  # given with a start, computed from users otherwise
                 relations, tails, mask = self.actions(dots, owner, nodes, visited, tables)
                 hidden = self._hidden(user_vectors[owner], nodes, history, step, tables)
             log_pi = torch.log_softmax(self._logits(hidden, relations, tails, mask, tables), 1)
@@ -679,3 +693,4 @@ class PGPR(MKRLN):
 
     name = "pgpr"
     Config = PGPRConfig
+    config: PGPRConfig

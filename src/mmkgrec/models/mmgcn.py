@@ -96,6 +96,7 @@ class MMGCN(Recommender):
 
     name = "mmgcn"
     Config = MMGCNConfig
+    config: MMGCNConfig
     ranking_caches = ("_ranking_cache",)  # reset by train()
 
     def __init__(self, dataset: MMKG, split: Split, config: MMGCNConfig, seed: int = 0):

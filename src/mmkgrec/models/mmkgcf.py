@@ -101,6 +101,7 @@ class MMKGCF(Recommender):
 
     name = "mmkgcf"
     Config = MMKGCFConfig
+    config: MMKGCFConfig
     ranking_caches = ("_cache",)  # reset by train()
 
     def __init__(self, dataset: MMKG, split: Split, config: MMKGCFConfig, seed: int = 0):

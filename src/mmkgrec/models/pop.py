@@ -26,6 +26,7 @@ class Pop(Recommender):
 
     name = "pop"
     Config = PopConfig
+    config: PopConfig
     trainable = False
 
     def __init__(self, dataset: MMKG, split: Split, config: PopConfig | None = None, seed: int = 0):
