@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 from enum import Enum
 from pathlib import Path
+from typing import Literal
 
 import typer
 from rich.console import Console
@@ -330,7 +331,7 @@ def train(
                    train_options={**file_train, **set_train})
     run = run_experiment(spec, out, resume=resume)
     if is_main_process():  # under torchrun only rank 0 reports
-        _print_metrics(f"{model} on {run.dataset.name} ({run.split.protocol})", run.metrics)
+        _print_metrics(f"{model} on {run.dataset.name} ({run.split.protocol})", run.metrics or {})
         console.print(f"run directory: {out}")
 
 
@@ -346,8 +347,9 @@ def evaluate(
     run = load_run(run_dir)
     if stage not in ("valid", "test"):
         raise MMKGRecError(f"--stage must be valid or test, not {stage!r}")
-    metrics = (evaluate_ctr(run.model, run.split, stage) if run.split.protocol == "ctr" else {})
-    topk, _ = evaluate_topk(run.model, run.split, stage, ks=(5, 10, 20, 50))
+    part: Literal["valid", "test"] = "valid" if stage == "valid" else "test"
+    metrics = (evaluate_ctr(run.model, run.split, part) if run.split.protocol == "ctr" else {})
+    topk, _ = evaluate_topk(run.model, run.split, part, ks=(5, 10, 20, 50))
     _print_metrics(f"{run.spec.model} on {run.dataset.name}: {stage}", {stage: {**metrics, **topk}})
 
 

@@ -3,6 +3,8 @@ ground truth, adjacency)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from mmkgrec.errors import MMKGRecError
@@ -31,17 +33,24 @@ def user_item_csr(users, items, n_users: int, n_items: int) -> tuple[np.ndarray,
     return indptr, keys % n_items
 
 
-def segments(values: np.ndarray, starts: np.ndarray, lengths: np.ndarray
-             ) -> tuple[np.ndarray, np.ndarray]:
+def segments(values: Any, starts: Any, lengths: Any) -> tuple[Any, Any]:
     """Segments ``values[starts[b]:starts[b] + lengths[b]]`` laid out for a dense block
-    ``[b, ...]``: ``(block_row [m], value [m])``, e.g. the cells to mask. One gather, no loop."""
+    ``[b, ...]``: ``(block_row [m], value [m])``, e.g. the cells to mask. One gather, no loop.
+    numpy arrays, or torch tensors (gathered on their device)."""
+    if not isinstance(starts, np.ndarray) and hasattr(starts, "repeat_interleave"):  # torch
+        import torch
+
+        rows = torch.arange(len(starts), device=starts.device)
+        owner = torch.repeat_interleave(rows, lengths)  # [m]
+        shift = torch.repeat_interleave(starts - (torch.cumsum(lengths, 0) - lengths), lengths)
+        return owner, values[torch.arange(len(owner), device=starts.device) + shift]
     block_row = np.repeat(np.arange(len(starts), dtype=np.int64), lengths)  # [m]
     offset = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)  # [m]
     return block_row, values[np.arange(len(block_row), dtype=np.int64) + offset]
 
 
-def csr_rows(indptr: np.ndarray, values: np.ndarray, rows: np.ndarray
-             ) -> tuple[np.ndarray, np.ndarray]:
-    """CSR rows ``rows`` [b] (any order, repeats allowed) as ``(block_row [m], value [m])``."""
+def csr_rows(indptr: Any, values: Any, rows: Any) -> tuple[Any, Any]:
+    """CSR rows ``rows`` [b] (any order, repeats allowed) as ``(block_row [m], value [m])``;
+    numpy or torch, as :func:`segments`."""
     starts = indptr[rows]  # [b]
     return segments(values, starts, indptr[rows + 1] - starts)

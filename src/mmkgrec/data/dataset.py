@@ -162,9 +162,9 @@ class MMKG:
             return False
         if (self.item_attrs is None) != (other.item_attrs is None):
             return False
-        return self.item_attrs is None or self.item_attrs.reset_index(drop=True).equals(
-            other.item_attrs.reset_index(drop=True)
-        )
+        if self.item_attrs is None or other.item_attrs is None:
+            return self.item_attrs is None and other.item_attrs is None
+        return self.item_attrs.reset_index(drop=True).equals(other.item_attrs.reset_index(drop=True))
 
     def summary(self) -> dict[str, int | float | str]:
         """Counts for ``mmkgrec data stats``."""
@@ -240,7 +240,7 @@ def build_mmkg(
         source: file role -> path, for provenance and error messages.
         item_attrs: optional display attributes with an ``item`` column (original ids).
     """
-    source = {k: Path(v) for k, v in (source or {}).items()}
+    paths = {k: Path(v) for k, v in (source or {}).items()}
     notes: list[str] = []
     inter = interactions.copy()
     for col in ("user", "item"):
@@ -250,8 +250,8 @@ def build_mmkg(
     if links is not None:
         link_items = links["item"].astype(str).to_numpy()
         link_entities = links["entity"].astype(str).to_numpy()
-        _reject_duplicates(link_items, links, source.get("links"), "item", "linked twice")
-        _reject_duplicates(link_entities, links, source.get("links"), "entity",
+        _reject_duplicates(link_items, links, paths.get("links"), "item", "linked twice")
+        _reject_duplicates(link_entities, links, paths.get("links"), "entity",
                            "is the entity of two items (an item IS an entity)")
         known = pd.Index(link_items)
         unlinked = ~inter["item"].isin(known)
@@ -310,13 +310,13 @@ def build_mmkg(
         attrs = attrs.drop_duplicates("item").set_index("item").reindex(items)
         attrs = attrs.fillna("").reset_index(drop=True).astype(str)
 
-    meta = {"interaction rows read": len(interactions),
+    meta: dict[str, int | float | str] = {"interaction rows read": len(interactions),
             "triple rows read": 0 if triples is None else len(triples)}
     dataset = MMKG(
         name=name, meta=meta, users=users, items=items, entities=entities, relations=relations,
         interactions=frame.reset_index(drop=True), threshold=float(threshold), triples=coded,
         item_attrs=attrs, notes=notes,
-        provenance=[file_provenance(path, role) for role, path in source.items() if path.is_file()],
+        provenance=[file_provenance(path, role) for role, path in paths.items() if path.is_file()],
     )
     dataset.validate()
     return dataset

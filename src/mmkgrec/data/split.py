@@ -49,9 +49,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -259,7 +260,7 @@ class Split:
     def validate(self) -> None:
         """Check columns, dtypes, id ranges and that no (user, item) pair is in two parts."""
         columns = ["user", "item", "label"] if self.protocol == "ctr" else ["user", "item"]
-        keys = []
+        parts: list[np.ndarray] = []
         for name in PARTS:
             frame = self.part(name)
             if list(frame.columns) != columns:
@@ -274,8 +275,8 @@ class Split:
                 labels = frame["label"].to_numpy()
                 if labels.dtype != np.float32 or not np.isin(labels, (0.0, 1.0)).all():
                     raise MMKGRecError(f"split part {name}: labels must be float32 0.0 / 1.0")
-            keys.append(frame["user"].to_numpy() * self.n_items + frame["item"].to_numpy())
-        keys = np.concatenate(keys)
+            parts.append(frame["user"].to_numpy() * self.n_items + frame["item"].to_numpy())
+        keys = np.concatenate(parts)
         if not first_occurrence(keys).all():
             raise MMKGRecError("split parts overlap: a (user, item) pair is in two parts or twice")
         if self.candidates not in CANDIDATES.get(self.protocol, ()):
@@ -419,7 +420,8 @@ def split(
         raise MMKGRecError(f"dataset {ds.name!r} has no positives (value >= {ds.threshold}): "
                            "nothing to split")
     rng = np.random.default_rng(config.seed)
-    splitter = {"ctr": _split_ctr, "topk": _split_topk, "cold": _split_cold}[config.protocol]
+    splitter: Callable[..., tuple[Any, ...]] = {
+        "ctr": _split_ctr, "topk": _split_topk, "cold": _split_cold}[config.protocol]
     (train, valid, test), notes, *cold = splitter(ds, positives, config, rng)
     result = Split(
         protocol=config.protocol, n_users=ds.n_users, n_items=ds.n_items,
@@ -611,10 +613,10 @@ def apply_presplit(ds: MMKG, directory: str | Path) -> Split:
 
 
 # ---- helpers ----------------------------------------------------------------------------------
-def _check_stage(stage: str) -> str:
+def _check_stage(stage: str) -> Stage:
     if stage not in ("valid", "test"):
         raise ConfigError(f"unknown evaluation stage {stage!r}; expected 'valid' or 'test'")
-    return stage
+    return stage  # type: ignore[return-value]  # checked just above
 
 
 def _pairs(users: np.ndarray, items: np.ndarray, labels: np.ndarray | None = None) -> pd.DataFrame:

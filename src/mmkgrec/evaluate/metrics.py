@@ -231,28 +231,21 @@ def rank_topk(
     n_block, n_items = scores.shape
     if torch.isnan(scores).any():
         raise MMKGRecError("rank_topk: scores contain NaN")
-    indptr = _int64(exclude_indptr)  # [n_users + 1]
-    items = _int64(exclude_items)  # [nnz]
-    users = np.arange(n_block, dtype=np.int64) if users is None else _int64(users)  # [n_block]
+    indptr = torch.as_tensor(exclude_indptr, dtype=torch.int64)  # [n_users + 1]
+    items = torch.as_tensor(exclude_items, dtype=torch.int64, device=indptr.device)  # [nnz]
+    users = (torch.arange(n_block, device=indptr.device) if users is None
+             else torch.as_tensor(users, dtype=torch.int64, device=indptr.device))  # [n_block]
     if users.shape != (n_block,):
         raise MMKGRecError(f"users must be [{n_block}], one per score row, got {list(users.shape)}")
     if n_block and (users.min() < 0 or users.max() >= len(indptr) - 1):
         raise MMKGRecError(f"user id out of range of the exclusion CSR ({len(indptr) - 1} users)")
 
-    rows, cols = csr_rows(indptr, items, users)  # [m] each: the block's excluded cells
+    rows, cols = csr_rows(indptr, items, users)  # [m] each: the block's excluded cells (one gather)
     if len(cols) and (cols.min() < 0 or cols.max() >= n_items):
         raise MMKGRecError(f"excluded item id out of range [0, {n_items})")
 
     masked = scores if inplace else scores.clone()
-    masked[torch.from_numpy(rows).to(scores.device),
-           torch.from_numpy(cols).to(scores.device)] = float("-inf")
+    masked[rows.to(scores.device), cols.to(scores.device)] = float("-inf")
     top_scores, top_items = torch.topk(masked, min(k, n_items), dim=1)  # [n_block, k']
     top_items = top_items.masked_fill(torch.isneginf(top_scores), -1)
     return top_scores, top_items
-
-
-def _int64(values) -> np.ndarray:
-    """numpy / torch (any device) / list -> an int64 numpy array on the CPU."""
-    if isinstance(values, torch.Tensor):
-        values = values.detach().cpu().numpy()
-    return np.asarray(values, dtype=np.int64)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from contextlib import contextmanager
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,7 +25,7 @@ from mmkgrec.evaluate.metrics import ctr_metrics, per_user_topk_metrics, rank_to
 
 
 def evaluate_topk(
-    model: nn.Module,
+    model: Any,  # a Recommender (models/ sits above this layer)
     split: Split,
     stage: Stage,
     ks: Iterable[int] = (5, 10, 20, 50),
@@ -58,7 +59,7 @@ def evaluate_topk(
 
 
 def evaluate_ctr(
-    model: nn.Module,
+    model: Any,  # a Recommender (models/ sits above this layer)
     split: Split,
     stage: Stage,
     batch: int = 65536,
@@ -84,7 +85,7 @@ def evaluate_ctr(
 
 
 def time_full_ranking(
-    model: nn.Module,
+    model: Any,  # a Recommender (models/ sits above this layer)
     split: Split,
     stage: Stage = "test",
     k: int = 50,
@@ -106,15 +107,15 @@ def time_full_ranking(
     return time.perf_counter() - start
 
 
-def rank_stage(model: nn.Module, split: Split, stage: Stage, users: np.ndarray, k: int,
+def rank_stage(model: Any, split: Split, stage: Stage, users: np.ndarray, k: int,
                batch_users: int, device) -> np.ndarray:
     """[len(users), k] top items (best first, -1 = no item) with the stage's exclusions."""
     if batch_users < 1:
         raise ConfigError(f"batch_users must be >= 1, got {batch_users}")
     device = _device_of(model, device)
-    indptr, items = split.ranking_exclusions(stage)
-    indptr = torch.as_tensor(indptr, device=device)  # [n_users + 1]
-    items = torch.as_tensor(items, device=device)  # [nnz]
+    exclude_indptr, exclude_items = split.ranking_exclusions(stage)
+    indptr = torch.as_tensor(exclude_indptr, device=device)  # [n_users + 1]
+    items = torch.as_tensor(exclude_items, device=device)  # [nnz]
     users_t = torch.as_tensor(users, dtype=torch.int64, device=device)  # [n_eval]
     top = torch.full((len(users), k), -1, dtype=torch.int64)  # [n_eval, k]
     allowed = split.candidate_items(stage)  # the split's candidate set; None: every item

@@ -197,7 +197,7 @@ def _run_and_save(run_spec: RunSpec, dataset: MMKG, data_split: Split, out: Path
     key = (label, run_spec.model, run_spec.seed)
     npz = per_user_path(out, *key)
     npz.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(npz, **per_user)
+    np.savez(npz, **per_user)  # type: ignore[arg-type]  # numpy's stub maps ** to allow_pickle
     for name, new in (("breakdown.csv", groups), ("results.csv", [row])):  # in this order
         write_csv(upsert(read_csv(out / name), pd.DataFrame(new), *key), out / name)
     return row
@@ -226,6 +226,7 @@ def _run_cell(run_spec: RunSpec, dataset: MMKG, data_split: Split, out: Path,
     wall = time.perf_counter() - start
     shutil.rmtree(cell_dir / "last", ignore_errors=True)  # resumable state is no longer needed
     metrics = run.metrics
+    assert metrics is not None  # run_experiment always returns them
 
     users, truth_indptr, truth_items = data_split.ground_truth("test")
     model_cfg, train_cfg = resolved_configs(run_spec)

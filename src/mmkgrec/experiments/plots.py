@@ -15,7 +15,7 @@ def plot_metrics(path: Path, dataset: str, rows: pd.DataFrame, models: list[str]
     """Grouped bars: one group per metric, one bar per model, error bars = std over seeds."""
     from matplotlib.figure import Figure
 
-    metrics = [m for m in metrics if f"test_{m}" in rows]
+    metrics = tuple(m for m in metrics if f"test_{m}" in rows)
     stats = rows.groupby("model")[[f"test_{m}" for m in metrics]].agg(["mean", "std"])
     figure = Figure(figsize=(1.6 + 1.2 * len(metrics) * max(1, len(models)) / 3, 3.6),
                     layout="constrained")

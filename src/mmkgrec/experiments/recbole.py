@@ -32,7 +32,8 @@ def markdown_tables(path: str | Path) -> dict[str, pd.DataFrame]:
     """
     path = Path(path)
     tables: dict[str, pd.DataFrame] = {}
-    section, header, rows = "", None, []
+    section, header = "", None
+    rows: list[list[str]] = []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines() + [""], 1):
         text = line.strip()
         if text.startswith("|"):

@@ -55,7 +55,7 @@ def write_report(spec: BenchmarkSpec, out_dir: str | Path) -> Path:
             recbole = recbole_rows(*reference, dataset)
         lines += [f"## {dataset}", "", _setting_line(rows, spec), ""]
         lines += _metric_table(rows, models, spec.protocol, tests, recbole)
-        if recbole is not None:
+        if recbole is not None and reference is not None:
             lines += ["", f"RecBole rows: parsed from {reference[0]} (their own runs on the same "
                           f"pre-split; not re-run here)."]
         cells = breakdown[breakdown["dataset"] == dataset]

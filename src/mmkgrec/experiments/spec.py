@@ -129,7 +129,9 @@ def overrides_for(pairs: list[str], model: str) -> list[str]:
 def cell_spec(spec: BenchmarkSpec, dataset: str, model: str, seed: int,
                presplit: Path | None) -> tuple[RunSpec, str]:
     """The RunSpec of one cell and where its options came from (default / tuned)."""
-    file_model, file_train, label = {}, {}, "default"
+    file_model: dict = {}
+    file_train: dict = {}
+    label = "default"
     if spec.tuned is not None:
         path = Path(spec.tuned) / file_slug(dataset) / f"{model}.toml"
         if path.is_file():

@@ -17,10 +17,11 @@ from pydantic import Field
 
 from mmkgrec.data.transforms import zscore_stats
 from mmkgrec.errors import ConfigError, ExtractionError
-from mmkgrec.features.base import Extractor, Options, missing_modules
+from mmkgrec.features.base import Extractor, Modality, Options, missing_modules
 from mmkgrec.features.catalogue import CatalogueItem
 
 Stat = Literal["mean", "std", "min", "max", "median", "delta_mean", "delta_std"]
+DEFAULT_STATS: list[Stat] = ["mean", "std"]
 EMOBASE_WIDTH = 988  # openSMILE emobase functionals
 
 
@@ -32,13 +33,15 @@ class AudioOptions(Options):
     hop_length: int = Field(512, ge=16)
 
 
-def load_audio(path: str | Path, sample_rate: int = 22050, max_seconds: float = 60.0,
+def load_audio(path: str | Path | None, sample_rate: int = 22050, max_seconds: float = 60.0,
                offset_seconds: float = 0.0) -> np.ndarray:
     """Decode ``path`` to mono float32 ``[n_samples]`` at ``sample_rate``, at most ``max_seconds``.
 
     Raises:
         ExtractionError: the file is missing, cannot be decoded, or holds no samples.
     """
+    if path is None:
+        raise ExtractionError("no audio file given")
     path = Path(path)
     try:
         stat = path.stat()
@@ -122,7 +125,7 @@ def summarise(frames: np.ndarray, stats: list[str]) -> np.ndarray:
 class AudioExtractor(Extractor):
     """Shared by the audio extractors: decoding options, input digest, availability."""
 
-    modality: ClassVar[str] = "audio"
+    modality: ClassVar[Modality] = "audio"
     inputs: ClassVar[tuple[str, ...]] = ("audio_path",)
     OptionsModel: ClassVar[type[Options]] = AudioOptions
     modules: ClassVar[tuple[str, ...]] = ("librosa", "soundfile")
@@ -163,11 +166,11 @@ def chroma_frames(y: np.ndarray, sr: int, n_fft: int = 2048, hop_length: int = 5
 
 class MfccOptions(AudioOptions):
     n_mfcc: int = Field(20, ge=2, le=128)
-    stats: list[Stat] = Field(default_factory=lambda: ["mean", "std"], min_length=1)
+    stats: list[Stat] = Field(default_factory=lambda: list(DEFAULT_STATS), min_length=1)
 
 
 class ChromaOptions(AudioOptions):
-    stats: list[Stat] = Field(default_factory=lambda: ["mean", "std"], min_length=1)
+    stats: list[Stat] = Field(default_factory=lambda: list(DEFAULT_STATS), min_length=1)
 
 
 class MfccStats(AudioExtractor):
@@ -231,7 +234,9 @@ class BagOfFrames(AudioExtractor):
         super().__init__(**options)
         frame_keys = set(self.base.OptionsModel.model_fields) & set(AudioOptions.model_fields)
         self._frames = self.base(**{k: getattr(self.options, k) for k in frame_keys})
-        self.mean = self.std = self.codebook = None
+        self.mean: np.ndarray | None = None  # [d] set by fit / set_state
+        self.std: np.ndarray | None = None  # [d]
+        self.codebook: np.ndarray | None = None  # [k, d]
 
     @property
     def width(self) -> int:
@@ -269,6 +274,7 @@ class BagOfFrames(AudioExtractor):
                         "codebook": kmeans.cluster_centers_.astype(np.float32)}, {})
 
     def get_state(self) -> tuple[dict[str, np.ndarray], dict]:
+        assert self.mean is not None and self.std is not None and self.codebook is not None
         return {"mean": self.mean, "std": self.std, "codebook": self.codebook}, {}
 
     def set_state(self, arrays: dict[str, np.ndarray], meta: dict) -> None:
@@ -282,6 +288,7 @@ class BagOfFrames(AudioExtractor):
             raise ExtractionError("the audio is too short for one frame")
         x = (frames - self.mean) / self.std  # [T, d]
         c = self.codebook  # [k, d]
+        assert c is not None  # fitted (the base class checks before extracting)
         dist = (x * x).sum(1)[:, None] - 2.0 * x @ c.T + (c * c).sum(1)[None, :]  # [T, k]
         counts = np.bincount(dist.argmin(axis=1), minlength=len(c)).astype(np.float32)  # [k]
         return counts / counts.sum()

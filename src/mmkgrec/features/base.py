@@ -60,7 +60,8 @@ class Extractor(ABC):
     OptionsModel: ClassVar[type[Options]] = Options
 
     def __init__(self, **options: Any):
-        self.options = parse_config(self.OptionsModel, f"{self.name} options", options)
+        # Any: each extractor reads the fields of its own OptionsModel
+        self.options: Any = parse_config(self.OptionsModel, f"{self.name} options", options)
         self._fitted = not self.needs_fit
 
     # ---- description ---------------------------------------------------------------------------

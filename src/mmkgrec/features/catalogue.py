@@ -117,8 +117,8 @@ def read_catalogue(path: str | Path) -> Catalogue:
                                     f"use .csv, .tsv or .parquet")
     if not path.is_file():
         raise DataFormatError(path, "file not found")
-    header, rows = (_parquet_rows(path) if CATALOGUE_EXTENSIONS[suffix] is None
-                    else _text_rows(path, CATALOGUE_EXTENSIONS[suffix]))
+    delimiter = CATALOGUE_EXTENSIONS[suffix]
+    header, rows = _parquet_rows(path) if delimiter is None else _text_rows(path, delimiter)
     header = [h.strip() for h in header]
     seen: dict[str, int] = {}
     for h in header:

@@ -99,17 +99,17 @@ def extract(
         # 1. input digests (file bytes or text) of every item with input, per extractor
         digests: dict[str, list[str | None]] = {}
         for ex in chosen:
-            report = reports[ex.name] = ExtractorReport(ex.name, ex.modality, ex.width)
+            counts = reports[ex.name] = ExtractorReport(ex.name, ex.modality, ex.width)
             digests[ex.name] = [None] * n
             for i, item in enumerate(cat.items):
                 if not ex.has_input(item):
-                    report.absent += 1
+                    counts.absent += 1
                     continue
                 try:
                     digests[ex.name][i] = ex.input_digest(item, cache.file_digest)
                 except ExtractionError as error:
                     errors.append(ErrorRow(item.item_id, ex.name, _path_of(ex, item), str(error)))
-                    report.failed += 1
+                    counts.failed += 1
 
         # 2. fit the fitted extractors on the train items (state cached by train content)
         for ex in chosen:
@@ -132,11 +132,11 @@ def extract(
             prefix = ex.config_digest() + ex.state_digest()
             keys[ex.name] = [None if d is None else sha256_text(prefix + d)
                              for d in digests[ex.name]]
-            wanted = [i for i, k in enumerate(keys[ex.name]) if k is not None]
-            hits = cache.get_vectors([keys[ex.name][i] for i in wanted], ex.width)
+            wanted = [(i, k) for i, k in enumerate(keys[ex.name]) if k is not None]
+            hits = cache.get_vectors([k for _, k in wanted], ex.width)
             todo[ex.name] = []
-            for i in wanted:
-                vector = hits.get(keys[ex.name][i])
+            for i, key in wanted:
+                vector = hits.get(key)
                 if vector is None:
                     todo[ex.name].append(i)
                 else:
@@ -144,13 +144,13 @@ def extract(
                     reports[ex.name].cached += 1
 
         def done(bundle: Bundle, results: list[list[tuple]]) -> None:
-            stored = []
+            stored: list[tuple[str, np.ndarray]] = []
             for (name, positions), rows in zip(bundle, results):
                 for i, (vector, error) in zip(positions, rows):
                     if error is None:
                         matrices[name][i], masks[name][i] = vector, True
                         reports[name].computed += 1
-                        stored.append((keys[name][i], vector))
+                        stored.append((keys[name][i] or "", vector))  # computed: has a key
                     else:
                         item = cat.items[i]
                         errors.append(ErrorRow(item.item_id, name, _path_of(by_name[name], item),
@@ -247,7 +247,7 @@ def _fit(ex: Extractor, cat: Catalogue, digests: list[str | None], train: set[st
     if not rows:
         raise ConfigError(f"{ex.name}: no train item has usable input to fit on")
     rows.sort(key=lambda i: (digests[i], cat.items[i].item_id))  # order-independent fit
-    fit_key = sha256_text(ex.config_digest() + "fit" + "\n".join(digests[i] for i in rows))
+    fit_key = sha256_text(ex.config_digest() + "fit" + "\n".join(digests[i] or "" for i in rows))
     state = cache.get_fit(fit_key)
     if state is not None:
         ex.load_state_bytes(state)

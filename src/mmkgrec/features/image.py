@@ -25,15 +25,17 @@ import numpy as np
 from pydantic import Field
 
 from mmkgrec.errors import ExtractionError, MMKGRecError
-from mmkgrec.features.base import BatchExtractor, Extractor, Options, missing_modules
+from mmkgrec.features.base import BatchExtractor, Extractor, Modality, Options, missing_modules
 from mmkgrec.features.catalogue import CatalogueItem
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 
 
-def load_image(path: str | Path):
+def load_image(path: str | Path | None):
     """A PIL RGB image, fully decoded; ExtractionError when missing or corrupt."""
+    if path is None:
+        raise ExtractionError("no image file given")
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -47,7 +49,7 @@ def load_image(path: str | Path):
 
 
 class ImageExtractor(Extractor):
-    modality: ClassVar[str] = "image"
+    modality: ClassVar[Modality] = "image"
     inputs: ClassVar[tuple[str, ...]] = ("image_path",)
 
     def input_digest(self, item: CatalogueItem, file_digest) -> str:
@@ -92,7 +94,7 @@ def preprocess(image, size: int = 224) -> np.ndarray:
     w, h = image.size
     scale = size / min(w, h)
     resized = image.resize((max(size, round(w * scale)), max(size, round(h * scale))),
-                           Image.BILINEAR)
+                           Image.Resampling.BILINEAR)
     w, h = resized.size
     left, top = (w - size) // 2, (h - size) // 2
     pixels = np.asarray(resized.crop((left, top, left + size, top + size)), dtype=np.float32)

@@ -91,7 +91,7 @@ def _sentiment(counts: pd.DataFrame, n_items: int) -> np.ndarray:
 
     repeated = counts.loc[counts.index.repeat(counts["n"].to_numpy())]
     per_item = repeated.groupby("item")["tag"].agg(list)
-    segments = [[] for _ in range(n_items)]
+    segments: list[list[str]] = [[] for _ in range(n_items)]
     for item, tags in per_item.items():  # one list per tagged artist (3,083), not per assignment
         segments[item] = tags
     return sentiment_scores(segments)
@@ -161,7 +161,7 @@ def scoped_content(dataset: MMKG, data_split, scope: str) -> MMKG:
         raise MMKGRecError(f"dataset {dataset.name!r} has no tag content to scope")
     if scope not in ("train", "no-eval"):
         raise MMKGRecError(f"unknown content scope {scope!r}; expected train or no-eval")
-    assignments = tag_assignments(folder)
+    assignments = tag_assignments(str(folder))
     assignments = assignments[assignments["item"].isin(dataset.items)]
     parts = ["train"] if scope == "train" else ["valid", "test"]
     pairs = pd.concat([data_split.positives(part) for part in parts], ignore_index=True)

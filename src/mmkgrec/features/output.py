@@ -148,9 +148,9 @@ def read_features(directory: str | Path) -> FeatureSet:
     if manifest.get("schema_version") != SCHEMA_VERSION:
         raise DataFormatError(path, f"unknown schema_version {manifest.get('schema_version')!r} "
                                     f"(this mmkgrec reads {SCHEMA_VERSION})")
-    for key, kind in (("items", list), ("modalities", dict), ("files", dict)):
-        if not isinstance(manifest.get(key), kind):
-            raise DataFormatError(path, f"{key!r} must be a JSON {kind.__name__}")
+    for key, expected in (("items", list), ("modalities", dict), ("files", dict)):
+        if not isinstance(manifest.get(key), expected):
+            raise DataFormatError(path, f"{key!r} must be a JSON {expected.__name__}")
     for file, digest in manifest["files"].items():
         if not (directory / file).is_file():
             raise DataFormatError(directory / file, "file not found (listed in features.json)")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from mmkgrec.errors import ConfigError, ExtractionError
 from mmkgrec.features.base import Extractor
@@ -88,8 +89,8 @@ class Runner:
             raise ConfigError(f"workers must be >= 1, got {workers}")
         self.workers, self.threads, self.progress = workers, threads, progress
         self.specs = [(type(ex), ex.options.model_dump(mode="json")) for ex in extractors]
-        self._pool = None
-        self._tmp = None
+        self._pool: Any = None  # a ProcessPoolExecutor once started
+        self._tmp: Any = None  # a TemporaryDirectory of fitted states once needed
 
     def close(self) -> None:
         if self._pool is not None:  # results are in; idle workers exit on their own

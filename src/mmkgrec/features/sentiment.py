@@ -14,7 +14,7 @@ from typing import ClassVar, Literal
 
 import numpy as np
 
-from mmkgrec.features.base import BatchExtractor, Options, missing_modules, sha256_text
+from mmkgrec.features.base import BatchExtractor, Modality, Options, missing_modules, sha256_text
 from mmkgrec.features.catalogue import CatalogueItem
 
 SENTIMENT_COLUMNS = ("compound_mean", "compound_std", "compound_min", "compound_max", "pos_mean",
@@ -84,7 +84,7 @@ class Vader(BatchExtractor):
     """VADER sentiment of the lyric lines (else the tags), summarised (9 columns)."""
 
     name = "vader"
-    modality: ClassVar[str] = "sentiment"
+    modality: ClassVar[Modality] = "sentiment"
     inputs: ClassVar[tuple[str, ...]] = ("lyrics", "tags")
     weights = "none (VADER lexicon shipped in vaderSentiment)"
     OptionsModel = VaderOptions

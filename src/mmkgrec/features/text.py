@@ -20,10 +20,11 @@ import numpy as np
 from pydantic import Field
 
 from mmkgrec.errors import ConfigError, MMKGRecError
-from mmkgrec.features.base import BatchExtractor, Options, missing_modules, sha256_text
+from mmkgrec.features.base import BatchExtractor, Modality, Options, missing_modules, sha256_text
 from mmkgrec.features.catalogue import CatalogueItem
 
 TextField = Literal["title", "artist", "tags", "lyrics"]
+DEFAULT_FIELDS: list[TextField] = ["title", "artist", "tags", "lyrics"]
 BUNDLED = "all-MiniLM-L6-v2"
 BUNDLED_ALIASES = {"minilm", BUNDLED.lower(), f"sentence-transformers/{BUNDLED}".lower()}
 BUNDLED_WIDTH = 384
@@ -43,12 +44,12 @@ def compose_text(item: CatalogueItem, fields: list[str]) -> str:
 
 
 class TextOptions(Options):
-    fields: list[TextField] = Field(default_factory=lambda: ["title", "artist", "tags", "lyrics"],
+    fields: list[TextField] = Field(default_factory=lambda: list(DEFAULT_FIELDS),
                                     min_length=1)
 
 
 class TextExtractor(BatchExtractor):
-    modality: ClassVar[str] = "text"
+    modality: ClassVar[Modality] = "text"
     inputs: ClassVar[tuple[str, ...]] = ("title", "artist", "tags", "lyrics")
 
     def has_input(self, item: CatalogueItem) -> bool:

@@ -73,6 +73,7 @@ def build_mmkg(dataset: MMKG, mode: Mode, *, clusters: int = 32, min_tag_items: 
 
     links: list[pd.DataFrame] = []  # item, relation name, entity name
     if has_tags:
+        assert dataset.item_attrs is not None  # has_tags
         links.append(_tag_links(dataset.item_attrs["tags"], min_tag_items))
     for name, matrix in dataset.modalities.items():
         mask = dataset.modality_masks[name]

@@ -47,7 +47,7 @@ def run_demo(out: str | Path, seed: int = 0, console: Console | None = None,
                        train_options={**DEMO_TRAIN, "negatives": DEMO_NEGATIVES[name]})
         with console.status(f"training {name}"):
             runs[name] = run_experiment(spec, out / name, data=(dataset, data_split), progress=False)
-        metrics = runs[name].metrics
+        metrics = runs[name].metrics or {}
         console.print(f"  {name}: {metrics['epochs_run']} epochs, "
                       f"{metrics['train_seconds_per_epoch']:.1f} s/epoch")
 
@@ -55,7 +55,7 @@ def run_demo(out: str | Path, seed: int = 0, console: Console | None = None,
     for column in ("model", "AUC", "F1", "Recall@20", "NDCG@20"):
         table.add_column(column, justify="left" if column == "model" else "right")
     for name, run in runs.items():
-        test = run.metrics["test"]
+        test = (run.metrics or {})["test"]
         table.add_row(name, *(f"{test[m]:.4f}" for m in ("auc", "f1", "recall@20", "ndcg@20")))
     console.print(table)
 

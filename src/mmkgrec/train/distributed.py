@@ -157,7 +157,7 @@ def setup(device: str = "auto") -> DistContext | None:
             raise ConfigError(f"WORLD_SIZE > 1 but {', '.join(missing)} unset: start the "
                               f"processes with torchrun (or `mmkgrec train --nproc N`)")
         timeout = timedelta(seconds=float(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT_S)))
-        kwargs = {"device_id": target} if backend == "nccl" else {}
+        kwargs: dict[str, Any] = {"device_id": target} if backend == "nccl" else {}
         dist.init_process_group(backend=backend, timeout=timeout, **kwargs)
     else:
         backend = dist.get_backend()
@@ -271,7 +271,7 @@ def ddp_loss(context: DistContext, model: nn.Module,
 
     # No buffer broadcast before every forward (it is deprecated under a new name in recent
     # torch): the buffers are identical on every rank already.
-    no_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in
+    no_sync: dict[str, Any] = ({"forward_sync_buffers": False} if "forward_sync_buffers" in
                inspect.signature(DistributedDataParallel.__init__).parameters
                else {"broadcast_buffers": False})
     return DistributedDataParallel(

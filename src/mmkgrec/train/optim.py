@@ -47,7 +47,8 @@ class MixedAdam:
 
     def __init__(self, dense: list[nn.Parameter], sparse: dict[str, nn.Parameter], lr: float):
         self.sparse_params = sparse  # name -> parameter
-        self.parts = [torch.optim.SparseAdam(list(sparse.values()), lr=lr)]
+        self.parts: list[torch.optim.Optimizer] = [
+            torch.optim.SparseAdam(list(sparse.values()), lr=lr)]
         if dense:
             self.parts.insert(0, torch.optim.Adam(dense, lr=lr))
 

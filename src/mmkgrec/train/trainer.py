@@ -49,7 +49,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -59,7 +59,7 @@ from torch import Tensor, nn
 
 from mmkgrec.config import parse_config
 from mmkgrec.data.dataset import MMKG
-from mmkgrec.data.split import Split
+from mmkgrec.data.split import Split, Stage
 from mmkgrec.errors import ConfigError, MMKGRecError
 from mmkgrec.evaluate.ranking import evaluate_ctr, evaluate_topk
 from mmkgrec.graph.negatives import NegativeSampler
@@ -173,7 +173,8 @@ class Trainer:
         if self.config.negatives == "fixed" and split.protocol != "ctr":
             raise ConfigError("negatives='fixed' needs a ctr split (its labelled negatives); "
                               f"this split is {split.protocol!r}: use 'uniform' or 'ratio'")
-        self.model, self.split, self.dataset = model, split, dataset
+        self.model: Any = model  # a Recommender: start_epoch, regularization, ... (models/base.py)
+        self.split, self.dataset = split, dataset
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self._writer = self.out_dir  # where files go: out_dir, or None on ranks other than 0
         self.device = resolve_device(self.config.device)
@@ -228,8 +229,10 @@ class Trainer:
         try:
             optimizer = make_optimizer(model, sparse, cfg.lr) if trainable else None
             state = fresh_state()
-            best_weights = None  # state dict snapshot of the best evaluation
-            last = latest_complete(self.out_dir / "last") if resume else None
+            # state dict snapshot of the best evaluation
+            best_weights: tuple[dict[str, Tensor], dict] | None = None
+            last = (latest_complete(self.out_dir / "last")
+                    if resume and self.out_dir is not None else None)  # fit() checked out_dir
             if last is not None:
                 state, best_weights = self._resume(last, optimizer)
             elif self._writer is not None:
@@ -257,7 +260,8 @@ class Trainer:
 
         results = self._results(state, evaluate_test) if main else None
         if context is not None:
-            results = context.broadcast(results)
+            results = context.broadcast(results)  # rank 0's, on every rank
+        assert results is not None
         return results
 
     def _results(self, state: dict, evaluate_test: bool) -> dict:
@@ -407,7 +411,7 @@ class Trainer:
             loss = loss + extra
         return loss
 
-    def _evaluate(self, stage: str) -> tuple[dict[str, float], float]:
+    def _evaluate(self, stage: Stage) -> tuple[dict[str, float], float]:
         """(metrics, seconds) of the protocol's evaluation on ``stage``."""
         start = time.perf_counter()
         if self.split.protocol == "ctr":
@@ -439,6 +443,7 @@ class Trainer:
 
     def _save_last(self, state: dict, optimizer) -> None:
         """Write ``last/`` atomically: weights, optimizer, RNGs, trainer state, best weights."""
+        assert self.out_dir is not None  # only called with an out_dir
         final = self.out_dir / "last"
         staging = final.with_name("last.tmp")
         shutil.rmtree(staging, ignore_errors=True)
@@ -472,6 +477,7 @@ class Trainer:
 
     def _clear_out_dir(self) -> None:
         """A fresh run: drop the state and log of an earlier run in the same out_dir."""
+        assert self.out_dir is not None
         self.out_dir.mkdir(parents=True, exist_ok=True)
         for name in ("last", "last.old", "last.tmp", "best", "best.old", "best.tmp"):
             shutil.rmtree(self.out_dir / name, ignore_errors=True)

@@ -136,7 +136,9 @@ def read_recbole(directory: str | Path, name: str | None = None, threshold: floa
                      f".link and .item)")
 
     # Triples, links, item table (each optional).
-    links = triples = item_table = None
+    links: pd.DataFrame | None = None
+    triples: pd.DataFrame | None = None
+    item_table: pd.DataFrame | None = None
     item_fields: list[Field] = []
     if paths[".kg"].is_file():
         _, table = read_atomic(
@@ -207,11 +209,12 @@ def read_recbole(directory: str | Path, name: str | None = None, threshold: floa
                 "items": paths[".item"]})
     if sidecar:  # write_recbole lists every item in .link and in .item
         for suffix, table in ((".link", links), (".item", item_table)):
-            if len(table) != dataset.n_items:
+            listed = 0 if table is None else len(table)
+            if listed != dataset.n_items:
                 declared = (f" ({sidecar_path.name} declares modalities "
                             f"{sorted(sidecar['modalities'])})" if suffix == ".item"
                             and sidecar["modalities"] else "")
-                raise DataFormatError(paths[suffix], f"lists {len(table):,} of the {dataset.n_items:,} "
+                raise DataFormatError(paths[suffix], f"lists {listed:,} of the {dataset.n_items:,} "
                                       f"items{declared}, but mmkgrec writes every item to it: files "
                                       f"changed since written")
         counts = sidecar.get("counts", {})
@@ -296,7 +299,7 @@ def find_stem(directory: Path) -> str:
 
 def read_atomic(path: Path, required: dict[str, str], optional: dict[str, str] | None = None,
                 allow_empty: bool = True, minimum: dict[str, float] | None = None,
-                ) -> tuple[list[Field], pd.DataFrame | None]:
+                ) -> tuple[list[Field], pd.DataFrame]:
     """Read one atomic file: its header fields and a table with one column per field plus ``_line``.
 
     ``required`` / ``optional`` map field names to the type they must have (their cells are capped
@@ -464,6 +467,7 @@ def write_recbole(dataset: MMKG, directory: str | Path, name: str | None = None)
                 or _UNWRITABLE.search(column) or column != column.strip() or names.count(column) > 1):
             raise MMKGRecError(f"item attribute / modality name {column!r} cannot be a RecBole field name")
     for column in attr_columns or []:
+        assert attrs is not None  # attr_columns come from it
         text = attrs[column].astype(str).to_numpy()
         _check_text(text, f"item_attrs column {column!r} of item", items, allow_empty=True)
         item_table[f"{column}:token"] = text
