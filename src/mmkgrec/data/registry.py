@@ -7,10 +7,10 @@ then the download cache (``$MMKGREC_CACHE`` or ``~/.cache/mmkgrec``) filled by :
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 import urllib.request
@@ -278,30 +278,50 @@ def fetch(folder: str, *, dest: str | Path | None = None, base_url: str | None =
     url = base_url or spec.url
     with tempfile.TemporaryDirectory(dir=target) as tmp:
         staged = Path(tmp)
-        if url.endswith(".zip"):
-            archive = zipfile.ZipFile(io.BytesIO(_download(url)))
-            by_name = {Path(n).name: n for n in archive.namelist()}
+        if url.endswith(".zip"):  # the archive is not pinned, its members are
+            with zipfile.ZipFile(_retrieve(url, None, staged / "archive.zip")) as archive:
+                by_name = {Path(n).name: n for n in archive.namelist()}
+                for f in missing:
+                    if f not in by_name:
+                        raise ChecksumError(f"{url}: the archive has no {f}")
+                    (staged / f).write_bytes(archive.read(by_name[f]))
             for f in missing:
-                if f not in by_name:
-                    raise ChecksumError(f"{url}: the archive has no {f}")
-                (staged / f).write_bytes(archive.read(by_name[f]))
-        else:
+                got, want = sha256_of(staged / f), sums[f"{folder}/{f}"]
+                if got != want:
+                    raise ChecksumError(
+                        f"{folder}/{f} from {url}: sha256 {got} does not match the pinned "
+                        f"{want}; nothing was written")
+        else:  # pooch checks each file against its pinned sha256
             for f in missing:
-                (staged / f).write_bytes(_download(url.rstrip("/") + "/" + f))
-        for f in missing:
-            got, want = sha256_of(staged / f), sums[f"{folder}/{f}"]
-            if got != want:
-                raise ChecksumError(
-                    f"{folder}/{f} from {url}: sha256 {got} does not match the pinned {want}; "
-                    f"nothing was written")
+                _retrieve(url.rstrip("/") + "/" + f, sums[f"{folder}/{f}"], staged / f,
+                          what=f"{folder}/{f} from {url}")
         for f in missing:
             shutil.move(str(staged / f), target / f)
     return target
 
 
-def _download(url: str) -> bytes:
+def _retrieve(url: str, sha256: str | None, dest: Path, what: str = "") -> Path:
+    """Download ``url`` to ``dest`` with pooch, verifying ``sha256`` when given.
+
+    Raises:
+        ChecksumError: the file does not match ``sha256`` (pooch deletes it).
+        MMKGRecError: the download failed.
+    """
+    import pooch
+
+    downloader = _file_download if url.startswith("file:") else pooch.HTTPDownloader(timeout=60)
     try:
-        with urllib.request.urlopen(url, timeout=60) as response:  # noqa: S310 (pinned https/file)
-            return response.read()
-    except OSError as error:
+        return Path(pooch.retrieve(url, known_hash=None if sha256 is None else f"sha256:{sha256}",
+                                   fname=dest.name, path=dest.parent, downloader=downloader))
+    except ValueError as error:  # pooch: the downloaded file's hash differs from the known one
+        got = re.search(r"\(([0-9a-f]{64})\)", str(error))
+        raise ChecksumError(f"{what or url}: sha256 {got.group(1) if got else '?'} does not match "
+                            f"the pinned {sha256}; nothing was written") from None
+    except OSError as error:  # requests' errors are OSErrors too
         raise MMKGRecError(f"download of {url} failed: {error}") from error
+
+
+def _file_download(url: str, output_file: str, _pooch: object) -> None:
+    """pooch downloader for ``file://`` URLs (local mirrors; the tests use them)."""
+    with urllib.request.urlopen(url, timeout=60) as response:  # noqa: S310 (a local file)
+        Path(output_file).write_bytes(response.read())
