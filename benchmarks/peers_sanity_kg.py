@@ -18,9 +18,9 @@ import time
 from importlib import resources
 from pathlib import Path
 
-import tomllib
 import torch
 
+from mmkgrec.config import tomllib
 from mmkgrec.data import apply_presplit, load
 from mmkgrec.models.kgat import KGAT
 from mmkgrec.models.mkgat import MKGAT

@@ -40,6 +40,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mmkgrec.paths import cache_dir
+
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "results" / "scaling"
 MODELS = ("mkgcn", "kgcn", "lightgcn")
@@ -514,7 +516,7 @@ def main() -> None:
     p.add_argument("--batches", type=int, default=6)
     p.add_argument("--rank-seconds", type=float, default=8.0)
     p.add_argument("--profile-steps", type=int, default=3)
-    p.add_argument("--data-dir", default=str(Path.home() / ".cache" / "mmkgrec" / "scaling"))
+    p.add_argument("--data-dir", default=str(cache_dir("scaling")))
     p.add_argument("--out", default=str(OUT))
     p.add_argument("--timeout", type=float, default=900.0)
     p.add_argument("--resume", action="store_true", help="keep finished measurements")

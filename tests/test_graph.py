@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
+from mmkgrec.data.csr import user_item_csr
 from mmkgrec.errors import ConfigError, MMKGRecError
 from mmkgrec.graph import (
     KnowledgeGraph,
     multi_hop,
     sample_neighbors,
     to_torch_sparse_adjacency,
-    user_item_csr,
 )
 
 # 5 entities, 2 relations. (0,0,1) is repeated, (1,0,0) is its reverse, (3,1,3) a self-loop,

@@ -9,9 +9,9 @@ import pytest
 import torch
 from sklearn.metrics import accuracy_score, f1_score, ndcg_score, roc_auc_score
 
+from mmkgrec.data.csr import user_item_csr
 from mmkgrec.errors import ConfigError, MMKGRecError
 from mmkgrec.evaluate import ctr_metrics, per_user_topk_metrics, rank_topk, topk_metrics
-from mmkgrec.graph import user_item_csr
 
 
 def csr(rows: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:

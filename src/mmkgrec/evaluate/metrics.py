@@ -6,7 +6,7 @@ batches and so is not the AUC (see ``tests/test_metrics.py`` for a counter-examp
 
 Top-K metrics take the ranked lists ``[n_eval_users, max_k]`` (best first, ``-1`` = no item) and
 the ground truth as a CSR over the same users (``truth_indptr [n_eval_users + 1]``,
-``truth_items [nnz]``, see :func:`mmkgrec.graph.user_item_csr`). Definitions follow RecBole:
+``truth_items [nnz]``, see :func:`mmkgrec.data.csr.user_item_csr`). Definitions follow RecBole:
 
 - ``recall@k = hits@k / |truth|``, ``precision@k = hits@k / k``;
 - ``ndcg@k = DCG@k / IDCG@k`` with binary gains, ``DCG@k = sum_{i<k} hit_i / log2(i + 2)`` and

@@ -8,7 +8,6 @@ Typical use::
     hops = multi_hop(nbr, item_ids, n_hops=2)                # [n, 1], [n, 8], [n, 64]
 """
 
-from mmkgrec.data.csr import user_item_csr  # the user-item graph's CSR (built in the data layer)
 from mmkgrec.graph.kg import (
     MODES,
     KnowledgeGraph,
@@ -23,5 +22,4 @@ __all__ = [
     "multi_hop",
     "sample_neighbors",
     "to_torch_sparse_adjacency",
-    "user_item_csr",
 ]

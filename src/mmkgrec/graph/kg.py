@@ -186,7 +186,8 @@ def to_torch_sparse_adjacency(indptr, item_ids, n_items: int,
     both ways. Nodes without edges get no entries (no division by zero).
 
     Args:
-        indptr, item_ids: the user-item CSR of :func:`user_item_csr` (``n_users = len(indptr)-1``).
+        indptr, item_ids: the user-item CSR of :func:`mmkgrec.data.csr.user_item_csr`
+            (``n_users = len(indptr)-1``).
         n_items: number of items.
         layout: ``"coo"`` (coalesced) or ``"csr"``.
 
