@@ -9,7 +9,7 @@ from pathlib import Path
 from pydantic import BaseModel
 from torch import Tensor, nn
 
-from mmkgrec.train.checkpoint import EXTRA_PREFIX, CheckpointError
+from mmkgrec.train.checkpoint import CheckpointError
 
 BEST_IN_LAST = "best.safetensors"  # the best weights, kept inside last/ so resume is consistent
 RESUMABLE_CHANGES = {"epochs", "max_train_seconds", "device", "eval_batch_users"}
@@ -43,18 +43,14 @@ def fresh_state() -> dict:
 
 
 def snapshot(model: nn.Module) -> tuple[dict[str, Tensor], dict]:
-    """A copy of the model's state dict and extra state, restorable by ``load_model_state``."""
+    """A copy of the model's state dict, restorable by ``load_model_state``."""
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    extra = {k: v.detach().clone()
-             for k, v in getattr(model, "extra_state_for_checkpoint", lambda: {})().items()}
-    return state, {"model": {"name": getattr(model, "name", None)}, "extra_state": extra}
+    return state, {"model": {"name": getattr(model, "name", None)}}
 
 
-def split_extra(tensors: dict[str, Tensor], meta: dict) -> tuple[dict[str, Tensor], dict]:
-    """(state dict, meta with ``extra_state``) from the tensors of a weights file."""
-    state = {k: v for k, v in tensors.items() if not k.startswith(EXTRA_PREFIX)}
-    extra = {k[len(EXTRA_PREFIX):]: v for k, v in tensors.items() if k.startswith(EXTRA_PREFIX)}
-    return state, {"model": meta["model"], "extra_state": extra}
+def best_state(tensors: dict[str, Tensor], meta: dict) -> tuple[dict[str, Tensor], dict]:
+    """(state dict, meta) of the best weights kept in ``last/``, as :func:`snapshot` gives."""
+    return tensors, {"model": meta["model"]}
 
 
 def link_or_copy(source: Path, target: Path) -> None:

@@ -82,11 +82,11 @@ from mmkgrec.train.logs import append_log, epoch_progress, plot_curve, rewrite_l
 from mmkgrec.train.optim import check_sparse_gradients, make_optimizer, sparsify
 from mmkgrec.train.resume import (
     BEST_IN_LAST,
+    best_state,
     check_resumable,
     fresh_state,
     link_or_copy,
     snapshot,
-    split_extra,
 )
 
 MONITOR_K = 20  # topk early stopping watches NDCG@20
@@ -471,7 +471,7 @@ class Trainer:
         if state["best_epoch"]:
             weights = state["best_weights"]
             tensors = load_tensors(last / BEST_IN_LAST, weights["sha256"], weights["aliases"])
-            best_weights = split_extra(tensors, meta)
+            best_weights = best_state(tensors, meta)
         rewrite_log(self._writer, state["log"])
         return state, best_weights
 
