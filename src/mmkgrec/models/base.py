@@ -59,6 +59,8 @@ class Recommender(nn.Module):
     #: attributes holding ranking caches; :meth:`train` (and so ``eval()``) sets them to None,
     #: because the parameters may change before the next ranking
     ranking_caches: ClassVar[tuple[str, ...]] = ()
+    #: set by models with modalities (:func:`~mmkgrec.models.layers.register_modalities`)
+    modality_names: list[str]
 
     def __init__(self, dataset: MMKG, split: Split, config: ModelConfig, seed: int = 0):
         super().__init__()

@@ -7,6 +7,8 @@ that every graph model should beat.
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from pydantic import Field
 from torch import Tensor, nn
@@ -29,7 +31,7 @@ def xavier_embedding(n: int, dim: int, generator: torch.Generator) -> nn.Embeddi
 
 def embedding_l2(*embeddings: Tensor) -> Tensor:
     """Half the squared norm of the rows, averaged over the batch (rows of the first tensor)."""
-    return 0.5 * sum(e.pow(2).sum() for e in embeddings) / len(embeddings[0])
+    return cast(Tensor, 0.5 * sum(e.pow(2).sum() for e in embeddings) / len(embeddings[0]))
 
 
 class BPRMF(Recommender):

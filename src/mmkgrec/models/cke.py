@@ -36,6 +36,8 @@ instead), the paper's separate priors per layer.
 
 from __future__ import annotations
 
+from typing import cast
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -122,10 +124,13 @@ class CKE(Recommender):
         self.start_epoch(0, np.random.default_rng(seed))
 
     # ---- representations -----------------------------------------------------------------------
+    def _autoencoders(self) -> list[DenoisingAutoEncoder]:
+        return cast(list[DenoisingAutoEncoder], list(self.autoencoders))
+
     def item_vectors(self, items: Tensor) -> Tensor:
         """e_i = eta_i + v_i + sum_m [i has m] X^m_i: items [...] -> [..., d]."""
         vectors = self.item_offset(items) + self.entity_emb(items)
-        for k, autoencoder in enumerate(self.autoencoders):
+        for k, autoencoder in enumerate(self._autoencoders()):
             features = getattr(self, f"features_{k}")[items].float()  # [..., d_m]
             present = getattr(self, f"present_{k}")[items].unsqueeze(-1)  # [..., 1]
             vectors = vectors + autoencoder.encode(features) * present.to(vectors.dtype)
@@ -181,6 +186,7 @@ class CKE(Recommender):
     def kg_loss(self) -> Tensor:
         """TransR pairwise loss of the next ``kg_batch_size`` KG triples (a scalar)."""
         cfg = self.config
+        assert self._kg_batches is not None, "start_epoch() samples the KG batches first"
         self._kg_batches = self._kg_batches.to(self.entity_emb.weight.device)
         batch, self._kg_cursor = self._take(self._kg_batches, self._kg_cursor, cfg.kg_batch_size)
         heads, relations, tails, corrupted = batch  # [B] each
@@ -193,13 +199,14 @@ class CKE(Recommender):
 
     def reconstruction_loss(self) -> Tensor:
         """Sum over modalities of the denoising AEs' loss on the next ``ae_batch_size`` items."""
+        assert self._item_order is not None, "start_epoch() orders the items first"
         self._item_order = self._item_order.to(self.user_emb.weight.device)
         items, self._ae_cursor = self._take(self._item_order, self._ae_cursor,
                                             self.config.ae_batch_size)  # [B]
-        return sum(autoencoder.reconstruction_loss(getattr(self, f"features_{k}")[items].float(),
+        return cast(Tensor, sum(autoencoder.reconstruction_loss(getattr(self, f"features_{k}")[items].float(),
                                                    getattr(self, f"present_{k}")[items],
                                                    self.config.ae_noise)
-                   for k, autoencoder in enumerate(self.autoencoders))
+                   for k, autoencoder in enumerate(self._autoencoders())))
 
     def auxiliary_loss(self) -> Tensor | None:
         """``kg_loss_weight`` x TransR loss + ``ae_loss_weight`` x reconstruction loss of this

@@ -38,6 +38,8 @@ here they are fixed buffers). Unlike the reference code, an item is not its own 
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -88,7 +90,11 @@ class FREEDOM(LightGCN):
     name = "freedom"
     Config = FREEDOMConfig
     config: FREEDOMConfig
-    ranking_caches = ("_cache", "_step_users")  # reset by train()
+    ranking_caches: ClassVar[tuple[str, ...]] = ("_cache", "_step_users")  # reset by train()
+
+    # registered buffers
+    item_graph_index: Tensor
+    item_graph_value: Tensor
 
     def __init__(self, dataset: MMKG, split: Split, config: FREEDOMConfig, seed: int = 0):
         super().__init__(dataset, split, config, seed)  # user_emb, item_emb, full adjacency
@@ -105,7 +111,8 @@ class FREEDOM(LightGCN):
             nn.init.zeros_(linear.bias)
             self.projections.append(linear)
             r, c = knn_neighbors(features, present, config.knn_k)  # [M_m] each, binary edges
-            rows.append(r), cols.append(c)
+            rows.append(r)
+            cols.append(c)
             values.append(weights[k] * normalized_values(r, c, torch.ones(len(r)), self.n_items))
         if names:
             graph = torch.sparse_coo_tensor(torch.stack([torch.cat(rows), torch.cat(cols)]),

@@ -143,6 +143,9 @@ class CKGRecommender(Recommender):
         for name in ("heads", "relations", "tails"):  # derived from the data: not checkpointed
             self.register_buffer(f"edge_{name}", torch.as_tensor(getattr(self.ckg, name)),
                                  persistent=False)  # [M]
+        self.edge_heads: Tensor
+        self.edge_relations: Tensor
+        self.edge_tails: Tensor
         self.dropout = nn.Dropout(config.message_dropout)
         self.layers = nn.ModuleList()
         self._kg_batches: Tensor | None = None  # [4, M] (head, relation, tail, corrupted tail)
@@ -217,6 +220,7 @@ class CKGRecommender(Recommender):
         cfg = self.config
         if cfg.kg_loss_weight == 0 or self.ckg.n_edges == 0:
             return None
+        assert self._kg_batches is not None, "start_epoch() samples the KG batches first"
         batches = self._kg_batches = self._kg_batches.to(self.edge_heads.device)  # [4, M]
         take = (self._kg_cursor + torch.arange(cfg.kg_batch_size, device=batches.device)) \
             % batches.shape[1]  # [B], wraps around
@@ -236,6 +240,7 @@ class CKGRecommender(Recommender):
         if self._ranking_table is None:
             self.prepare_ranking()
         table = self._ranking_table
+        assert table is not None  # set by prepare_ranking
         return table[self.user_offset + users] @ table[:self.n_items].T  # [B, I]
 
 
@@ -275,6 +280,10 @@ class KGAT(CKGRecommender):
     name = "kgat"
     Config = KGATConfig
     config: KGATConfig
+
+    # registered buffers
+    edges_by_relation: Tensor
+    attention: Tensor
 
     def __init__(self, dataset: MMKG, split: Split, config: KGATConfig, seed: int = 0):
         super().__init__(dataset, split, config, seed)

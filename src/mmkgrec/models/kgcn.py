@@ -50,6 +50,10 @@ class KGConfig(ModelConfig):
 class KGBackbone(nn.Module):
     """Entity / relation embeddings, the sampled neighbour tables and the item aggregator."""
 
+    # registered buffers
+    neighbors: Tensor
+    neighbor_relations: Tensor
+
     def __init__(self, dataset: MMKG, config: KGConfig, rng: np.random.Generator):
         super().__init__()
         self.config = config

@@ -38,6 +38,8 @@ Costs: the kNN search is ``O(I^2 d)`` per rebuild, done by blocks of rows with `
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from pydantic import Field
@@ -140,6 +142,7 @@ class LATTICE(LightGCN):
     def learned_graph(self) -> tuple[Tensor, Tensor, Tensor]:
         """``A`` of the current parameters as edge lists: (rows [M], cols [M], weights [M]);
         repeated (row, col) pairs are summed by the convolution."""
+        assert self.modal_weight is not None  # only called with modalities (see propagate)
         alpha = torch.softmax(self.modal_weight, dim=0)  # [n_modalities]
         lam, parts, learned = self.config.lambda_coeff, [], []
         for k, projection in enumerate(self.projections):
@@ -152,7 +155,7 @@ class LATTICE(LightGCN):
         rows, cols, values = (torch.cat(t) for t in zip(*learned))  # sum_m alpha_m S~_m
         values = (1 - lam) * normalized_values(rows, cols, values, self.n_items)
         parts.append((rows, cols, values))
-        return tuple(torch.cat(t) for t in zip(*parts))
+        return cast(tuple[Tensor, Tensor, Tensor], tuple(torch.cat(t) for t in zip(*parts)))
 
     def item_graph(self) -> tuple[Tensor, Tensor, Tensor]:
         """The graph this forward uses: in a training step, the epoch's (rebuilt with gradient
@@ -161,7 +164,7 @@ class LATTICE(LightGCN):
             return self.learned_graph()
         if self._rebuild or self.config.rebuild_every_step or self._epoch_graph is None:
             graph = self.learned_graph()
-            self._epoch_graph = tuple(t.detach() for t in graph)
+            self._epoch_graph = cast(tuple[Tensor, Tensor, Tensor], tuple(t.detach() for t in graph))
             self._rebuild = False
             return graph
         return self._epoch_graph

@@ -7,7 +7,7 @@ E entities, I items (items are entities ``0..I-1``), R relation embeddings.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
+from typing import Literal, cast
 
 import numpy as np
 import torch
@@ -47,10 +47,11 @@ class KGItemAggregator(nn.Module):
             raise ValueError(f"unknown aggregator {aggregator!r}")
         self.dim, self.n_hops, self.aggregator = dim, n_hops, aggregator
         width = 2 * dim if aggregator == "concat" else dim
-        self.linears = nn.ModuleList(nn.Linear(width, dim) for _ in range(n_hops))
-        for layer in self.linears:
+        linears = [nn.Linear(width, dim) for _ in range(n_hops)]
+        for layer in linears:
             nn.init.xavier_uniform_(layer.weight)
             nn.init.zeros_(layer.bias)
+        self.linears = nn.ModuleList(linears)
         self.inner = ACTIVATIONS[inner_activation]
 
     def _combine(self, hop: int, self_vec: Tensor, neigh_vec: Tensor) -> Tensor:
@@ -107,10 +108,13 @@ class KGItemAggregator(nn.Module):
             vectors = nxt
         return vectors[0].reshape(batch, self.dim)
 
+    def _linear(self, round_: int) -> nn.Linear:
+        return cast(nn.Linear, self.linears[round_])
+
     def _split_linear(self, round_: int) -> tuple[Tensor | None, Tensor]:
         """Round ``round_``'s weight as (self part [d, d] or None, neighbour part [d, d]):
         W(h + n) = W h + W n; W[h; n] = W_h h + W_n n; neighbor: W n."""
-        weight = self.linears[round_].weight
+        weight = self._linear(round_).weight
         if self.aggregator == "sum":
             return weight, weight
         if self.aggregator == "concat":
@@ -127,7 +131,7 @@ class KGItemAggregator(nn.Module):
         rows = n_items if self.n_hops == 1 else base.shape[0]
         nb = neighbors[:rows]  # [rows, K]
         w_self, w_neigh = self._split_linear(0)
-        bias = self.linears[0].bias
+        bias = self._linear(0).bias
         own = bias.expand(rows, -1) if w_self is None else base[:rows] @ w_self.T + bias  # [rows, d]
         slots = (base @ w_neigh.T)[nb] + own.unsqueeze(1)  # [rows, K, d]
         return torch.cat([slots, slots.new_ones(rows, nb.shape[1], 1)], dim=-1)
@@ -163,7 +167,7 @@ class KGItemAggregator(nn.Module):
             nb = neighbors[:rows]  # [rows, K]
             unnormalised = exp_scores[:, relations[:rows]]  # [B, rows, K]
             w_self, w_neigh = self._split_linear(round_)
-            bias = self.linears[round_].bias
+            bias = self._linear(round_).bias
             if h is None:
                 # User-independent slots: one batched matmul over rows gives the whole
                 # pre-activation and its normaliser.
@@ -174,11 +178,13 @@ class KGItemAggregator(nn.Module):
             else:  # user-specific table: gather one neighbour slot at a time
                 weights = unnormalised / unnormalised.sum(dim=-1, keepdim=True)  # [B, rows, K]
                 table = h @ w_neigh.T  # [B, E, d]
-                pre = sum(weights[:, :, j, None] * table[:, nb[:, j]] for j in range(nb.shape[1]))
+                pre = cast(Tensor, sum(weights[:, :, j, None] * table[:, nb[:, j]]
+                                       for j in range(nb.shape[1])))
                 pre = pre + bias
                 if w_self is not None:
                     pre = pre + h[:, :rows] @ w_self.T
             h = torch.tanh(pre) if round_ == self.n_hops - 1 else self.inner(pre)
+        assert h is not None  # n_hops >= 1 rounds ran
         return h  # [B, I, d]
 
 
@@ -220,13 +226,14 @@ def register_modalities(module: nn.Module, dataset, split, names: list[str] | No
                           f"{sorted(dataset.modalities) or 'none'}")
     train_items = np.zeros(dataset.n_items, dtype=bool)
     train_items[split.train_positives()["item"].to_numpy()] = True
-    module.modality_stats = []  # (mean [d_k], std [d_k]) per modality: new items scale alike
+    stats = []  # (mean [d_k], std [d_k]) per modality: new items scale alike
     for k, name in enumerate(names):
-        module.modality_stats.append(modality_statistics(dataset, name, train_items))
+        stats.append(modality_statistics(dataset, name, train_items))
         features, mask = standardised_modality(dataset, name, train_items)
         module.register_buffer(f"features_{k}", torch.as_tensor(features, dtype=dtype))  # [I, d_k]
         module.register_buffer(f"present_{k}", torch.as_tensor(mask))  # [I]
-    module.modality_names = names
+    setattr(module, "modality_names", names)  # noqa: B010 (nn.Module's typed __setattr__)
+    setattr(module, "modality_stats", stats)  # noqa: B010
     return train_items
 
 
@@ -251,7 +258,7 @@ class MultiModalFusion(nn.Module):
             raise ValueError(f"unknown fusion {fusion!r}")
         self.fusion, self.names = fusion, list(modality_dims)
         self.pca = pca_bases is not None
-        if self.pca:  # fixed projections: (mean [d_k], basis [d_k, d]) per modality
+        if pca_bases is not None:  # fixed projections: (mean [d_k], basis [d_k, d]) per modality
             for i, name in enumerate(self.names):
                 mean, basis = pca_bases[name]
                 self.register_buffer(f"pca_mean_{i}", mean)
@@ -286,6 +293,7 @@ class MultiModalFusion(nn.Module):
         if self.fusion == "max":
             return parts.masked_fill(~present.unsqueeze(-1), float("-inf")).amax(dim=1)
         if self.fusion == "concat":
+            assert self.out is not None  # built for concat and residual
             return self.out((parts * keep).flatten(1))
         total = (parts * keep).sum(dim=1)  # [N, d]
         if self.fusion == "sum":
@@ -293,6 +301,7 @@ class MultiModalFusion(nn.Module):
         mean = total / keep.sum(dim=1)  # [N, d]
         if self.fusion == "mean":
             return mean
+        assert self.out is not None  # built for concat and residual
         return torch.tanh(self.out(ids_emb + mean))
 
 

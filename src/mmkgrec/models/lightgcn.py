@@ -13,6 +13,8 @@ autograd) propagates once and caches the result until a parameter changes.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from pydantic import Field
 from torch import Tensor
@@ -35,7 +37,7 @@ class LightGCN(Recommender):
     name = "lightgcn"
     Config = LightGCNConfig
     config: LightGCNConfig
-    ranking_caches = ("_cache",)  # reset by train()
+    ranking_caches: ClassVar[tuple[str, ...]] = ("_cache",)  # reset by train()
 
     def __init__(self, dataset: MMKG, split: Split, config: LightGCNConfig, seed: int = 0):
         super().__init__(dataset, split, config)

@@ -95,6 +95,10 @@ class MKGCN(KGServing, Recommender):
     ranking_caches = ("_ranking_cache", "_ranking_slots", "_catalogue")  # reset by train()
     catalogue_type = HistoryKGCatalogue
 
+    # registered buffers
+    history: Tensor
+    history_valid: Tensor
+
     def __init__(self, dataset: MMKG, split: Split, config: MKGCNConfig, seed: int = 0):
         super().__init__(dataset, split, config)
         self.seed = seed

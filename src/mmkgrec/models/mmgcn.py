@@ -99,6 +99,10 @@ class MMGCN(Recommender):
     config: MMGCNConfig
     ranking_caches = ("_ranking_cache",)  # reset by train()
 
+    # registered buffers
+    adjacency_indices: Tensor
+    adjacency_values: Tensor
+
     def __init__(self, dataset: MMKG, split: Split, config: MMGCNConfig, seed: int = 0):
         super().__init__(dataset, split, config)
         register_modalities(self, dataset, split, config.modalities)
@@ -123,7 +127,7 @@ class MMGCN(Recommender):
         indices, values = mean_adjacency(split, self.n_users, self.n_items)
         self.register_buffer("adjacency_indices", indices, persistent=False)  # [2, nnz]
         self.register_buffer("adjacency_values", values, persistent=False)  # [nnz]
-        self._ranking_cache: Tensor | None = None
+        self._ranking_cache: tuple[Tensor, Tensor] | None = None
 
     def channel_inputs(self) -> list[Tensor]:
         """Layer-0 node vectors [U+I, d] of every channel (modalities first, then ID)."""
@@ -176,6 +180,7 @@ class MMGCN(Recommender):
     def score_users(self, users: Tensor) -> Tensor:
         if self._ranking_cache is None:
             self.prepare_ranking()
+        assert self._ranking_cache is not None  # set by prepare_ranking
         user_table, item_table = self._ranking_cache  # [U, D], [I, D]
         return user_table[users] @ item_table.T  # [B, I]
 

@@ -29,6 +29,9 @@ class Pop(Recommender):
     config: PopConfig
     trainable = False
 
+    # registered buffers
+    logits: Tensor
+
     def __init__(self, dataset: MMKG, split: Split, config: PopConfig | None = None, seed: int = 0):
         super().__init__(dataset, split, config or PopConfig())
         counts = torch.as_tensor(split.item_popularity(), dtype=torch.float64)  # [I], train only
