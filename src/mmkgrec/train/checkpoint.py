@@ -40,7 +40,6 @@ from mmkgrec.errors import MMKGRecError
 FORMAT = "mmkgrec-checkpoint/1"
 MANIFEST = "checkpoint.json"
 WEIGHTS = "model.safetensors"
-EXTRA_PREFIX = "__extra__."  # no longer written; train/resume.py still imports it (remove there)
 
 
 class CheckpointError(MMKGRecError):
