@@ -299,3 +299,16 @@ def test_cli_list_extract_and_attach(catalogue, tmp_path):
     ds = read_native(tmp_path / "with")
     assert ds.modality_masks["color_hist"].tolist() == [True, True, False]
     assert ds.modality_masks["vader"].tolist() == [True, True, False]
+
+
+def test_attach_keeps_the_catalogues_display_attributes(catalogue, tmp_path):
+    out = tmp_path / "out"
+    extract(catalogue, out, ["mfcc_stats"], progress=False)
+    attached = attach_features(_dataset(["e", "zz", "a"]), out)
+    attrs = attached.item_attrs
+    assert attrs["title"].tolist() == ["Yellow", "", "Red song"]  # joined by id, "" unmatched
+    # a value the dataset already has wins; the catalogue fills its empty cells
+    inter = pd.DataFrame({"user": ["u1"] * 2, "item": ["a", "d"], "value": [1.0, 1.0]})
+    own = build_mmkg("toy", inter, threshold=1.0,
+                     item_attrs=pd.DataFrame({"item": ["a", "d"], "title": ["Mine", ""]}))
+    assert attach_features(own, out).item_attrs["title"].tolist() == ["Mine", "Green"]

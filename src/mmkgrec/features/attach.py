@@ -62,5 +62,24 @@ def attach_features(dataset: MMKG, features_dir: str | Path | FeatureSet,
         out.add_modality(target, matrix, mask)
         out.notes.append(f"modality {target!r} ({features.kinds[name]}, d={matrix.shape[1]}): "
                          f"present for {int(mask.sum())} of {dataset.n_items} items")
+    out.item_attrs = _joined_attributes(dataset, features, row, matched)
     out.validate()
     return out
+
+
+def _joined_attributes(dataset: MMKG, features: FeatureSet, row: np.ndarray,
+                       matched: np.ndarray) -> pd.DataFrame | None:
+    """The dataset's display attributes plus the catalogue's (title, artist, tags) by item id;
+    a value the dataset already has wins, the catalogue fills the empty cells."""
+    if dataset.item_attrs is None and not features.attributes:
+        return None
+    attrs = (dataset.item_attrs.copy() if dataset.item_attrs is not None
+             else pd.DataFrame(index=range(dataset.n_items)))
+    safe = np.where(matched, row, 0)  # [n_items]
+    for name, values in features.attributes.items():
+        joined = np.where(matched, values[safe], "")  # [n_items] str
+        if name in attrs.columns:
+            own = attrs[name].fillna("").astype(str).to_numpy()
+            joined = np.where(own != "", own, joined)
+        attrs[name] = joined.astype(str)
+    return attrs

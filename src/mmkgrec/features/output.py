@@ -107,10 +107,24 @@ def write_features(out_dir: Path, cat: Catalogue, chosen: list[Extractor],
         "format": FORMAT, "schema_version": SCHEMA_VERSION, "created_by": f"mmkgrec {__version__}",
         "catalogue": {"file": str(cat.path), "sha256": file_sha256(cat.path), "items": len(cat)},
         "modalities": modalities, "errors": len(report.errors), "notes": report.notes,
-        "files": files, "items": cat.ids,
+        "files": files, "items": cat.ids, "attributes": display_attributes(cat),
     }
     (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
     return out_dir
+
+
+DISPLAY_COLUMNS = ("title", "artist", "tags")
+
+
+def display_attributes(cat: Catalogue) -> dict[str, list[str]]:
+    """The catalogue's display columns that have a value for some item, one string per item
+    (tags ``;``-joined, "" where empty): they travel with the features to ``attach``."""
+    columns = {
+        "title": [item.title or "" for item in cat.items],
+        "artist": [item.artist or "" for item in cat.items],
+        "tags": [";".join(item.tags) for item in cat.items],
+    }
+    return {name: values for name, values in columns.items() if any(values)}
 
 
 @dataclass
@@ -123,6 +137,7 @@ class FeatureSet:
     kinds: dict[str, str]  # name -> audio | text | sentiment | image
     manifest: dict
     directory: Path
+    attributes: dict[str, np.ndarray] = field(default_factory=dict)  # column -> [n] str
 
 
 def read_features(directory: str | Path) -> FeatureSet:
@@ -182,7 +197,14 @@ def read_features(directory: str | Path) -> FeatureSet:
         modalities[name] = table_vectors(table, width).reshape(len(ids), width)  # [n, d]
         masks[name] = table.column("present").to_numpy().astype(bool)
         kinds[name] = kind
-    return FeatureSet(ids, modalities, masks, kinds, manifest, directory)
+    attributes = manifest.get("attributes", {})  # absent in outputs written before it existed
+    if not isinstance(attributes, dict) or any(
+            name not in DISPLAY_COLUMNS or not isinstance(values, list) or len(values) != len(ids)
+            or not all(isinstance(v, str) for v in values) for name, values in attributes.items()):
+        raise DataFormatError(path, f"'attributes' must map {list(DISPLAY_COLUMNS)} to one string "
+                                    f"per item")
+    return FeatureSet(ids, modalities, masks, kinds, manifest, directory,
+                      {name: np.asarray(values, dtype=object) for name, values in attributes.items()})
 
 
 def read_errors(directory: str | Path) -> list[ErrorRow]:

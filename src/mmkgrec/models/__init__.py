@@ -8,9 +8,9 @@ per dataset (``[dataset."music-d".model]``, ...), applied in that order.
 
 from __future__ import annotations
 
-import sys
 from importlib import resources
 
+from mmkgrec.config import tomllib
 from mmkgrec.errors import ConfigError
 from mmkgrec.models.base import ModelConfig, Recommender
 from mmkgrec.models.bprmf import BPRMF
@@ -26,11 +26,6 @@ from mmkgrec.models.mkrln import MKRLN, PGPR
 from mmkgrec.models.mmgcn import MMGCN
 from mmkgrec.models.mmkgcf import MMKGCF
 from mmkgrec.models.pop import Pop
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 MODELS: dict[str, type[Recommender]] = {model.name: model for model in (
     MKGCN, MMKGCF, KGCN, MKGAT, KGAT, CKE, MMGCN, LATTICE, FREEDOM, MKRLN, PGPR, LightGCN, BPRMF, Pop)}

@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
+from mmkgrec.data.csr import user_item_csr
 from mmkgrec.data.dataset import MMKG
 from mmkgrec.data.split import Split
 from mmkgrec.errors import ConfigError
@@ -155,7 +156,7 @@ class FREEDOM(LightGCN):
             keep = int(len(self.train_users) * (1.0 - self.config.edge_dropout))
             self.kept_edges = prune_edges(self.train_users, self.train_items, keep, rng)
             users, items = self.train_users[self.kept_edges], self.train_items[self.kept_edges]
-            indptr = np.concatenate([[0], np.cumsum(np.bincount(users, minlength=self.n_users))])
+            indptr, items = user_item_csr(users, items, self.n_users, self.n_items)
             self.pruned_adjacency = to_torch_sparse_adjacency(indptr, items, self.n_items,
                                                               layout="csr")
             self._graph_epoch += 1

@@ -77,6 +77,7 @@ import torch.nn.functional as F
 from pydantic import Field, PositiveInt, model_validator
 from torch import Tensor, nn
 
+from mmkgrec.data.csr import csr_rows
 from mmkgrec.data.dataset import MMKG
 from mmkgrec.data.split import Split
 from mmkgrec.evaluate.explanations import PathGraph, PathRecommendations
@@ -674,13 +675,9 @@ class MKRLN(Recommender):
 
     def _history_mask(self, users: Tensor) -> Tensor:
         """[B, I] bool: TRAIN positives of ``users``."""
-        start = self.history_indptr[users]
-        degree = self.history_indptr[users + 1] - start
-        row = torch.repeat_interleave(torch.arange(len(users), device=users.device), degree)
-        offset = torch.arange(len(row), device=users.device) - torch.repeat_interleave(
-            degree.cumsum(0) - degree, degree)
+        row, items = csr_rows(self.history_indptr, self.history_items, users)  # [m], [m]
         mask = torch.zeros(len(users), self.n_items, dtype=torch.bool, device=users.device)
-        mask[row, self.history_items[start[row] + offset]] = True
+        mask[row, items] = True
         return mask
 
 

@@ -22,7 +22,6 @@ changed. :func:`recommend` ranks items for a known user or for a new listener gi
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -33,7 +32,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import Tensor
 
-from mmkgrec.config import describe
+from mmkgrec.config import describe, tomllib
 from mmkgrec.data.csr import user_item_csr
 from mmkgrec.data.dataset import MMKG
 from mmkgrec.data.formats.native import MANIFEST as NATIVE_MANIFEST
@@ -48,11 +47,6 @@ from mmkgrec.train.checkpoint import load_checkpoint
 from mmkgrec.train.distributed import is_main_process
 from mmkgrec.train.trainer import TrainConfig, Trainer, seed_everything
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
-
 
 class RunSpec(BaseModel):
     """What to run. ``model_options`` / ``train_options`` override the per-model defaults."""
@@ -66,7 +60,7 @@ class RunSpec(BaseModel):
     presplit: str | None = None  # folder with train/valid/test.tsv (topk)
     seed: int = 0
     # user-contributed content (tags) built from: train positives only (default), all but
-    # valid/test positives, or everything (a labelled upper bound); see data.registry.scope_content
+    # valid/test positives, or everything (a labelled upper bound); see features.content.scope_content
     content_scope: Literal["train", "no-eval", "all"] = "train"
     candidates: str | None = None  # items ranked (data.split.CANDIDATES); None: protocol default
     threshold: float | None = None  # positive threshold overriding the dataset's own
