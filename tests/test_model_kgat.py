@@ -7,12 +7,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from tests.conftest import assert_pair_scores_match_ranking
 
 from mmkgrec.data.split import split
 from mmkgrec.models.kgat import KGAT, CollaborativeKG, neighbor_sum, segment_softmax
 from mmkgrec.models.pop import Pop
 from mmkgrec.train.trainer import Trainer
-from tests.conftest import assert_pair_scores_match_ranking
 
 
 def build(data, **overrides):

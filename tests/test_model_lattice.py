@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from tests.conftest import assert_pair_scores_match_ranking
 
 from mmkgrec.models.lattice import LATTICE, knn_neighbors, normalized_values
 from mmkgrec.models.lightgcn import LightGCN, LightGCNConfig
 from mmkgrec.models.pop import Pop
 from mmkgrec.train.trainer import Trainer
-from tests.conftest import assert_pair_scores_match_ranking
 
 
 def build(ds, sp, seed=0, **overrides):

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from tests.conftest import assert_pair_scores_match_ranking
 
 from mmkgrec.errors import ConfigError
 from mmkgrec.models.mkgat import MKGAT, MKGATLayer
 from mmkgrec.models.pop import Pop
 from mmkgrec.train.trainer import Trainer
-from tests.conftest import assert_pair_scores_match_ranking
 
 
 def build(ds, sp, **overrides):

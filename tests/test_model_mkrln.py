@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from pydantic import ValidationError
+from tests.conftest import run_cli
 
 from mmkgrec.evaluate.explanations import (
     evaluate_explanations,
@@ -20,7 +21,6 @@ from mmkgrec.models.pop import Pop
 from mmkgrec.train import load_checkpoint
 from mmkgrec.train.checkpoint import save_checkpoint
 from mmkgrec.train.trainer import Trainer
-from tests.conftest import run_cli
 
 FAST = {"pretrain_epochs": 20, "pretrain_lr": 1e-2, "dim": 32, "hidden": 64,
         "beam_widths": [10, 4, 1]}

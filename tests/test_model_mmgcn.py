@@ -10,12 +10,12 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from tests.conftest import assert_pair_scores_match_ranking
 
 from mmkgrec.errors import ConfigError
 from mmkgrec.models.mmgcn import MMGCN, mean_adjacency
 from mmkgrec.models.pop import Pop
 from mmkgrec.train.trainer import Trainer
-from tests.conftest import assert_pair_scores_match_ranking
 
 
 @pytest.fixture(scope="module")

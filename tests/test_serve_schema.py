@@ -23,10 +23,10 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from schemathesis import GenerationMode  # noqa: E402
 from schemathesis.specs.openapi.checks import positive_data_acceptance  # noqa: E402
-from test_serve import API_KEY, _train  # noqa: E402
 
 from mmkgrec.serve.app import create_app  # noqa: E402
 from mmkgrec.serve.service import RecService  # noqa: E402
+from test_serve import API_KEY, _train  # noqa: E402
 
 MAX_EXAMPLES = 25
 OPERATIONS = [
