@@ -357,8 +357,9 @@ def evaluate(
 def recommend(
     run_dir: Path = typer.Argument(..., help="Run directory written by `mmkgrec train`."),
     user: str | None = typer.Option(None, "--user", help="Original user id."),
-    liked: str | None = typer.Option(None, "--liked", help="Comma-separated item ids of a new "
-                                        "listener (models that build users from items serve them without retraining: mkgcn, mmkgcf, mkrln, pgpr)."),
+    liked: str | None = typer.Option(
+        None, "--liked", help="Comma-separated item ids of a new listener (models that build "
+        "users from items serve them without retraining: mkgcn, mmkgcf, mkrln, pgpr)."),
     k: int = typer.Option(10, "--k", min=1, help="How many items."),
 ) -> None:
     """Recommend items to a known user or to a new listener given liked items."""
