@@ -29,6 +29,7 @@ from mmkgrec.data.dataset import MMKG
 from mmkgrec.data.split import Split
 from mmkgrec.graph import KnowledgeGraph, sample_neighbors
 from mmkgrec.models.base import ModelConfig, Recommender, model_space_ids
+from mmkgrec.models.fused import RankingPlan, build_plan, ranking_backend, score_all_items
 from mmkgrec.models.layers import Activation, Aggregator, KGItemAggregator
 
 
@@ -90,11 +91,27 @@ class KGBackbone(nn.Module):
                                                  self.neighbors, self.neighbor_relations,
                                                  self.n_items, slots)
 
-    def ranking_slots(self, base: Tensor) -> Tensor | None:
-        """The user-independent first aggregation round over ``base`` (None with 0 hops)."""
+    def ranking_slots(self, base: Tensor) -> RankingPlan | Tensor | None:
+        """What a ranking pass over ``base`` computes once (None with 0 hops): the fused
+        :class:`~mmkgrec.models.fused.RankingPlan`, or with ``MMKGREC_KG_RANKING=reference``
+        the reference path's first aggregation round (``first_round_slots``)."""
         if self.config.n_hops == 0:
             return None
-        return self.aggregator.first_round_slots(base, self.neighbors, self.n_items)
+        if ranking_backend() == "reference":
+            return self.aggregator.first_round_slots(base, self.neighbors, self.n_items)
+        return build_plan(self.aggregator, base, self.relation_emb.weight.detach(),
+                          self.neighbors, self.neighbor_relations, self.n_items)
+
+    def score_all_items(self, users: Tensor, base: Tensor,
+                        cache: RankingPlan | Tensor | None = None) -> Tensor:
+        """Logits of every item: users [B, d], base [E, d] -> [B, I]. ``cache``: the
+        :meth:`ranking_slots` of the same ``base`` (None: computed here)."""
+        if cache is None and self.config.n_hops > 0:
+            cache = self.ranking_slots(base)
+        if isinstance(cache, RankingPlan):
+            return score_all_items(cache, users)
+        v = self.all_item_vectors(users, base, cache)  # [B, I, d] (reference)
+        return torch.einsum("bd,bid->bi", users, v)
 
 
 def all_parameters_l2(module: nn.Module) -> Tensor:
@@ -104,6 +121,9 @@ def all_parameters_l2(module: nn.Module) -> Tensor:
 
 #: elements of the largest temporary the all-items path may create; above it, item blocks
 AGGREGATION_BUDGET = 1 << 23
+#: elements of the cached first aggregation round a serving catalogue may hold (256 MiB of
+#: float32); a larger catalogue recomputes it per request in item blocks
+SLOT_CACHE_BUDGET = 1 << 26
 #: how many train standard deviations a registered item's standardised modality value may lie
 #: from the train mean (more where the dataset's own items go further)
 MAX_FEATURE_Z = 1e4
@@ -112,11 +132,17 @@ MAX_FEATURE_Z = 1e4
 class KGCatalogue:
     """Scoring of a KG model (:class:`KGServing`) over the trained items plus ``N`` new ones,
     in model space (:func:`~mmkgrec.models.base.model_space_ids`). Immutable; built by
-    :meth:`KGServing.with_new_items`."""
+    :meth:`KGServing.with_new_items`.
+
+    Everything user-independent is computed when it is built and cached with it (one catalogue
+    per catalogue version): the fused base table ``base``, the first aggregation round
+    ``slots`` (:meth:`~mmkgrec.models.layers.KGItemAggregator.first_round_slots`, what offline
+    ranking caches in ``prepare_ranking``) and the mean-user item vectors."""
 
     def __init__(self, model: KGServing, base: Tensor, neighbors: Tensor, relations: Tensor,
                  n_items: int, new_id_emb: Tensor, new_features: list[Tensor],
-                 new_present: list[Tensor], mean_user: Tensor, item_vectors: Tensor | None):
+                 new_present: list[Tensor], mean_user: Tensor, item_vectors: Tensor | None,
+                 slots: Tensor | None = None):
         self.model, self.backbone = model, model.backbone
         self.base, self.neighbors, self.relations = base, neighbors, relations  # [E', d], [E', K]
         self.n_items, self.n_base = n_items, model.n_items
@@ -125,6 +151,11 @@ class KGCatalogue:
         self.modality_names = list(model.modality_names)
         self.dim = model.backbone.entity_emb.embedding_dim
         self.k = model.backbone.neighbors.shape[1]
+        agg = self.backbone.aggregator
+        rows = n_items if agg.n_hops == 1 else base.shape[0]
+        if slots is None and agg.n_hops and rows * self.k * (self.dim + 1) <= SLOT_CACHE_BUDGET:
+            slots = agg.first_round_slots(base, neighbors, n_items)
+        self.slots = slots  # [rows, K, d + 1] or None (0 hops, or over SLOT_CACHE_BUDGET)
         self._item_vectors = (item_vectors if item_vectors is not None
                               else self.aggregate(mean_user, None)[0])  # [I', d]
 
@@ -135,9 +166,12 @@ class KGCatalogue:
         agg, relation_emb = self.backbone.aggregator, self.backbone.relation_emb.weight
         if items is None:
             rows = self.base.shape[0] if agg.n_hops > 1 else self.n_items
-            if len(users) * rows * self.k * (self.dim + 1) <= AGGREGATION_BUDGET:
+            # temporaries per user: the slots themselves unless cached, else weights and outputs
+            per_user = (rows * self.k * (self.dim + 1) if self.slots is None
+                        else rows * (self.k + 2 * (self.dim + 1)))
+            if len(users) * per_user <= AGGREGATION_BUDGET:
                 return agg.forward_all_items(users, self.base, relation_emb, self.neighbors,
-                                             self.relations, self.n_items)
+                                             self.relations, self.n_items, self.slots)
             items = torch.arange(self.n_items).expand(len(users), -1)  # large: item blocks
         batch, count = items.shape
         per_pair = sum(self.k ** h for h in range(agg.n_hops + 1)) * self.dim
@@ -170,7 +204,16 @@ class KGCatalogue:
         return torch.einsum("bd,bid->bi", queries, self.aggregate(queries, items))
 
     def prepare_ranking(self) -> None:
-        """Nothing: the catalogue is built ready."""
+        """Nothing: the catalogue is built ready (its caches are computed on construction)."""
+
+    def slot_rows(self, rows: Tensor) -> Tensor:
+        """:attr:`slots` of the given model-space rows only, [len(rows), K, d + 1]: the rows
+        and their neighbours as a small table, so a registration computes only its new rows."""
+        n, nb = len(rows), self.neighbors[rows]  # [n, K]
+        table = self.base[torch.cat([rows, nb.reshape(-1)])]  # [n + nK, d]
+        local = torch.cat([torch.arange(n, n + n * self.k).reshape(n, self.k),
+                           torch.zeros(n * self.k, self.k, dtype=torch.int64)])  # [n + nK, K]
+        return self.backbone.aggregator.first_round_slots(table, local, n)[:n]
 
     def score_users(self, users: Tensor) -> Tensor:
         """users [B] -> logits [B, I'] (the model's score_users over the extended catalogue)."""
@@ -370,9 +413,15 @@ class KGServing:
                               np.stack([x[1] for x in sampled]),
                               self.backbone.neighbor_relations[i0:].cpu().numpy()])
         neighbors = torch.as_tensor(model_space_ids(nb, i0, e0, n_new), dtype=torch.int64)
+        slots = root.slots  # the first round of the trained rows is unchanged: new rows only
+        if slots is not None:
+            slots = torch.empty(0)  # placeholder until the new rows are computed below
         partial = self.catalogue_type(self, base, neighbors, torch.as_tensor(rel, dtype=torch.int64),
                                       i0 + n_new, new_id, feats, present, root.mean_user,
-                                      root.item_vectors())  # placeholder item vectors
+                                      root.item_vectors(), slots)  # placeholder item vectors
+        if root.slots is not None:
+            fresh_slots = partial.slot_rows(torch.arange(i0, i0 + n_new))  # [N, K, d+1]
+            partial.slots = torch.cat([root.slots[:i0], fresh_slots, root.slots[i0:]])
         fresh = torch.arange(i0, i0 + n_new).unsqueeze(0)  # [1, N]
         vectors = torch.cat([root.item_vectors(), partial.aggregate(root.mean_user, fresh)[0]])
         partial._item_vectors = vectors  # [I + N, d]
@@ -428,7 +477,7 @@ class KGCN(KGServing, Recommender):
         self._catalogue: KGCatalogue | None = None
         self.backbone = KGBackbone(dataset, config, np.random.default_rng(seed))
         self.user_emb = nn.Embedding(dataset.n_users, config.dim)
-        self._ranking_slots: Tensor | None = None  # [rows, K, d+1], see prepare_ranking
+        self._ranking_slots: RankingPlan | Tensor | None = None  # see prepare_ranking
         nn.init.xavier_uniform_(self.user_emb.weight)
 
     def start_epoch(self, epoch: int, rng: np.random.Generator) -> None:
@@ -455,9 +504,8 @@ class KGCN(KGServing, Recommender):
 
     def score_users(self, users: Tensor) -> Tensor:
         u = self.user_emb(users)  # [B, d]
-        v = self.backbone.all_item_vectors(u, self.backbone.entity_emb.weight,
-                                           self._ranking_slots)  # [B, I, d]
-        return torch.einsum("bd,bid->bi", u, v)
+        return self.backbone.score_all_items(u, self.backbone.entity_emb.weight,
+                                             self._ranking_slots)  # [B, I]
 
     def known_queries(self, users: Tensor, base: Tensor) -> Tensor:
         return self.user_emb.weight[users].detach()  # [B, d]

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from mmkgrec.data.dataset import MMKG
 from mmkgrec.data.split import Split
 from mmkgrec.models.base import Recommender
+from mmkgrec.models.fused import RankingPlan
 from mmkgrec.models.kgcn import (
     HistoryKGCatalogue,
     KGBackbone,
@@ -120,7 +121,7 @@ class MKGCN(KGServing, Recommender):
         self.register_buffer("history_valid", torch.zeros(0, dtype=torch.bool))  # [U, S]
         self._set_history(config.history_size, rng)
         self._ranking_cache: tuple[Tensor, Tensor, Tensor] | None = None
-        self._ranking_slots: Tensor | None = None  # [rows, K, d+1], see prepare_ranking
+        self._ranking_slots: RankingPlan | Tensor | None = None  # see prepare_ranking
         self._eval_seed = seed
         self._eval_history: tuple[np.ndarray, np.ndarray] | None = None  # [U, S], [U, S]
         self._catalogue: KGCatalogue | None = None
@@ -212,7 +213,7 @@ class MKGCN(KGServing, Recommender):
         return self.score_histories(table[users], valid[users], base, self._ranking_slots)
 
     def score_histories(self, history: Tensor, valid: Tensor, base: Tensor | None = None,
-                        slots: Tensor | None = None) -> Tensor:
+                        slots: RankingPlan | Tensor | None = None) -> Tensor:
         """Users given only by their liked items (new listeners too): history [B, S] item ids,
         valid [B, S] -> logits for every item [B, I]. ``slots``: the backbone's ranking slots
         of this ``base``, when cached."""
@@ -220,8 +221,7 @@ class MKGCN(KGServing, Recommender):
             base = self.base_vectors(torch.arange(self.backbone.entity_emb.num_embeddings,
                                                   device=history.device))
         u = self.user_vectors(history, valid, base)  # [B, d]
-        v = self.backbone.all_item_vectors(u, base, slots)  # [B, I, d]
-        return torch.einsum("bd,bid->bi", u, v)
+        return self.backbone.score_all_items(u, base, slots)  # [B, I]
 
     # ---- capabilities (UsersFromItems; serving hooks of KGServing) ---------------------------
     def ranking_histories(self, users: np.ndarray | Tensor) -> tuple[np.ndarray, np.ndarray]:
