@@ -25,6 +25,7 @@ from mmkgrec.data.registry import data_roots
 from mmkgrec.evaluate.metrics import ctr_metrics
 from mmkgrec.evaluate.ranking import time_full_ranking
 from mmkgrec.models import KGCN, MKGCN, default_config
+from mmkgrec.models.fused import ranking_backend
 from mmkgrec.train.run import RunSpec, run_experiment
 
 SEEDS = [0, 1, 2]
@@ -69,24 +70,29 @@ def topk(seeds: list[int], datasets: list[str]) -> list[dict]:
 
 
 def speed(datasets: list[str], hops_list: list[int], repeats: int) -> list[dict]:
-    """Full ranking of every test user of the RecBole split over all items, by hop count.
-    Threads: torch's default, or OMP_NUM_THREADS."""
+    """Full ranking of every test user of the RecBole split (exactly the users reported) over
+    all items, by hop count. Threads: torch's default, or OMP_NUM_THREADS; the ranking backend:
+    ``$MMKGREC_KG_RANKING`` (models/fused.py)."""
     records = []
     for dataset in datasets:
         ds = load(dataset)
         sp = apply_presplit(ds, presplit_dir(dataset))
-        n_users = len(sp.ground_truth("test")[0])
+        test_users = sp.ground_truth("test")[0]  # ranked and reported: the test users only
+        n_users = len(test_users)
         for cls in (KGCN, MKGCN):
             for hops in hops_list:
                 config = cls.Config(**{**default_config(cls.name)["model"], "dim": 16,
                                        "n_neighbors": 8, "n_hops": hops})
                 torch.manual_seed(0)
                 model = cls(ds, sp, config, seed=0)
-                time_full_ranking(model, sp, "test", k=50, batch_users=512)  # warm-up
-                seconds = min(time_full_ranking(model, sp, "test", k=50, batch_users=512)
+                time_full_ranking(model, sp, "test", k=50, batch_users=512,
+                                  users=test_users)  # warm-up
+                seconds = min(time_full_ranking(model, sp, "test", k=50, batch_users=512,
+                                                users=test_users)
                               for _ in range(repeats))
-                records.append({"dataset": dataset, "model": cls.name, "hops": hops,
-                                "test_users": n_users, "items": ds.n_items, "seconds": seconds,
+                records.append({"dataset": dataset, "model": cls.name, "hops": hops, "dim": 16,
+                                "neighbors": 8, "test_users": n_users, "items": ds.n_items,
+                                "ranking": ranking_backend(), "seconds": seconds,
                                 "threads": torch.get_num_threads()})
                 print(records[-1], flush=True)
         # Train seconds per epoch at the public MKGCN code's defaults (dim 16, 8 neighbours,
