@@ -135,9 +135,12 @@ class KGCatalogue:
     :meth:`KGServing.with_new_items`.
 
     Everything user-independent is computed when it is built and cached with it (one catalogue
-    per catalogue version): the fused base table ``base``, the first aggregation round
-    ``slots`` (:meth:`~mmkgrec.models.layers.KGItemAggregator.first_round_slots`, what offline
-    ranking caches in ``prepare_ranking``) and the mean-user item vectors."""
+    per catalogue version): the fused base table ``base``, the mean-user item vectors and what
+    offline ranking caches in ``prepare_ranking``: the fused path's
+    :class:`~mmkgrec.models.fused.RankingPlan` (``plan``), or with
+    ``MMKGREC_KG_RANKING=reference`` the first aggregation round ``slots``
+    (:meth:`~mmkgrec.models.layers.KGItemAggregator.first_round_slots`; a registration computes
+    only the new rows of it). Neither above ``SLOT_CACHE_BUDGET``: item blocks then."""
 
     def __init__(self, model: KGServing, base: Tensor, neighbors: Tensor, relations: Tensor,
                  n_items: int, new_id_emb: Tensor, new_features: list[Tensor],
@@ -153,9 +156,16 @@ class KGCatalogue:
         self.k = model.backbone.neighbors.shape[1]
         agg = self.backbone.aggregator
         rows = n_items if agg.n_hops == 1 else base.shape[0]
-        if slots is None and agg.n_hops and rows * self.k * (self.dim + 1) <= SLOT_CACHE_BUDGET:
+        fits = agg.n_hops > 0 and rows * self.k * (self.dim + 1) <= SLOT_CACHE_BUDGET
+        self.plan: RankingPlan | None = None
+        if fits and slots is None and ranking_backend() != "reference":
+            # "fused" also under "compiled": one compilation per catalogue version would cost
+            # more than it saves at one user per request
+            self.plan = build_plan(agg, base, self.backbone.relation_emb.weight.detach(),
+                                   neighbors, relations, n_items, backend="fused")
+        elif fits and slots is None:
             slots = agg.first_round_slots(base, neighbors, n_items)
-        self.slots = slots  # [rows, K, d + 1] or None (0 hops, or over SLOT_CACHE_BUDGET)
+        self.slots = slots  # [rows, K, d + 1] or None (fused plan, 0 hops, over the budget)
         self._item_vectors = (item_vectors if item_vectors is not None
                               else self.aggregate(mean_user, None)[0])  # [I', d]
 
@@ -201,6 +211,8 @@ class KGCatalogue:
         """Exact logits: queries [B, d], items [B, C] (None: every item) -> [B, C or I']."""
         if items is not None and items.shape[1] == 0:
             return queries.new_zeros(len(queries), 0)
+        if items is None and self.plan is not None:
+            return score_all_items(self.plan, queries)  # [B, I']
         return torch.einsum("bd,bid->bi", queries, self.aggregate(queries, items))
 
     def prepare_ranking(self) -> None:

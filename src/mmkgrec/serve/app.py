@@ -140,6 +140,9 @@ class Health(_Out):
     uptime_s: float
     notes: list[str]
     api_key_required: bool
+    pid: int = Field(description="the worker process that answered (mmkgrec serve --workers N)")
+    catalogue_version: int = Field(description="the last registered item's row id in the store "
+                                               "(0: none); equal on every worker once synced")
 
 
 class UserRow(_Out):

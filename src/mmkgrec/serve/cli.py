@@ -46,8 +46,11 @@ def serve(
                                    "exactly per request."),
     threads: int = typer.Option(1, "--threads", min=1, help="torch / faiss threads per request."),
     max_concurrent: int | None = typer.Option(None, "--max-concurrent", min=1, help="requests "
-                                              "scored at once (default: the CPU count); the "
-                                              "others queue."),
+                                              "scored at once per worker (default: the CPU "
+                                              "count / --workers); the others queue."),
+    workers: int = typer.Option(1, "--workers", min=1, help="server processes sharing the port "
+                                "and the feedback database; each applies what the others "
+                                "wrote before it answers."),
     log_level: str = typer.Option("warning", "--log-level", help="uvicorn log level."),
     api_key_file: Path | None = typer.Option(None, "--api-key-file", help="A file holding the API "
                                              "key that POST /feedback and POST /items require "
@@ -66,7 +69,8 @@ def serve(
     header_timeout: float = typer.Option(HEADER_TIMEOUT_S, "--header-timeout", min=0.01,
                                          help="Seconds to receive a request's head (closed after)."),
     max_connections: int = typer.Option(MAX_CONNECTIONS, "--max-connections", min=1,
-                                        help="Open connections / requests at once (503 above)."),
+                                        help="Open connections / requests at once, per worker "
+                                        "(503 above)."),
 ) -> None:
     """Serve a trained run over HTTP: recommendations, new listeners, feedback, similar items,
     explanations, new items, a web page at /, OpenAPI at /docs, Prometheus at /metrics.
@@ -78,6 +82,15 @@ def serve(
                            f"folder of `mmkgrec train`")
     api_key = resolve_api_key(api_key_file, no_auth)
     hosts = list(allowed_host) if allowed_host else default_allowed_hosts(host)
+    db_path = db or run_dir / "feedback.sqlite"
+    if workers > 1:
+        serve_workers(workers, run_dir=str(run_dir), db=str(db_path), host=host, port=port,
+                      index=index.value, candidates=candidates, threads=threads,
+                      max_concurrent=max_concurrent or max(1, (os.cpu_count() or 1) // workers),
+                      log_level=log_level, api_key=api_key, no_auth=no_auth, hosts=hosts,
+                      max_body_bytes=max_body_bytes, body_timeout=body_timeout,
+                      header_timeout=header_timeout, max_connections=max_connections)
+        return
     import torch
 
     torch.set_num_threads(threads)
@@ -90,7 +103,7 @@ def serve(
     from mmkgrec.serve.app import create_app
     from mmkgrec.serve.service import RecService
 
-    service = RecService.from_run_dir(run_dir, db or run_dir / "feedback.sqlite", index=index.value,
+    service = RecService.from_run_dir(run_dir, db_path, index=index.value,
                                       candidates=candidates, max_concurrent=max_concurrent)
     app = create_app(service, api_key=api_key, no_auth=no_auth, allowed_hosts=hosts,
                      max_body_bytes=max_body_bytes, body_timeout=body_timeout)
@@ -108,6 +121,26 @@ def serve(
     config = server_config(app, host, port, max_connections=max_connections,
                            header_timeout=header_timeout, log_level=log_level)
     uvicorn.Server(config).run()
+
+
+def serve_workers(workers: int, **options) -> None:
+    """``serve --workers N``: the store created once, one socket, N worker processes
+    (:mod:`mmkgrec.serve.workers`); exit code 2 when a worker cannot start."""
+    from mmkgrec.serve.edge import server_config
+    from mmkgrec.serve.store import FeedbackStore
+    from mmkgrec.serve.workers import Supervisor
+
+    FeedbackStore(options["db"]).close()  # schema and WAL mode before the workers open it
+    sock = server_config(None, options["host"], options["port"]).bind_socket()
+    typer.echo(f"serving with {workers} workers at http://{options['host']}:{options['port']}/ "
+               f"(database {options['db']})", err=True)
+    if options["no_auth"]:
+        typer.echo("--no-auth: anyone who can reach this server can post feedback and items",
+                   err=True)
+    code = Supervisor(options, workers, sock, log=lambda text: typer.echo(text, err=True)).run()
+    sock.close()
+    if code:
+        raise typer.Exit(code)
 
 
 def resolve_api_key(api_key_file: Path | None, no_auth: bool) -> str | None:

@@ -69,8 +69,20 @@ class ItemIndex:
         return int(self.index.ntotal)
 
     def add(self, vectors: np.ndarray) -> None:
-        """Append items ``size .. size + len(vectors) - 1``: vectors [m, d]."""
+        """Append items ``size .. size + len(vectors) - 1``: vectors [m, d] (in place: only
+        for an index no other thread searches; the service uses :meth:`extended`)."""
         self.index.add(np.ascontiguousarray(vectors, dtype=np.float32))
+
+    def extended(self, vectors: np.ndarray) -> ItemIndex:
+        """A copy with items ``size .. size + len(vectors) - 1`` appended; this index is left
+        as it is, so searches running on it meanwhile are safe (faiss does not allow adding
+        while another thread searches). One copy of the index per registration."""
+        copy = object.__new__(ItemIndex)
+        copy.kind, copy.dim, copy.params = self.kind, self.dim, dict(self.params)
+        copy.index = _faiss().clone_index(self.index)
+        copy.add(vectors)
+        copy.params["n"] = copy.size
+        return copy
 
     def search(self, queries: np.ndarray, n: int) -> np.ndarray:
         """Top-``n`` item ids by inner product for each query: queries [B, d] -> [B, n] int64

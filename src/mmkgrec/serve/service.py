@@ -2,11 +2,23 @@
 operation the HTTP API exposes, as plain Python (the FastAPI layer in :mod:`.app` only maps
 requests and errors).
 
-State and concurrency: the catalogue (:class:`~.engine.Catalogue`) is an immutable snapshot that
-a registration replaces whole; per-user feedback lives in a dict guarded by a lock and is copied
-per request; writes (feedback, items) are serialised by a write lock and are committed to SQLite
-(fsynced) BEFORE they change memory or are acknowledged. Every ranking scores the whole
-catalogue in one tensor program (exact), or the faiss candidates only (two-stage).
+State and concurrency: the catalogue (:class:`~.engine.Catalogue`) is an immutable snapshot,
+one per catalogue version, holding everything user-independent (the fused item table, the first
+aggregation round, the mean-user item vectors); a registration builds the next one (only the new
+rows are computed) and swaps it in whole, with a copy of the faiss index extended by the new
+items, so a request never sees a half-built cache. Per-user feedback lives in a dict guarded by
+a lock and is copied per request. Writes (feedback, items) are committed to SQLite (fsynced)
+BEFORE they change memory or are acknowledged.
+
+The store is the source of truth, and memory only ever applies its rows in id order
+(:meth:`RecService._sync`): before a request reads the catalogue or a user's feedback, one
+``PRAGMA data_version`` tells whether any connection committed since the last sync; if one did,
+the new items, then the new feedback rows, are applied. So several processes over one store
+(``mmkgrec serve --workers N``) serve the same catalogue and the same feedback: a request that
+starts after another worker acknowledged a write sees it. Registrations take SQLite's write lock
+first (``BEGIN IMMEDIATE``) and sync inside it, so every worker numbers the new items in the
+store's order. Every ranking scores the whole catalogue in one tensor program (exact), or the
+faiss candidates only (two-stage).
 """
 
 from __future__ import annotations
@@ -124,6 +136,11 @@ class RecService:
         self._scoring = threading.BoundedSemaphore(max_concurrent or os.cpu_count() or 1)
         self._write_lock = threading.Lock()
         self._state_lock = threading.Lock()
+        # lock order: _write_lock -> _sync_lock -> the store's locks
+        self._sync_lock = threading.Lock()
+        self._synced_version: int | None = None  # the store's data_version at the last sync
+        self._items_upto = self._feedback_upto = 0  # store row ids applied so far
+        self._skipped_feedback = 0
         self._feedback: dict[str, dict[int, float]] = {}
         self.started = time.time()
         self.notes: list[str] = []
@@ -155,32 +172,10 @@ class RecService:
         non-finite vector or score: written before those checks existed, or by hand), or that
         links to such an item, is quarantined: moved to the database's ``quarantined_items``
         table with the reason, left out of the catalogue, and named in ``/health`` notes."""
-        stored = self.store.items()
+        stored = self.store.changes(0, None)[0]
         if stored:
-            base = self._catalogue
-            quarantined: dict[str, str] = {}
-            while True:
-                new: list = []
-                for item_id, payload in stored:
-                    if item_id in quarantined:
-                        continue
-                    try:
-                        partial = self._partial_catalogue(base, tuple(new))
-                        new.append(self._make_item(item_id, payload, partial))
-                    except InvalidInputError as error:
-                        quarantined[item_id] = str(error)
-                    except NotFoundError:
-                        links = {str(link.get("entity")) for link in payload.get("links", [])
-                                 if isinstance(link, dict)}
-                        if not links & set(quarantined):
-                            raise
-                        quarantined[item_id] = "links to a quarantined item"
-                catalogue = self.engine.build(tuple(new), self.dataset.items) if new else base
-                bad = {x.item_id: problem for j, x in enumerate(new)
-                       if (problem := self._item_problem(catalogue, base.n_items + j))}
-                if not bad:
-                    break
-                quarantined.update(bad)
+            self._items_upto = stored[-1][0]
+            catalogue, quarantined = self._extend(self._catalogue, stored)
             for item_id, reason in quarantined.items():
                 self.store.quarantine_item(item_id, reason)
             if quarantined:
@@ -188,20 +183,86 @@ class RecService:
                 self.notes.append(f"{len(quarantined)} stored items failed the checks and were "
                                   f"quarantined (table quarantined_items): {names}"
                                   + (" ..." if len(quarantined) > 10 else ""))
-            self._catalogue = catalogue
-            if self.retriever is not None and catalogue.n_items > base.n_items:
-                self.retriever.add(catalogue.item_vectors[base.n_items:].numpy())
-        skipped = 0
-        index = self._catalogue.id_index
-        for _, user_id, item_id, value, _ in self.store.feedback():
-            position = index.get_indexer([item_id])[0]
-            if position < 0 or not isinstance(value, (int, float)) or not math.isfinite(value):
-                skipped += 1
-                continue
-            self._feedback.setdefault(user_id, {})[int(position)] = float(value)
-        if skipped:
-            self.notes.append(f"{skipped} stored feedback rows name items this run does not have "
-                              f"(or have a non-finite value); they are skipped")
+            self._publish(catalogue)
+        self._sync()  # every feedback row, and items committed meanwhile by other processes
+        if self._skipped_feedback:
+            self.notes.append(f"{self._skipped_feedback} stored feedback rows name items this run "
+                              f"does not have (or have a non-finite value); they are skipped")
+
+    def _extend(self, start: Catalogue, stored: list, strict: bool = True
+                ) -> tuple[Catalogue, dict[str, str]]:
+        """``start`` plus the stored items (id, item_id, payload), in order, and the ones left
+        out with the reason: those that fail the checks, or link to one that does. ``strict``:
+        a link to an unknown entity is an error (on start); else it is left out too."""
+        quarantined: dict[str, str] = {}
+        while True:
+            new = list(start.new)
+            for _, item_id, payload in stored:
+                if item_id in quarantined:
+                    continue
+                try:
+                    partial = self._partial_catalogue(start, tuple(new))
+                    new.append(self._make_item(item_id, payload, partial))
+                except InvalidInputError as error:
+                    quarantined[item_id] = str(error)
+                except NotFoundError as error:
+                    links = {str(link.get("entity")) for link in payload.get("links", [])
+                             if isinstance(link, dict)}
+                    if links & set(quarantined):
+                        quarantined[item_id] = "links to a quarantined item"
+                    elif strict:
+                        raise
+                    else:
+                        quarantined[item_id] = str(error)
+            added = new[len(start.new):]
+            catalogue = self.engine.build(tuple(new), self.dataset.items) if added else start
+            bad = {x.item_id: problem for j, x in enumerate(added)
+                   if (problem := self._item_problem(catalogue, start.n_items + j))}
+            if not bad:
+                return catalogue, quarantined
+            quarantined.update(bad)
+
+    def _publish(self, catalogue: Catalogue) -> None:
+        """Make ``catalogue`` the served one; the faiss index first (a copy extended by the new
+        items: a search running on the old one is unaffected), so no request finds a candidate
+        its catalogue lacks (those beyond it are dropped anyway)."""
+        old = self._catalogue
+        if self.retriever is not None and catalogue.n_items > old.n_items:
+            self.retriever = self.retriever.extended(catalogue.item_vectors[old.n_items:].numpy())
+        self._catalogue = catalogue
+
+    def _sync(self) -> None:
+        """Apply what any connection (another worker's, or this process's own writer) committed
+        to the store since the last call: registered items first, then feedback rows, each in
+        id order. Called before every read of the catalogue or of feedback; one ``PRAGMA
+        data_version`` (microseconds) when nothing changed."""
+        with self._sync_lock:
+            self._sync_locked()
+
+    @torch.inference_mode()  # as every request's tensors (a build may run from any endpoint)
+    def _sync_locked(self) -> None:
+        version = self.store.data_version()
+        if version == self._synced_version:
+            return
+        items, rows = self.store.changes(self._items_upto, self._feedback_upto)
+        self._synced_version = version  # read before the snapshot: later commits change it
+        if items:
+            catalogue, left_out = self._extend(self._catalogue, items, strict=False)
+            if left_out:  # accepted by another process, refused here: a different code version?
+                self.notes.append(f"{len(left_out)} items registered by another process fail "
+                                  f"this process's checks and are not served: "
+                                  f"{', '.join(clip(x, 40) for x in list(left_out)[:10])}")
+            self._publish(catalogue)
+            self._items_upto = items[-1][0]
+        if rows:
+            self._feedback_upto = rows[-1][0]
+            positions = self._catalogue.id_index.get_indexer([row[2] for row in rows])
+            with self._state_lock:
+                for (_, user_id, _, value), position in zip(rows, positions):
+                    if position < 0 or not isinstance(value, (int, float)) or not math.isfinite(value):
+                        self._skipped_feedback += 1
+                        continue
+                    self._feedback.setdefault(user_id, {})[int(position)] = float(value)
 
     @staticmethod
     def _item_problem(catalogue: Catalogue, item: int) -> str | None:
@@ -219,6 +280,8 @@ class RecService:
     # ---- lookups ---------------------------------------------------------------------------------
     @property
     def catalogue(self) -> Catalogue:
+        """The served catalogue, after applying what the store has that memory lacks."""
+        self._sync()
         return self._catalogue
 
     def _item(self, catalogue: Catalogue, item_id: str | int) -> int:
@@ -237,7 +300,8 @@ class RecService:
         return positions.astype(np.int64)
 
     def _user(self, user_id: str) -> tuple[int | None, dict[int, float]]:
-        """(dataset user index or None, a copy of the user's feedback); 404 if neither exists."""
+        """(dataset user index or None, a copy of the user's feedback); 404 if neither exists.
+        Callers :meth:`_sync` first (reading :attr:`catalogue` does)."""
         position = self.user_index.get_indexer([user_id])[0]
         with self._state_lock:
             feedback = dict(self._feedback.get(user_id, {}))
@@ -331,7 +395,7 @@ class RecService:
     def recommend_user(self, user_id: str, k: int = 20, exclude_seen: bool = True,
                        retrieval: Retrieval | None = None) -> dict:
         """Top-k for a known user (train history + positive feedback) or a feedback-only user."""
-        catalogue = self._catalogue
+        catalogue = self.catalogue
         user, feedback = self._user(user_id)
         liked, touched = self._history(feedback)
         items, logits, mode = self._rank(catalogue, user, liked, touched, k, retrieval, exclude_seen)
@@ -343,7 +407,7 @@ class RecService:
     def recommend_liked(self, liked_ids: list, k: int = 20,
                         retrieval: Retrieval | None = None) -> dict:
         """Top-k for a new listener given only liked items (no retraining); liked ones excluded."""
-        catalogue = self._catalogue
+        catalogue = self.catalogue
         liked = self._items(catalogue, liked_ids)
         items, logits, mode = self._rank(catalogue, None, liked, liked, k, retrieval)
         return {"liked": [str(catalogue.item_ids[i]) for i in liked], "k": k, "retrieval": mode,
@@ -352,7 +416,7 @@ class RecService:
     @torch.inference_mode()
     def similar(self, item_id: str, k: int = 20) -> dict:
         """Nearest items by cosine over user-independent item vectors (one matrix-vector op)."""
-        catalogue = self._catalogue
+        catalogue = self.catalogue
         item = self._item(catalogue, item_id)
         sims = finite_or_worst(catalogue.item_unit @ catalogue.item_unit[item])  # [I']
         sims[item] = -torch.inf
@@ -369,13 +433,13 @@ class RecService:
         if not math.isfinite(value):
             raise InvalidInputError("value must be a finite number")
         with self._write_lock:
-            catalogue = self._catalogue
+            catalogue = self.catalogue  # synced: items registered by another worker resolve
             item = self._item(catalogue, item_id)
-            new_user = (self.user_index.get_indexer([user_id])[0] < 0
-                        and user_id not in self._feedback)
-            row = self.store.add_feedback(user_id, str(catalogue.item_ids[item]), float(value))
             with self._state_lock:
-                self._feedback.setdefault(user_id, {})[item] = float(value)
+                new_user = (self.user_index.get_indexer([user_id])[0] < 0
+                            and user_id not in self._feedback)
+            row = self.store.add_feedback(user_id, str(catalogue.item_ids[item]), float(value))
+        self._sync()  # memory applies it (and whatever was committed before it) in id order
         return {"id": row, "user_id": user_id, "item_id": str(catalogue.item_ids[item]),
                 "value": float(value), "new_user": bool(new_user), "stored": True}
 
@@ -431,7 +495,11 @@ class RecService:
     def add_item(self, payload: dict) -> dict:
         """Register a new song (KG links + optional modality rows); recommendable at once."""
         item_id = str(payload["item_id"])
-        with self._write_lock:
+        # SQLite's write lock first: registrations of every worker run one at a time, each on a
+        # catalogue synced inside the lock, so all number new items in the store's order. This
+        # worker's requests wait meanwhile (registrations are rare); other workers' do not.
+        with self._write_lock, self._sync_lock, self.store.transaction() as tx:
+            self._sync_locked()
             catalogue = self._catalogue
             if catalogue.id_index.get_indexer([item_id])[0] >= 0:
                 raise ConflictError(f"item {clip(item_id)} already exists")
@@ -442,10 +510,10 @@ class RecService:
             problem = self._item_problem(updated, updated.n_items - 1)
             if problem:  # checked before it is stored: one request cannot poison every list
                 raise InvalidInputError(f"item {clip(item_id)} is not servable: {problem}")
-            self.store.add_item(item_id, payload)  # durable before it is visible
-            if self.retriever is not None:
-                self.retriever.add(updated.item_vectors[catalogue.n_items:].numpy())
-            self._catalogue = updated
+            row = self.store.add_item(item_id, payload, tx)
+            tx.commit()  # committed and fsynced: durable before it is visible
+            self._publish(updated)
+            self._items_upto = row
         return {"item_id": item_id, "index": updated.n_items - 1, "name": new.name,
                 "links": len(new.entities),
                 "modalities": [n for n in self.engine.modality_names if n in new.features]}
@@ -455,7 +523,7 @@ class RecService:
     def explain(self, user_id: str, item_id: str, limit: int = 10) -> dict:
         """KG paths from the user's history (train positives + liked feedback) to the item, with
         the model's relation attention; the item's sampled neighbourhood; modality shares."""
-        catalogue = self._catalogue
+        catalogue = self.catalogue
         user, feedback = self._user(user_id)
         item = self._item(catalogue, item_id)
         liked, _ = self._history(feedback)
@@ -574,6 +642,7 @@ class RecService:
     def users(self, limit: int = 50, offset: int = 0) -> dict:
         """Dataset users (with train-history sizes), then users created through feedback."""
         sizes = np.diff(self.train_indptr)
+        self._sync()
         with self._state_lock:
             extra = [u for u in self._feedback if self.user_index.get_indexer([u])[0] < 0]
         ids = list(self.dataset.users[offset:offset + limit])
@@ -586,7 +655,7 @@ class RecService:
 
     def search_items(self, query: str = "", limit: int = 20) -> dict:
         """Items whose id or display name contains ``query`` (case-insensitive)."""
-        catalogue = self._catalogue
+        catalogue = self.catalogue
         if self._search_text is None:  # trained items' "name id" strings, built once
             names = (pd.Series(self.names, dtype=object).astype(str) if self.names is not None
                      else pd.Series([""] * catalogue.n_base))
@@ -599,7 +668,7 @@ class RecService:
                                            "name": self.item_name(catalogue, int(i))} for i in hits]}
 
     def health(self) -> dict:
-        catalogue = self._catalogue
+        catalogue = self.catalogue
         with self._state_lock:
             n_feedback_users = len(self._feedback)
         return {"status": "ok", "model": self.model_name, "dataset": self.dataset.name,
@@ -609,4 +678,5 @@ class RecService:
                 "index": self.retriever.params if self.retriever else None,
                 "new_listeners": isinstance(catalogue.scorer, UsersFromItems),
                 "modalities": list(self.engine.modality_names),
-                "uptime_s": round(time.time() - self.started, 3), "notes": self.notes}
+                "uptime_s": round(time.time() - self.started, 3), "notes": self.notes,
+                "pid": os.getpid(), "catalogue_version": self._items_upto}
