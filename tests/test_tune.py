@@ -164,3 +164,16 @@ def test_fixed_options_are_not_searched(tmp_path):
     assert "dim" not in result["best_params"]
     model_options, _ = read_config_file(tmp_path / "synthetic-tiny" / "bprmf.toml")
     assert model_options["dim"] == 8
+
+
+def test_a_stopped_search_resumes_with_the_trials_it_lacks(tmp_path, no_test_evaluation):
+    spec = TuneSpec(model="bprmf", dataset="synthetic-tiny", trials=2, seed=0,
+                    overrides=["epochs=1"])
+    tune(spec, tmp_path)
+    journal = tmp_path / "synthetic-tiny" / "bprmf-study.jsonl"
+    assert journal.is_file()
+    more = tune(spec.model_copy(update={"trials": 3}), tmp_path)  # one trial more, not three
+    trials = pd.read_csv(more["trials_path"])
+    assert len(trials) == 3 and (trials["state"] == "COMPLETE").all()
+    with pytest.raises(ConfigError, match="other settings"):  # never mixes two searches
+        tune(spec.model_copy(update={"overrides": ["epochs=2"]}), tmp_path)

@@ -13,6 +13,9 @@ trains with ``Trainer.fit(evaluate_test=False)`` and reports the best validation
 or AUC (ctr). The best options are written as ``OUT/<dataset>/<model>.toml`` (``[model]`` /
 ``[train]``: every effective option of the best trial, defaults included, except ``seed`` and
 ``device``; read by ``mmkgrec benchmark --tuned OUT``), every trial as ``<model>-trials.csv``.
+The study itself is journalled in ``<model>-study.jsonl``: a search stopped part-way resumes
+with the trials it lacks (an uninterrupted search is reproducible from the TPE seed; a resumed
+one continues from the trials stored).
 """
 
 from __future__ import annotations
@@ -161,12 +164,15 @@ def tune(spec: TuneSpec, out_dir: str | Path, *, progress: bool = False) -> dict
         return value if math.isfinite(value) else float("-inf")
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction="maximize",
-                                sampler=optuna.samplers.TPESampler(seed=spec.seed))
+    folder = Path(out_dir) / file_slug(spec.label or spec.dataset)
+    folder.mkdir(parents=True, exist_ok=True)
+    study = _open_study(optuna, folder / f"{spec.model}-study.jsonl", spec, space)
     start = time.perf_counter()
     n_trials = spec.trials if space else 1  # nothing to search: one trial is the answer
-    study.optimize(objective, n_trials=n_trials, timeout=spec.timeout_s,
-                   show_progress_bar=progress)
+    done = sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    if done < n_trials:  # an interrupted search resumes with the trials it lacks
+        study.optimize(objective, n_trials=n_trials - done, timeout=spec.timeout_s,
+                       show_progress_bar=progress)
 
     # the full effective options of the best trial (defaults with every override resolved)
     best = trial_spec(*suggest(optuna.trial.FixedTrial(study.best_params), space))
@@ -174,8 +180,6 @@ def tune(spec: TuneSpec, out_dir: str | Path, *, progress: bool = False) -> dict
     model_options = model_cfg.model_dump(mode="json")
     train_options = {k: v for k, v in train_cfg.model_dump(mode="json").items()
                      if k not in NOT_SAVED}
-    folder = Path(out_dir) / file_slug(spec.label or spec.dataset)
-    folder.mkdir(parents=True, exist_ok=True)
     config_path = folder / f"{spec.model}.toml"
     header = (f"# mmkgrec tune {spec.model} on {spec.dataset} ({spec.protocol}"
               f"{', pre-split ' + spec.presplit if spec.presplit else ''}): best valid {monitor} "
@@ -187,6 +191,29 @@ def tune(spec: TuneSpec, out_dir: str | Path, *, progress: bool = False) -> dict
     study.trials_dataframe().to_csv(trials_path, index=False)
     return {"best_value": study.best_value, "best_params": study.best_params,
             "monitor": monitor, "config_path": config_path, "trials_path": trials_path}
+
+
+def _open_study(optuna, journal: Path, spec: TuneSpec, space: dict):
+    """The search's Optuna study, stored in a journal file so that a search stopped part-way
+    (a killed job, the end of a session) resumes where it stopped. A journal written for other
+    settings (search space, data, options) is an error, never silently mixed in."""
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    identity = json.dumps({"spec": spec.model_dump(mode="json", exclude={"trials", "timeout_s"}),
+                           "space": {k: [scope, dist] for k, (scope, dist) in space.items()}},
+                          sort_keys=True, default=str)
+    storage = JournalStorage(JournalFileBackend(str(journal)))
+    study = optuna.create_study(study_name="search", storage=storage, load_if_exists=True,
+                                direction="maximize",
+                                sampler=optuna.samplers.TPESampler(seed=spec.seed))
+    stored = study.user_attrs.get("identity")
+    if stored is None:
+        study.set_user_attr("identity", identity)
+    elif stored != identity:
+        raise ConfigError(f"{journal} holds a search with other settings; delete it (or use "
+                          f"another --out) to start this one")
+    return study
 
 
 def to_toml(tables: dict[str, dict]) -> str:
