@@ -209,12 +209,32 @@ def _compiled_scores(plan: RankingPlan, exp_scores: Tensor, users: Tensor) -> Te
 @torch.no_grad()
 def score_all_items(plan: RankingPlan, users: Tensor) -> Tensor:
     """users [B, d] -> logits [B, I] over every item."""
-    widest = max([0] + [len(p.shared) + len(plan.rounds[r - 1].rows) for r, p
-                        in enumerate(plan.rounds) if p.shared is not None])
-    block = len(users) if widest == 0 else max(1, TABLE_ELEMENTS // (widest * 2 * plan.dim))
-    if block < len(users):  # bound the per-user tables of multi-hop rounds
-        return torch.cat([score_all_items(plan, users[s:s + block])
-                          for s in range(0, len(users), block)])
+    widest = max([0] + [(len(p.shared) + len(plan.rounds[r - 1].rows)) * p.shared.shape[1]
+                        for r, p in enumerate(plan.rounds) if p.shared is not None])
+    block = len(users) if widest == 0 else max(1, TABLE_ELEMENTS // widest)
+    buffers: dict[tuple[int, int], Tensor] = {}  # (round, users) -> its input table
+    if block >= len(users):
+        return _score_block(plan, users, buffers)
+    return torch.cat([_score_block(plan, users[s:s + block], buffers)  # bounded tables
+                      for s in range(0, len(users), block)])
+
+
+def _table(p: RoundPlan, r: int, h: Tensor, buffers: dict[tuple[int, int], Tensor]) -> Tensor:
+    """Round r's inputs [columns, B, w]: the shared rows (written once per call and block size),
+    then the previous round's user-dependent rows h [n, B, d] transformed in place."""
+    assert p.shared is not None and p.weight is not None
+    n_shared, key = len(p.shared), (r, h.shape[1])
+    table = buffers.get(key)
+    if table is None:
+        table = buffers[key] = h.new_empty(n_shared + h.shape[0], h.shape[1], p.shared.shape[1])
+        table[:n_shared] = p.shared.unsqueeze(1)
+    torch.matmul(h, p.weight.T, out=table[n_shared:])
+    return table
+
+
+def _score_block(plan: RankingPlan, users: Tensor, buffers: dict[tuple[int, int], Tensor]
+                 ) -> Tensor:
+    """users [B, d] -> [B, I]."""
     scores = users.new_empty(len(users), plan.n_items)  # [B, I]
     scores[:, plan.const_items] = users @ plan.const_vectors.T
     relation_scores = users @ plan.relation_emb.T / plan.dim  # [B, R]
@@ -227,35 +247,41 @@ def score_all_items(plan: RankingPlan, users: Tensor) -> Tensor:
         if compiled is not None:
             scores[:, last.rows] = compiled
             return scores
-    n_users, tile = len(users), _tile(len(users), plan.dim)
-    h = None  # [B, n_{r-1}, d] the previous round's user-dependent rows
+    n_users, tile, dim = len(users), _tile(len(users), plan.dim), plan.dim
+    # Multi-hop rounds keep rows first ([rows, B, d]): a neighbour gather copies whole rows.
+    h = None  # [n_{r-1}, B, d] the previous round's user-dependent rows
     for r, p in enumerate(plan.rounds):
         is_last = r == len(plan.rounds) - 1
-        table = None  # [B, columns, w] this round's inputs, transformed
-        if p.shared is not None:
-            assert h is not None and p.weight is not None
-            table = torch.cat([p.shared.expand(n_users, -1, -1), h @ p.weight.T], dim=1)
-        out = None if is_last else users.new_empty(n_users, len(p.rows), plan.dim)
+        table = None if p.shared is None else _table(p, r, h, buffers) if h is not None else None
+        out = None if is_last else users.new_empty(len(p.rows), n_users, dim)
         for s in range(0, len(p.rows), tile):
             weights = exp_scores[:, p.relations[s:s + tile]]  # [B, t, K]
             weights = weights / weights.sum(-1, keepdim=True)
-            if p.slots is not None:
-                pre = _mix_first(weights, p.slots[s:s + tile])  # [B, t, d]
+            if p.slots is not None and is_last:  # 1 hop: [B, t, d], tanh and dot in place
+                pre = _mix_first(weights, p.slots[s:s + tile])
+                scores[:, p.rows[s:s + tile]] = torch.bmm(pre.tanh_(),
+                                                          users.unsqueeze(-1)).squeeze(-1)
+                continue
+            w = weights.permute(1, 0, 2)  # [t, B, K]
+            if p.slots is not None:  # round 0 of several: user-independent slots
+                sl = p.slots[s:s + tile]  # [t, K, d]
+                pre = w[:, :, 0, None] * sl[:, None, 0]  # [t, B, d]
+                for j in range(1, sl.shape[1]):
+                    pre.addcmul_(w[:, :, j, None], sl[:, None, j])
             else:
                 assert table is not None and p.neighbors is not None and p.bias is not None
                 nb = p.neighbors[s:s + tile]  # [t, K]
                 if p.own is None:
-                    pre = p.bias.expand(n_users, len(nb), -1).clone()
+                    pre = p.bias.expand(len(nb), n_users, -1).clone()
                 else:
                     off = p.self_offset or 0
-                    pre = table[:, p.own[s:s + tile], off:off + plan.dim] + p.bias
+                    pre = table.index_select(0, p.own[s:s + tile])[..., off:off + dim] + p.bias
                 for j in range(nb.shape[1]):
-                    pre.addcmul_(weights[:, :, j, None], table[:, nb[:, j], :plan.dim])
-            if is_last:  # [B, t]: tanh in place, then the dot product with the user
-                scores[:, p.rows[s:s + tile]] = torch.bmm(pre.tanh_(),
-                                                          users.unsqueeze(-1)).squeeze(-1)
+                    pre.addcmul_(w[:, :, j, None], table.index_select(0, nb[:, j])[..., :dim])
+            if is_last:  # [t, B] -> scores [B, t]
+                scores[:, p.rows[s:s + tile]] = (pre.tanh_() * users).sum(-1).T
             else:
                 assert out is not None
-                out[:, s:s + tile] = plan.inner(pre)
+                out[s:s + tile] = plan.inner(pre)
         h = out
     return scores
