@@ -83,6 +83,7 @@ class RankingPlan:
     dim: int
     inner: Callable[[Tensor], Tensor]
     backend: str
+    inverse: Tensor  # [I] column of each item in the block's [const items | last.rows] scores
     compiled: Any = None  # the compiled 1-hop tile, once built
 
 
@@ -150,8 +151,10 @@ def build_plan(agg: Any, base: Tensor, relation_emb: Tensor, neighbors: Tensor,
             weight, agg._linear(r).bias, self_offset))
         need = prev_need
     const_items = items[consts[-1][:n_items]]
+    inverse = torch.empty(n_items, dtype=torch.long, device=device)
+    inverse[torch.cat([const_items, rounds[-1].rows])] = items
     return RankingPlan(rounds, n_items, const_items, tables[-1][const_items], relation_emb, dim,
-                       agg.inner, ranking_backend() if backend is None else backend)
+                       agg.inner, ranking_backend() if backend is None else backend, inverse)
 
 
 def _tile(n_users: int, dim: int) -> int:
@@ -235,18 +238,28 @@ def _table(p: RoundPlan, r: int, h: Tensor, buffers: dict[tuple[int, int], Tenso
 def _score_block(plan: RankingPlan, users: Tensor, buffers: dict[tuple[int, int], Tensor]
                  ) -> Tensor:
     """users [B, d] -> [B, I]."""
-    scores = users.new_empty(len(users), plan.n_items)  # [B, I]
-    scores[:, plan.const_items] = users @ plan.const_vectors.T
+    # Scores in the order [user-independent items | user-dependent items]: contiguous writes,
+    # one column gather at the end.
+    n_const = len(plan.const_items)
+    ordered = users.new_empty(len(users), plan.n_items)  # [B, I]
+    ordered[:, :n_const] = users @ plan.const_vectors.T
+    scores = ordered[:, n_const:]  # [B, I - I_c] in the order of the last round's rows
     relation_scores = users @ plan.relation_emb.T / plan.dim  # [B, R]
     exp_scores = torch.exp(relation_scores - relation_scores.amax(dim=1, keepdim=True))
     last = plan.rounds[-1]
-    if len(last.rows) == 0:
-        return scores
-    if plan.backend == "compiled" and len(plan.rounds) == 1:
+    if len(last.rows) and plan.backend == "compiled" and len(plan.rounds) == 1:
         compiled = _compiled_scores(plan, exp_scores, users)
         if compiled is not None:
-            scores[:, last.rows] = compiled
-            return scores
+            scores.copy_(compiled)
+            return ordered.index_select(1, plan.inverse)
+    if len(last.rows):
+        _user_rounds(plan, users, exp_scores, scores, buffers)
+    return ordered.index_select(1, plan.inverse)
+
+
+def _user_rounds(plan: RankingPlan, users: Tensor, exp_scores: Tensor, scores: Tensor,
+                 buffers: dict[tuple[int, int], Tensor]) -> None:
+    """The user-dependent rounds: scores [B, n] of the last round's rows, written in place."""
     n_users, tile, dim = len(users), _tile(len(users), plan.dim), plan.dim
     # Multi-hop rounds keep rows first ([rows, B, d]): a neighbour gather copies whole rows.
     h = None  # [n_{r-1}, B, d] the previous round's user-dependent rows
@@ -259,8 +272,7 @@ def _score_block(plan: RankingPlan, users: Tensor, buffers: dict[tuple[int, int]
             weights = weights / weights.sum(-1, keepdim=True)
             if p.slots is not None and is_last:  # 1 hop: [B, t, d], tanh and dot in place
                 pre = _mix_first(weights, p.slots[s:s + tile])
-                scores[:, p.rows[s:s + tile]] = torch.bmm(pre.tanh_(),
-                                                          users.unsqueeze(-1)).squeeze(-1)
+                scores[:, s:s + tile] = torch.bmm(pre.tanh_(), users.unsqueeze(-1)).squeeze(-1)
                 continue
             w = weights.permute(1, 0, 2)  # [t, B, K]
             if p.slots is not None:  # round 0 of several: user-independent slots
@@ -279,9 +291,8 @@ def _score_block(plan: RankingPlan, users: Tensor, buffers: dict[tuple[int, int]
                 for j in range(nb.shape[1]):
                     pre.addcmul_(w[:, :, j, None], table.index_select(0, nb[:, j])[..., :dim])
             if is_last:  # [t, B] -> scores [B, t]
-                scores[:, p.rows[s:s + tile]] = (pre.tanh_() * users).sum(-1).T
+                scores[:, s:s + tile] = (pre.tanh_() * users).sum(-1).T
             else:
                 assert out is not None
                 out[s:s + tile] = plan.inner(pre)
         h = out
-    return scores
