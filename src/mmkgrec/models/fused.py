@@ -157,6 +157,21 @@ def build_plan(agg: Any, base: Tensor, relation_emb: Tensor, neighbors: Tensor,
                        agg.inner, ranking_backend() if backend is None else backend, inverse)
 
 
+_IN_PLACE: dict[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]] = {
+    torch.relu: torch.relu_, torch.sigmoid: torch.sigmoid_, torch.tanh: torch.tanh_,
+    torch.nn.functional.leaky_relu: torch.nn.functional.leaky_relu_,
+}
+
+
+def _activate_(act: Callable[[Tensor], Tensor], x: Tensor) -> None:
+    """x = act(x) in place."""
+    in_place = _IN_PLACE.get(act)
+    if in_place is None:
+        x.copy_(act(x))
+    else:
+        in_place(x)
+
+
 def _tile(n_users: int, dim: int) -> int:
     return max(1, TILE_ELEMENTS // max(1, n_users * dim))
 
@@ -275,24 +290,29 @@ def _user_rounds(plan: RankingPlan, users: Tensor, exp_scores: Tensor, scores: T
                 scores[:, s:s + tile] = torch.bmm(pre.tanh_(), users.unsqueeze(-1)).squeeze(-1)
                 continue
             w = weights.permute(1, 0, 2)  # [t, B, K]
+            # the pre-activation accumulates in place: in this round's output, or (last) a buffer
+            pre = (users.new_empty(min(tile, len(p.rows) - s), n_users, dim) if out is None
+                   else out[s:s + tile])  # [t, B, d]
             if p.slots is not None:  # round 0 of several: user-independent slots
                 sl = p.slots[s:s + tile]  # [t, K, d]
-                pre = w[:, :, 0, None] * sl[:, None, 0]  # [t, B, d]
+                torch.mul(w[:, :, 0, None], sl[:, None, 0], out=pre)
                 for j in range(1, sl.shape[1]):
                     pre.addcmul_(w[:, :, j, None], sl[:, None, j])
             else:
                 assert table is not None and p.neighbors is not None and p.bias is not None
                 nb = p.neighbors[s:s + tile]  # [t, K]
                 if p.own is None:
-                    pre = p.bias.expand(len(nb), n_users, -1).clone()
-                else:
+                    pre.copy_(p.bias.expand_as(pre))
+                elif table.shape[2] == dim:  # sum: W h is the table itself
+                    torch.index_select(table, 0, p.own[s:s + tile], out=pre).add_(p.bias)
+                else:  # concat: W_s h at feature offset d
                     off = p.self_offset or 0
-                    pre = table.index_select(0, p.own[s:s + tile])[..., off:off + dim] + p.bias
+                    pre.copy_(table.index_select(0, p.own[s:s + tile])[..., off:off + dim])
+                    pre.add_(p.bias)
                 for j in range(nb.shape[1]):
                     pre.addcmul_(w[:, :, j, None], table.index_select(0, nb[:, j])[..., :dim])
             if is_last:  # [t, B] -> scores [B, t]
                 scores[:, s:s + tile] = (pre.tanh_() * users).sum(-1).T
             else:
-                assert out is not None
-                out[s:s + tile] = plan.inner(pre)
+                _activate_(plan.inner, pre)
         h = out
