@@ -37,7 +37,9 @@ class KGItemAggregator(nn.Module):
       ``K + K^2 + ... + K^H``);
     - :meth:`forward_all_items` computes round by round for every entity at once, because with a
       fixed neighbour table an entity's vector after round ``i`` depends only on the entity and
-      the user. That makes full ranking one tensor program per user block.
+      the user. That makes full ranking one tensor program per user block. It is the reference
+      of the fused ranking path (:mod:`mmkgrec.models.fused`, selected by
+      ``MMKGREC_KG_RANKING``), which the models use by default.
     """
 
     def __init__(self, dim: int, n_hops: int, aggregator: Aggregator = "sum",
