@@ -299,6 +299,40 @@ def default_run(log) -> Path:
     return run_dir
 
 
+def synthetic_run(items: int, run_dir: Path, epochs: int, log) -> Path:
+    """A run directory serving a synthetic catalogue of ``items`` songs (the generator config
+    and training of ``benchmarks/retrieval.py synthetic``, sizes scaled with ``items``; valid /
+    test cut to 8 users), trained once and reused."""
+    if (run_dir / "best").is_dir():
+        log(f"run {run_dir}")
+        return run_dir
+    import dataclasses
+
+    from mmkgrec.data import split
+    from mmkgrec.data.synthetic import SyntheticConfig, generate
+    from mmkgrec.train.run import RunSpec, run_experiment
+
+    config = SyntheticConfig(
+        n_users=5_000, n_items=items, n_artists=max(10, items // 50),
+        n_albums=max(20, items // 12), n_genres=24, n_tags=400, interactions_per_user=40,
+        candidates=min(2_000, items), modalities={"audio": 16, "text": 16, "image": 16, "sentiment": 4})
+    start = time.perf_counter()
+    ds = generate(config, seed=0)
+    full = split(ds, protocol="topk", seed=0)
+    keep = np.unique(full.valid["user"].to_numpy())[:8]
+    small = dataclasses.replace(
+        full, valid=full.valid[full.valid["user"].isin(keep)].reset_index(drop=True),
+        test=full.test[full.test["user"].isin(keep)].reset_index(drop=True))
+    train_options = {"epochs": epochs, "eval_every": epochs, "patience": None,
+                     "eval_batch_users": 1, "sparse_embeddings": True}
+    spec = RunSpec(model="mkgcn", dataset="synthetic-custom", protocol="topk", seed=0,
+                   train_options=train_options)
+    run_experiment(spec, run_dir, data=(ds, small), progress=False)
+    log(f"generated and trained {run_dir} ({ds.n_items:,} items) in "
+        f"{time.perf_counter() - start:.0f} s")
+    return run_dir
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", help="run directory to serve (default: the lastfm MKGCN run)")
@@ -315,6 +349,11 @@ def main() -> None:
                              "server then a restart (auto with one worker), or none")
     parser.add_argument("--kill-after", type=int, default=300,
                         help="acknowledged writes before the SIGKILL")
+    parser.add_argument("--synthetic", type=int, metavar="ITEMS",
+                        help="serve a synthetic catalogue of ITEMS songs instead of --run "
+                             "(generated and trained once into --synthetic-dir)")
+    parser.add_argument("--synthetic-dir", type=Path, default=OUT / "runs" / "synthetic-1m")
+    parser.add_argument("--synthetic-epochs", type=int, default=2)
     parser.add_argument("--out", type=Path, default=OUT, help="folder for load.json / load.md")
     args = parser.parse_args()
     kill = args.kill if args.kill != "auto" else ("worker" if args.workers > 1 else "server")
@@ -325,7 +364,10 @@ def main() -> None:
     def log(text: str) -> None:
         print(f"[{time.perf_counter() - start:7.1f}s] {text}", flush=True)
 
-    run_dir = Path(args.run) if args.run else default_run(log)
+    if args.synthetic:
+        run_dir = synthetic_run(args.synthetic, args.synthetic_dir, args.synthetic_epochs, log)
+    else:
+        run_dir = Path(args.run) if args.run else default_run(log)
     workdir = Path(tempfile.mkdtemp(prefix="serve-load-"))
     db = workdir / "feedback.sqlite"
     import httpx

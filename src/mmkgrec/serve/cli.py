@@ -7,6 +7,7 @@ runnable alone as ``python -m mmkgrec.serve serve RUN_DIR`` for benchmarks and t
 from __future__ import annotations
 
 import os
+import socket
 import sys
 from enum import Enum
 from pathlib import Path
@@ -132,6 +133,8 @@ def serve_workers(workers: int, **options) -> None:
 
     FeedbackStore(options["db"]).close()  # schema and WAL mode before the workers open it
     sock = server_config(None, options["host"], options["port"]).bind_socket()
+    if sock.family in (socket.AF_INET, socket.AF_INET6):  # accepted sockets inherit it (Linux):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # no Nagle + delayed-ACK wait
     typer.echo(f"serving with {workers} workers at http://{options['host']}:{options['port']}/ "
                f"(database {options['db']})", err=True)
     if options["no_auth"]:
