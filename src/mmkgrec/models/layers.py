@@ -13,7 +13,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from mmkgrec.data.transforms import zscore_stats
 from mmkgrec.errors import ConfigError
+from mmkgrec.graph.kg import multi_hop
 
 Aggregator = Literal["sum", "concat", "neighbor"]
 Activation = Literal["relu", "sigmoid", "tanh", "leaky_relu"]
@@ -94,11 +96,8 @@ class KGItemAggregator(nn.Module):
             [B, d] user-specific item vectors.
         """
         batch, k = len(items), neighbors.shape[1]
-        ids = [items.reshape(batch, 1)]  # hop h: [B, K^h]
-        rels = []  # hop h: [B, K^(h+1)]
-        for _ in range(self.n_hops):
-            rels.append(relations[ids[-1]].reshape(batch, -1))
-            ids.append(neighbors[ids[-1]].reshape(batch, -1))
+        ids = multi_hop(neighbors, items, self.n_hops)  # hop h: [B, K^h]
+        rels = [relations[hop].reshape(batch, -1) for hop in ids[:-1]]  # hop h: [B, K^(h+1)]
         vectors = [entity_vectors(x) for x in ids]  # hop h: [B, K^h, d]
         weights = [self.attention(users, relation_emb, r.reshape(batch, -1, k)) for r in rels]
         for round_ in range(self.n_hops):
@@ -211,7 +210,7 @@ def modality_statistics(dataset, name: str, train_items: np.ndarray) -> tuple[np
     fit = features[mask & train_items]
     if len(fit) == 0:
         raise ConfigError(f"modality {name!r}: no train item has it")
-    return fit.mean(axis=0), fit.std(axis=0) + 1e-6
+    return zscore_stats(fit, 1e-6)
 
 
 def register_modalities(module: nn.Module, dataset, split, names: list[str] | None,

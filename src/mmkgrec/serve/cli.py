@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import os
 import socket
-import sys
 from enum import Enum
 from pathlib import Path
 
 import typer
 
-from mmkgrec.errors import MMKGRecError
+from mmkgrec.errors import MMKGRecError, run_command
 from mmkgrec.serve.edge import (
     BODY_TIMEOUT_S,
     HEADER_TIMEOUT_S,
@@ -187,11 +186,6 @@ app.command("export-feedback")(export_feedback)
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of ``python -m mmkgrec.serve``: exit code 2 with one paragraph on user errors."""
-    try:
-        app(args=argv, prog_name="python -m mmkgrec.serve")
-    except (MMKGRecError, OSError, ValueError) as error:
-        if os.environ.get("MMKGREC_DEBUG"):
-            raise
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    """Entry point of ``python -m mmkgrec.serve``: exit code 2 with one paragraph on errors
+    (:func:`mmkgrec.errors.run_command`, as every ``mmkgrec`` command)."""
+    run_command(lambda: app(args=argv, prog_name="python -m mmkgrec.serve"))
