@@ -244,3 +244,21 @@ def test_directories_get_readable_labels_and_tables_state_candidates(tmp_path, c
     code, text, err = run_cli(capsys, "benchmark", "--datasets", f"a={folder},a={folder}",
                               "--models", "pop", "--out", str(tmp_path / "dup"))
     assert code == 2 and "used twice" in text + err
+
+
+def test_presplit_root_serves_a_derived_dataset_from_its_source(tmp_path):
+    """lastfm-kgcn-content is lastfm-kgcn's interactions: without a folder of its own it uses
+    lastfm-kgcn's split; a dataset with neither folder is a clear error."""
+    from mmkgrec.errors import ConfigError
+    from mmkgrec.experiments.spec import BenchmarkSpec, presplit_dir
+
+    (tmp_path / "lastfm-kgcn").mkdir()
+    (tmp_path / "lastfm-kgcn" / "train.tsv").write_text("u\ti\t1\n")
+    spec = BenchmarkSpec(datasets=["lastfm-kgcn-content"], models=["pop"],
+                         presplit_root=str(tmp_path))
+    assert presplit_dir(spec, "lastfm-kgcn-content") == tmp_path / "lastfm-kgcn"
+    (tmp_path / "lastfm-kgcn-content").mkdir()
+    (tmp_path / "lastfm-kgcn-content" / "train.tsv").write_text("u\ti\t1\n")
+    assert presplit_dir(spec, "lastfm-kgcn-content") == tmp_path / "lastfm-kgcn-content"
+    with pytest.raises(ConfigError, match="music-d holds no train.tsv"):
+        presplit_dir(spec, "music-d")

@@ -10,7 +10,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from mmkgrec.config import file_slug
-from mmkgrec.data.registry import available_names
+from mmkgrec.data.registry import available_names, datasets
 from mmkgrec.data.split import Split
 from mmkgrec.errors import ConfigError
 from mmkgrec.models import MODELS, model_class
@@ -94,11 +94,18 @@ class BenchmarkSpec(BaseModel):
 def presplit_dir(spec: BenchmarkSpec, dataset: str) -> Path | None:
     if spec.presplit_root is None:
         return None
-    directory = Path(spec.presplit_root) / file_slug(dataset)
-    if not (directory / "train.tsv").is_file():
-        raise ConfigError(f"--presplit-root: {directory} holds no train.tsv (expected "
-                          f"<root>/<dataset>/{{train,valid,test}}.tsv)")
-    return directory
+    root = Path(spec.presplit_root)
+    directory = root / file_slug(dataset)
+    if (directory / "train.tsv").is_file():
+        return directory
+    # a dataset built on another one's interactions (lastfm-kgcn-content on lastfm-kgcn) uses
+    # that one's split; apply_presplit rejects any pair the dataset does not hold
+    registered = datasets().get(dataset)
+    source = registered.needs[0] if registered else None
+    if source and source != dataset and (root / file_slug(source) / "train.tsv").is_file():
+        return root / file_slug(source)
+    raise ConfigError(f"--presplit-root: {directory} holds no train.tsv (expected "
+                      f"<root>/<dataset>/{{train,valid,test}}.tsv)")
 
 
 def overrides_for(pairs: list[str], model: str) -> list[str]:
