@@ -67,7 +67,8 @@ def test_train_topk_kgcn_and_bad_options(tmp_path, capsys):
 def test_demo_runs_on_a_tiny_catalogue(tmp_path, capsys):
     code, out, _ = run_cli(capsys, "demo", "--dataset", "synthetic-tiny", "--out", str(tmp_path))
     assert code == 0
-    assert all(m in out for m in ("mkgcn", "kgcn", "pop", "AUC", "Recall@20", "new listener"))
+    assert all(m in out for m in ("mmkgcf", "mkgcn", "kgcn", "lightgcn", "pop", "AUC", "Recall@20",
+                                    "new listener"))
 
 
 def test_resume_after_kill(tmp_path):

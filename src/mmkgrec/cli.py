@@ -379,7 +379,7 @@ def demo(
     dataset: str = typer.Option("synthetic", "--dataset", help="Another synthetic preset "
                                 "(e.g. synthetic-tiny) or dataset."),
 ) -> None:
-    """Train MKGCN (with modalities) and KGCN on the embedded synthetic MMKG; compare them."""
+    """Train MMKG-CF, MKGCN, KGCN, LightGCN and popularity on the embedded synthetic MMKG."""
     from mmkgrec.train.demo import run_demo
 
     run_demo(out, seed=seed, console=console, dataset_name=dataset)
