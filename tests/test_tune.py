@@ -175,5 +175,7 @@ def test_a_stopped_search_resumes_with_the_trials_it_lacks(tmp_path, no_test_eva
     more = tune(spec.model_copy(update={"trials": 3}), tmp_path)  # one trial more, not three
     trials = pd.read_csv(more["trials_path"])
     assert len(trials) == 3 and (trials["state"] == "COMPLETE").all()
+    params = trials.filter(like="params_")
+    assert not (params.iloc[2] == params.iloc[0]).all()  # the resumed trial is a new point
     with pytest.raises(ConfigError, match="other settings"):  # never mixes two searches
         tune(spec.model_copy(update={"overrides": ["epochs=2"]}), tmp_path)

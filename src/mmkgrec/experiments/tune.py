@@ -15,7 +15,8 @@ or AUC (ctr). The best options are written as ``OUT/<dataset>/<model>.toml`` (``
 ``device``; read by ``mmkgrec benchmark --tuned OUT``), every trial as ``<model>-trials.csv``.
 The study itself is journalled in ``<model>-study.jsonl``: a search stopped part-way resumes
 with the trials it lacks (an uninterrupted search is reproducible from the TPE seed; a resumed
-one continues from the trials stored).
+one continues from the trials stored, its sampler seeded with the seed plus their number, so
+that it does not draw the first trials' points again).
 """
 
 from __future__ import annotations
@@ -213,6 +214,8 @@ def _open_study(optuna, journal: Path, spec: TuneSpec, space: dict):
     elif stored != identity:
         raise ConfigError(f"{journal} holds a search with other settings; delete it (or use "
                           f"another --out) to start this one")
+    if study.trials:  # resumed: a sampler reseeded as new would redraw the first trials' points
+        study.sampler = optuna.samplers.TPESampler(seed=spec.seed + len(study.trials))
     return study
 
 
