@@ -3,7 +3,7 @@
 Each run directory (``mmkgrec train --out`` or a benchmark cell under ``OUT/runs/...``) is loaded
 once; then each repeat ranks every test user of each run in turn (the shared ``rank_stage`` path:
 prepare, score all candidate items, mask, top-k), so machine load affects every run alike. The
-runs must share one split (the same users and candidate items); their settings (model options)
+runs must rank the same test users and candidate items; their settings (model options)
 are printed beside the figures, with the s/epoch their training recorded. Usage::
 
     OMP_NUM_THREADS=2 python benchmarks/run_speed.py --threads 2 --repeats 5 \\
@@ -19,6 +19,7 @@ import json
 import statistics
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from mmkgrec.evaluate.ranking import time_full_ranking
@@ -34,11 +35,16 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     runs = [load_run(path) for path in args.runs]
-    fingerprints = {run.split.fingerprint() for run in runs}
-    if len(fingerprints) != 1:
-        raise SystemExit("the runs do not share one split: their timings are not comparable")
     users = runs[0].split.ground_truth("test")[0]  # [n_test_users]
     ranked = runs[0].split.candidate_items("test")  # None: every item
+    for path, run in zip(args.runs[1:], runs[1:]):  # the same users and candidate items
+        other = run.split.candidate_items("test")
+        same_items = (ranked is None and other is None) or (
+            ranked is not None and other is not None and np.array_equal(ranked, other))
+        if not (np.array_equal(run.split.ground_truth("test")[0], users) and same_items
+                and run.split.n_items == runs[0].split.n_items):
+            raise SystemExit(f"{path}: other test users or candidate items than {args.runs[0]}; "
+                             f"its timing is not comparable")
     candidates = runs[0].split.n_items if ranked is None else int(ranked.size)
     timings: list[list[float]] = [[] for _ in runs]
     with torch.no_grad():
