@@ -7,7 +7,8 @@
 Identical settings on both sides: dim 64, 4 sampled neighbours, ``sum`` aggregator, 1 or 2 hops,
 untrained models (ranking cost does not depend on the weights), RecBole's fixed split
 (recbole-splits/<dataset>: the same train / valid / test rows, original ids), its test users,
-every item a candidate, the user's train and valid positives masked, top 50. RecBole runs in its
+the items of the split's interaction files the candidates (RecBole's; every item on lastfm-kgcn),
+the user's train and valid positives masked, top 50. RecBole runs in its
 own virtual environment (``--recbole-python``, default /work/recbole-venv/bin/python; it needs
 numpy 1.26.4, pandas 2.2.3, scipy 1.12.0) as a worker process that loads the dataset once and
 then times ``Trainer.evaluate`` on the test split each time it is asked; the two systems
@@ -123,6 +124,7 @@ def recbole_available(python: str) -> bool:
 def write_atomic(ds, presplit: Path, root: Path, name: str) -> None:
     """RecBole atomic files of ``ds`` with the fixed split: <name>.{train,valid,test}.inter (the
     split's rows), <name>.kg (mmkgrec's triples, original ids), <name>.link (item -> entity)."""
+    import numpy as np
     import pandas as pd
 
     folder = root / name
@@ -135,8 +137,13 @@ def write_atomic(ds, presplit: Path, root: Path, name: str) -> None:
     pd.DataFrame({"head_id:token": ds.entities[h], "relation_id:token": ds.relations[r],
                   "tail_id:token": ds.entities[t]}).to_csv(folder / f"{name}.kg", sep="\t",
                                                            index=False)
-    pd.DataFrame({"item_id:token": ds.items,
-                  "entity_id:token": ds.entities[: ds.n_items]}).to_csv(
+    # link only the items the interaction files hold (the candidates both sides rank): RecBole
+    # cannot merge an entity linked to an item it never saw (music-d's never-played songs)
+    seen = set(pd.concat(pd.read_csv(presplit / f"{part}.tsv", sep="\t", dtype=str).iloc[:, 1]
+                         for part in ("train", "valid", "test")))
+    linked = np.isin(ds.items, list(seen))  # [n_items]
+    pd.DataFrame({"item_id:token": ds.items[linked],
+                  "entity_id:token": ds.entities[: ds.n_items][linked]}).to_csv(
         folder / f"{name}.link", sep="\t", index=False)
 
 
@@ -237,10 +244,12 @@ def compare(args: argparse.Namespace) -> list[dict]:
                     times["recbole"].append(recbole.run())
             if recbole is not None:
                 recbole.close()
-            work = pass_work(len(test_users), ds.n_items, reach0, args.dim, args.neighbors, hops)
+            ranked = sp.candidate_items("test")  # None: every item
+            n_ranked = ds.n_items if ranked is None else len(ranked)
+            work = pass_work(len(test_users), n_ranked, reach0, args.dim, args.neighbors, hops)
             floor = floor_seconds(work, rates)
             row = {"dataset": name, "dim": args.dim, "neighbors": args.neighbors, "hops": hops,
-                   "mmkgrec_users": len(test_users), "mmkgrec_items": ds.n_items,
+                   "mmkgrec_users": len(test_users), "mmkgrec_items": n_ranked,
                    "mmkgrec_s": statistics.median(times["mmkgrec"]),
                    "mmkgrec_backend": ranking_backend(), "mmkgrec_batch_users": args.batch_users,
                    "floor_s": floor, "macs": work["macs"], "activations": work["activations"],
