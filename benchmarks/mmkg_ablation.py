@@ -32,6 +32,7 @@ import pandas as pd
 
 from mmkgrec.config import file_slug
 from mmkgrec.experiments.benchmark import BenchmarkSpec, run_benchmark
+from mmkgrec.experiments.results import per_user_path
 from mmkgrec.experiments.significance import holm, paired_tests
 from mmkgrec.train.run import read_config_file
 
@@ -76,7 +77,7 @@ def is_tuned(overrides: list[str], tuned: dict, modalities: list[str]) -> bool:
 
 def pooled(folder: Path, dataset: str, model: str, seeds: int) -> dict[str, np.ndarray] | None:
     """Per-user test metrics of one cell, seeds concatenated ([users x seeds]); None if missing."""
-    files = [folder / "per_user" / file_slug(dataset) / model / f"seed{s}.npz" for s in range(seeds)]
+    files = [per_user_path(folder, dataset, model, s) for s in range(seeds)]
     if not all(f.is_file() for f in files):
         return None
     loaded = [np.load(f) for f in files]
