@@ -3,7 +3,8 @@ registry: a newly registered model is picked up without editing this file.
 
 Per model, on synthetic-tiny's topk split (and a copy without modalities) at tiny sizes:
 output shapes; finite, non-zero gradients in every trainable parameter the training loss uses;
-pair scores (``forward``) equal full-ranking scores (``score_users``); a safetensors + JSON
+pair scores (``forward``) equal full-ranking scores (``score_users``) and the sampled-softmax
+scores (``score_matrix``); a safetensors + JSON
 checkpoint restores identical scores; the same seed gives the same scores after a short
 training and another seed does not; the default config file parses for every protocol and
 dataset. What only one model promises stays in its own ``test_model_<name>.py``.
@@ -240,6 +241,18 @@ def test_pair_scores_equal_full_ranking_scores_after_training(name, trained):
 @pytest.mark.parametrize("name", models("pairs"))
 def test_pair_scores_equal_full_ranking_scores_without_modalities(name, no_modalities):
     assert_pairs_equal_ranking(build(name, no_modalities))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_score_matrix_equals_pair_scores(name, trained):
+    """The sampled-softmax loss's [B, M] scores are forward's over every (user, item) pair."""
+    model = trained(name)
+    users, items = torch.arange(min(6, model.n_users)), torch.arange(min(10, model.n_items))
+    with torch.no_grad():
+        matrix = model.score_matrix(users, items)
+        pairs = model(users.repeat_interleave(len(items)), items.repeat(len(users)))
+    assert matrix.shape == (len(users), len(items))
+    torch.testing.assert_close(matrix, pairs.view(len(users), -1), **PAIR_TOLERANCE)
 
 
 # ---- checkpoints and determinism --------------------------------------------------------------

@@ -140,11 +140,12 @@ def test_default_config_pins_recbole_settings():
     assert (train.loss, train.negatives, train.batch_size) == ("bpr", "uniform", 2048)
 
 
-def test_short_training_beats_popularity(small_topk):
+@pytest.mark.parametrize("loss", ["bpr", "softmax"])
+def test_short_training_beats_popularity(small_topk, loss):
     ds, sp = small_topk
     pop = Trainer(Pop(ds, sp), sp, {"ks": [20], "device": "cpu"}).fit()
     model = LightGCN(ds, sp, LightGCNConfig(), seed=0)
-    result = Trainer(model, sp, {"ks": [20], "loss": "bpr", "lr": 2e-2, "epochs": 3,
+    result = Trainer(model, sp, {"ks": [20], "loss": loss, "lr": 2e-2, "epochs": 3,
                                  "batch_size": 2048, "device": "cpu"}).fit()
     for stage in ("valid", "test"):
         assert result[stage]["ndcg@20"] > 1.3 * pop[stage]["ndcg@20"], stage

@@ -359,3 +359,30 @@ def test_trainer_module_has_no_pickle():
     for path in source.glob("*.py"):
         text = path.read_text()
         assert "torch.save" not in text and "import pickle" not in text and "torch.load" not in text
+
+
+# ---- sampled softmax ------------------------------------------------------------------------------
+def test_softmax_loss_is_cross_entropy_over_the_batch_with_own_copies_masked(data):
+    ds, sp = data
+    model = MF(ds, sp)
+    trainer = Trainer(model, sp, {**RESUME_CONFIG, "loss": "softmax", "temperature": 0.5,
+                                  "l2": 0.0}, progress=False)
+    users = torch.tensor([0, 1, 2])
+    positives = torch.tensor([5, 6, 5])  # users 0 and 2 share a positive
+    negatives = torch.tensor([7, 5, 8])  # user 1's negative is user 0's positive
+    loss = trainer._loss(users, positives, negatives)
+    candidates = torch.cat([positives, negatives])  # [6]
+    expected = []
+    for row in range(3):  # reference: one user at a time
+        logits = [model(users[row:row + 1], candidates[c:c + 1])[0] / 0.5 for c in range(6)]
+        # the own positive (column row) stays; other copies of it are no negatives
+        kept = [logits[c] for c in range(6) if c == row or candidates[c] != positives[row]]
+        expected.append(torch.logsumexp(torch.stack(kept), 0) - logits[row])
+    torch.testing.assert_close(loss, torch.stack(expected).mean())
+
+
+def test_softmax_temperature_must_be_positive(data):
+    ds, sp = data
+    with pytest.raises(ConfigError, match="temperature"):
+        Trainer(MF(ds, sp), sp, {**RESUME_CONFIG, "loss": "softmax", "temperature": 0},
+                progress=False)

@@ -12,6 +12,7 @@ from mmkgrec.cli import main
 from mmkgrec.errors import ConfigError
 from mmkgrec.experiments.tune import (
     GENERIC_SPACE,
+    LOSS_SPACE,
     TuneSpec,
     _import_optuna,
     parse_space,
@@ -164,6 +165,22 @@ def test_fixed_options_are_not_searched(tmp_path):
     assert "dim" not in result["best_params"]
     model_options, _ = read_config_file(tmp_path / "synthetic-tiny" / "bprmf.toml")
     assert model_options["dim"] == 8
+
+
+def test_a_fixed_softmax_loss_searches_its_temperature_for_every_model(tmp_path):
+    spec = TuneSpec(model="bprmf", dataset="synthetic-tiny", trials=2, seed=0,
+                    overrides=["epochs=1", "loss=softmax"])
+    result = tune(spec, tmp_path)
+    low, high = (LOSS_SPACE["softmax"]["temperature"][k] for k in ("low", "high"))
+    assert low <= result["best_params"]["temperature"] <= high
+    _, train_options = read_config_file(tmp_path / "synthetic-tiny" / "bprmf.toml")
+    assert train_options["loss"] == "softmax"
+    assert train_options["temperature"] == result["best_params"]["temperature"]
+    # BPR (the default loss) has no temperature to search; a fixed temperature is not searched
+    bpr = tune(spec.model_copy(update={"overrides": ["epochs=1"]}), tmp_path / "bpr")
+    fixed = tune(spec.model_copy(update={"overrides": ["epochs=1", "loss=softmax",
+                                                       "temperature=0.3"]}), tmp_path / "fixed")
+    assert "temperature" not in bpr["best_params"] | fixed["best_params"]
 
 
 def test_a_stopped_search_resumes_with_the_trials_it_lacks(tmp_path, no_test_evaluation):

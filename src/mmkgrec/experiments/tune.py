@@ -8,7 +8,9 @@ a name that is both)::
     lr = {low = 1e-4, high = 1e-1, log = true}    # float (int when low and high are integers)
     dim = {choices = [16, 32, 64]}                 # categorical
 
-A model without one gets :data:`GENERIC_SPACE` (lr, l2, dim; only the options it has). Each trial
+A model without one gets :data:`GENERIC_SPACE` (lr, l2, dim; only the options it has). A loss
+fixed for the search adds its own options (:data:`LOSS_SPACE`: ``--set loss=softmax`` searches
+the temperature too, for every model alike). Each trial
 trains with ``Trainer.fit(evaluate_test=False)`` and reports the best validation NDCG@20 (topk)
 or AUC (ctr). The best options are written as ``OUT/<dataset>/<model>.toml`` (``[model]`` /
 ``[train]``: every effective option of the best trial, defaults included, except ``seed`` and
@@ -42,6 +44,9 @@ GENERIC_SPACE = {
     "l2": {"low": 1e-6, "high": 1e-2, "log": True},
     "dim": {"choices": [16, 32, 64]},
 }
+#: options a fixed loss brings into every model's space (``--set loss=softmax``: the same
+#: temperature search for every model compared)
+LOSS_SPACE = {"softmax": {"temperature": {"low": 0.05, "high": 1.0, "log": True}}}
 NOT_SAVED = {"seed", "device"}  # per-run / per-machine options stay out of the tuned file
 
 
@@ -140,7 +145,10 @@ def tune(spec: TuneSpec, out_dir: str | Path, *, progress: bool = False) -> dict
     optuna = _import_optuna()
     fixed_model, fixed_train = parse_overrides(spec.overrides, spec.model)
     # an option fixed by --set is not searched (it would otherwise be drawn over)
-    space = {name: entry for name, entry in search_space(spec.model).items()
+    declared = {**search_space(spec.model), **{
+        name: ("train", dict(dist))
+        for name, dist in LOSS_SPACE.get(str(fixed_train.get("loss")), {}).items()}}
+    space = {name: entry for name, entry in declared.items()
              if name not in (fixed_model if entry[0] == "model" else fixed_train)}
     base = RunSpec(model=spec.model, dataset=spec.dataset, source=spec.source,
                    protocol=spec.protocol, presplit=spec.presplit, seed=spec.seed,

@@ -74,6 +74,14 @@ class Recommender(nn.Module):
         """users [B], items [B] (int64) -> logits [B]."""
         raise NotImplementedError
 
+    def score_matrix(self, users: Tensor, items: Tensor) -> Tensor:
+        """users [B], items [M] -> logits [B, M] of every (user, item) pair: the sampled-softmax
+        loss's scores. Default: :meth:`forward` over the B * M pairs; models with user and item
+        vectors override it with one matmul."""
+        n_users, n_items = len(users), len(items)
+        pairs = self(users.repeat_interleave(n_items), items.repeat(n_users))  # [B * M]
+        return pairs.view(n_users, n_items)
+
     def regularization(self, users: Tensor, items: Tensor) -> Tensor:
         """L2 penalty of the embeddings used for this batch (scalar). Default: zero."""
         return torch.zeros((), device=users.device)

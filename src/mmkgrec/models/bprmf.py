@@ -50,6 +50,9 @@ class BPRMF(Recommender):
     def forward(self, users: Tensor, items: Tensor) -> Tensor:
         return (self.user_emb(users) * self.item_emb(items)).sum(-1)  # [B]
 
+    def score_matrix(self, users: Tensor, items: Tensor) -> Tensor:
+        return self.user_emb(users) @ self.item_emb(items).T  # [B, M]
+
     def regularization(self, users: Tensor, items: Tensor) -> Tensor:
         """Mean over the batch of ||p_u||^2 + ||q_i||^2, halved."""
         return embedding_l2(self.user_emb(users), self.item_emb(items))

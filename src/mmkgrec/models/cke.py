@@ -139,6 +139,9 @@ class CKE(Recommender):
     def forward(self, users: Tensor, items: Tensor) -> Tensor:
         return (self.user_emb(users) * self.item_vectors(items)).sum(-1)  # [B]
 
+    def score_matrix(self, users: Tensor, items: Tensor) -> Tensor:
+        return self.user_emb(users) @ self.item_vectors(items).T  # [B, M]
+
     def regularization(self, users: Tensor, items: Tensor) -> Tensor:
         """Half the batch mean of ||u||^2 + ||eta_i||^2 + ||v_i||^2."""
         total = (self.user_emb(users).pow(2).sum() + self.item_offset(items).pow(2).sum()

@@ -76,6 +76,10 @@ class LightGCN(Recommender):
         user_final, item_final = self.final_embeddings()
         return (user_final[users] * item_final[items]).sum(-1)  # [B]
 
+    def score_matrix(self, users: Tensor, items: Tensor) -> Tensor:
+        user_final, item_final = self.final_embeddings()
+        return user_final[users] @ item_final[items].T  # [B, M]
+
     def regularization(self, users: Tensor, items: Tensor) -> Tensor:
         """Mean over the batch of the squared EGO (layer-0) embeddings, halved."""
         return embedding_l2(self.user_emb(users), self.item_emb(items))

@@ -177,6 +177,10 @@ class MMKGCF(Recommender):
         user_final, item_final = self.final_embeddings()
         return (user_final[users] * item_final[items]).sum(-1)  # [B]
 
+    def score_matrix(self, users: Tensor, items: Tensor) -> Tensor:
+        user_final, item_final = self.final_embeddings()
+        return user_final[users] @ item_final[items].T  # [B, M]
+
     def regularization(self, users: Tensor, items: Tensor) -> Tensor:
         """Mean over the batch of the squared EGO embeddings, halved (as LightGCN)."""
         return embedding_l2(self.user_emb(users), self.entity_emb(items))

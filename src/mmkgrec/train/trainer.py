@@ -2,7 +2,9 @@
 
 Per epoch: ``model.start_epoch(epoch, rng)``; the sampler builds the epoch's rows (BCE: train
 positives + sampled negatives; BPR: (user, positive, negative) triples); ``torch.randperm`` cuts
-them into minibatches; loss = BCE-with-logits or BPR ``-log sigmoid(s_pos - s_neg)``, plus
+them into minibatches; loss = BCE-with-logits, BPR ``-log sigmoid(s_pos - s_neg)`` or sampled
+softmax (``softmax``: each user's positive against every positive and negative of the batch,
+logits / ``temperature``; the same triples as BPR), plus
 ``l2 * model.regularization(users, items)`` (Adam's weight decay stays 0); a model with its
 own objective (``training_loss(users, items, third)``, e.g. MKRLN's policy gradient) replaces
 that loss. Every ``eval_every`` epochs (and after the last one) the model is validated: ctr
@@ -101,7 +103,8 @@ class TrainConfig(BaseModel):
     batch_size: int = Field(1024, ge=1)
     lr: float = Field(1e-3, gt=0)
     l2: float = Field(1e-4, ge=0)  # weight of model.regularization(users, items)
-    loss: Literal["bce", "bpr"] = "bce"
+    loss: Literal["bce", "bpr", "softmax"] = "bce"
+    temperature: float = Field(0.2, gt=0)  # softmax loss: logits / temperature
     negatives: Literal["fixed", "uniform", "ratio"] = "uniform"
     alpha: float = 0.75  # ratio sampling: P(item) ∝ (train popularity + 1) ** alpha
     n_negatives: int = Field(1, ge=1)  # per train positive
@@ -389,7 +392,8 @@ class Trainer:
         return mean
 
     def _loss(self, users: Tensor, items: Tensor, third: Tensor) -> Tensor:
-        """BCE: (users, items, labels); BPR: (users, positives, negatives). Adds the L2 term.
+        """BCE: (users, items, labels); BPR and softmax: (users, positives, negatives). Adds the
+        L2 term (BPR and softmax: of the same users, positives and negatives).
 
         A model with its own objective defines ``training_loss(users, items, third)`` (e.g.
         MKRLN's policy gradient over the batch's users); it then replaces all of the above."""
@@ -400,10 +404,18 @@ class Trainer:
         if cfg.loss == "bce":
             loss = F.binary_cross_entropy_with_logits(model(users, items), third)
             reg_users, reg_items = users, items
-        else:  # one forward over positives and negatives together
+        elif cfg.loss == "bpr":  # one forward over positives and negatives together
             reg_users, reg_items = torch.cat([users, users]), torch.cat([items, third])  # [2B]
             positive, negative = model(reg_users, reg_items).split(len(users))  # [B] each
             loss = -F.logsigmoid(positive - negative).mean()
+        else:  # sampled softmax: the batch's positives and negatives are every user's candidates
+            reg_users, reg_items = torch.cat([users, users]), torch.cat([items, third])  # [2B]
+            logits = model.score_matrix(users, reg_items) / cfg.temperature  # [B, 2B]
+            diagonal = torch.arange(len(users), device=users.device)  # [B] own positive's column
+            # another copy of the user's own positive is not a negative
+            same = reg_items.unsqueeze(0) == items.unsqueeze(1)  # [B, 2B]
+            same[diagonal, diagonal] = False
+            loss = F.cross_entropy(logits.masked_fill(same, float("-inf")), diagonal)
         if cfg.l2:
             loss = loss + cfg.l2 * model.regularization(reg_users, reg_items)
         extra = model.auxiliary_loss() if hasattr(model, "auxiliary_loss") else None
