@@ -222,5 +222,10 @@ def test_rank_topk_bad_input():
         rank_topk(torch.zeros(1, 6), indptr, items, k=1, users=[2])
     with pytest.raises(MMKGRecError, match="NaN"):
         rank_topk(torch.tensor([[float("nan"), 0.0]]), *csr([[]]), k=1)
+    with pytest.raises(MMKGRecError, match="NaN"):  # anywhere among the ranked cells, any k
+        rank_topk(torch.tensor([[0.0, 3.0], [2.0, float("nan")]]), *csr([[], []]), k=1)
+    # an excluded cell is never ranked: its NaN cannot reach a list
+    _, top = rank_topk(torch.tensor([[float("nan"), 0.0, 1.0]]), *csr([[0]]), k=2)
+    assert top.tolist() == [[2, 1]]
     with pytest.raises(ConfigError):
         rank_topk(torch.zeros(1, 2), *csr([[]]), k=0)

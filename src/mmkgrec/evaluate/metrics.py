@@ -221,7 +221,8 @@ def rank_topk(
         ``torch.topk`` breaks them (unspecified order among equal scores).
 
     Raises:
-        MMKGRecError: NaN scores, a user or excluded item id out of range, or a bad shape.
+        MMKGRecError: NaN among the scores ranked (not excluded), a user or excluded item id out
+            of range, or a bad shape.
         ConfigError: ``k < 1``.
     """
     if scores.ndim != 2:
@@ -229,8 +230,6 @@ def rank_topk(
     if k < 1:
         raise ConfigError(f"k must be >= 1, got {k}")
     n_block, n_items = scores.shape
-    if torch.isnan(scores).any():
-        raise MMKGRecError("rank_topk: scores contain NaN")
     indptr = torch.as_tensor(exclude_indptr, dtype=torch.int64)  # [n_users + 1]
     items = torch.as_tensor(exclude_items, dtype=torch.int64, device=indptr.device)  # [nnz]
     users = (torch.arange(n_block, device=indptr.device) if users is None
@@ -247,5 +246,9 @@ def rank_topk(
     masked = scores if inplace else scores.clone()
     masked[rows.to(scores.device), cols.to(scores.device)] = float("-inf")
     top_scores, top_items = torch.topk(masked, min(k, n_items), dim=1)  # [n_block, k']
+    # topk ranks NaN above every number: a row with a NaN among its rankable scores has one
+    # first, so checking the top is checking the row (excluded cells are never ranked)
+    if n_items and torch.isnan(top_scores[:, 0]).any():
+        raise MMKGRecError("rank_topk: scores contain NaN")
     top_items = top_items.masked_fill(torch.isneginf(top_scores), -1)
     return top_scores, top_items

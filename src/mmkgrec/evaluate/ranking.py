@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from mmkgrec.data.split import Split, Stage
 from mmkgrec.errors import ConfigError, MMKGRecError
@@ -119,10 +119,10 @@ def rank_stage(model: Any, split: Split, stage: Stage, users: np.ndarray, k: int
     users_t = torch.as_tensor(users, dtype=torch.int64, device=device)  # [n_eval]
     top = torch.full((len(users), k), -1, dtype=torch.int64)  # [n_eval, k]
     allowed = split.candidate_items(stage)  # the split's candidate set; None: every item
-    blocked = None
-    if allowed is not None:
-        blocked = torch.ones(split.n_items, dtype=torch.bool, device=device)  # [n_items]
-        blocked[torch.as_tensor(allowed, device=device)] = False
+    columns = None  # [C] the candidate items, sorted: only their columns are ranked
+    if allowed is not None and len(allowed) < split.n_items:
+        columns = torch.as_tensor(allowed, dtype=torch.int64, device=device)
+        indptr, items = _exclusions_in_columns(indptr, items, columns, split.n_items)
     with _eval_mode(model):
         model.prepare_ranking()
         # Masking writes into the scores unless they may alias model memory (views, buffers).
@@ -135,16 +135,33 @@ def rank_stage(model: Any, split: Split, stage: Stage, users: np.ndarray, k: int
                     f"{type(model).__name__}.score_users returned shape {list(scores.shape)}, "
                     f"expected [{len(block)}, {split.n_items}]")
             scores = scores.float()
-            if blocked is not None:
-                scores = scores.masked_fill(blocked, float("-inf"))  # a private copy
+            if columns is not None:
+                scores = scores.index_select(1, columns)  # [b, C] a private copy
             private = scores._base is None and scores.untyped_storage().data_ptr() not in owned
             _, best = rank_topk(scores, indptr, items, k, users=block, inplace=private)
+            if columns is not None:  # column -> item id (-1 stays -1)
+                best = torch.where(best >= 0, columns[best.clamp(min=0)], best)
             top[start:start + len(block), :best.shape[1]] = best.cpu()
     return top.numpy()
 
 
-@contextmanager
 # ---- internals ----------------------------------------------------------------------------------
+def _exclusions_in_columns(indptr: Tensor, items: Tensor, columns: Tensor, n_items: int
+                           ) -> tuple[Tensor, Tensor]:
+    """An exclusion CSR over item ids (indptr [U + 1], items [nnz]) restated over the candidate
+    columns [C]: excluded items outside the candidates are dropped (they are never ranked)."""
+    column_of = torch.full((n_items,), -1, dtype=torch.int64, device=columns.device)  # [I]
+    column_of[columns] = torch.arange(len(columns), device=columns.device)
+    mapped = column_of[items.long()]  # [nnz]
+    kept = mapped >= 0
+    rows = torch.repeat_interleave(torch.arange(len(indptr) - 1, device=indptr.device),
+                                   indptr.diff())  # [nnz] user of each excluded item
+    counts = torch.bincount(rows[kept], minlength=len(indptr) - 1)  # [U]
+    new_indptr = torch.cat([counts.new_zeros(1), counts.cumsum(0)])  # [U + 1]
+    return new_indptr, mapped[kept]
+
+
+@contextmanager
 def _eval_mode(model: nn.Module):
     """``torch.no_grad()`` and ``model.eval()``, restoring the training flag afterwards."""
     was_training = model.training
