@@ -404,12 +404,12 @@ class Trainer:
         if cfg.loss == "bce":
             loss = F.binary_cross_entropy_with_logits(model(users, items), third)
             reg_users, reg_items = users, items
-        elif cfg.loss == "bpr":  # one forward over positives and negatives together
+        else:  # BPR and softmax: (users, positives, negatives), penalised together
             reg_users, reg_items = torch.cat([users, users]), torch.cat([items, third])  # [2B]
+        if cfg.loss == "bpr":  # one forward over positives and negatives together
             positive, negative = model(reg_users, reg_items).split(len(users))  # [B] each
             loss = -F.logsigmoid(positive - negative).mean()
-        else:  # sampled softmax: the batch's positives and negatives are every user's candidates
-            reg_users, reg_items = torch.cat([users, users]), torch.cat([items, third])  # [2B]
+        elif cfg.loss == "softmax":  # the batch's positives and negatives: every user's candidates
             logits = model.score_matrix(users, reg_items) / cfg.temperature  # [B, 2B]
             diagonal = torch.arange(len(users), device=users.device)  # [B] own positive's column
             # another copy of the user's own positive is not a negative
