@@ -148,3 +148,35 @@ def test_compiled_equals_reference(tiny_topk, monkeypatch):
         warnings.simplefilter("error", RuntimeWarning)  # no fallback
         compiled = scores(model, users, "compiled", monkeypatch)
     torch.testing.assert_close(compiled, reference, rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("name", ["kgcn", "mkgcn"])
+@pytest.mark.parametrize("aggregator", ["sum", "concat", "neighbor"])
+def test_candidate_scores_equal_full_ranking_columns(tiny_topk, name, aggregator):
+    """score_items (two-stage serving's re-ranking of a few candidates per user, 1 hop) gives
+    exactly the full ranking's columns and the pairwise reference, for both kinds of item."""
+    model = build(name, tiny_topk, aggregator=aggregator, n_hops=1, n_neighbors=3,
+                  inner_activation="leaky_relu" if aggregator == "concat" else "relu")
+    spread(model)
+    with torch.no_grad():
+        catalogue = model.with_new_items([], [])
+        assert catalogue.plan is not None and len(catalogue.plan.const_items) > 0
+        queries = catalogue.query_vectors(torch.arange(5))  # [5, d]
+        items = torch.randint(0, catalogue.n_items, (5, 40), generator=torch.Generator().manual_seed(0))
+        picked = catalogue.score_queries(queries, items)  # [5, 40]
+        full = catalogue.score_queries(queries, None)  # [5, I]
+        pairs = torch.einsum("bd,bid->bi", queries, catalogue.aggregate(queries, items))
+    assert picked.shape == items.shape
+    assert (catalogue.plan.inverse[items] >= len(catalogue.plan.const_items)).any()
+    torch.testing.assert_close(picked, full.gather(1, items), rtol=RTOL, atol=ATOL)
+    torch.testing.assert_close(picked, pairs, rtol=RTOL, atol=ATOL)
+
+
+def test_score_items_needs_a_one_hop_plan(tiny_topk):
+    model = build("kgcn", tiny_topk, n_hops=2, n_neighbors=3)
+    with torch.no_grad():
+        catalogue = model.with_new_items([], [])
+        assert catalogue.plan is not None
+        with pytest.raises(ValueError, match="1-hop"):
+            fused.score_items(catalogue.plan, torch.zeros(1, catalogue.dim),
+                              torch.zeros(1, 2, dtype=torch.long))

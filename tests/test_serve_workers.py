@@ -274,3 +274,74 @@ def test_workers_lose_no_acknowledged_feedback_when_one_is_killed(mkgcn_dir, tmp
     finally:
         _stop(process)
     assert process.returncode == 0, log.read_text()
+
+
+# ---- the request path: quick rankings on the event loop, known users' queries cached --------
+def test_a_quick_request_waits_in_the_pool_while_the_scorer_is_busy(mkgcn_dir, tmp_path):  # noqa: F811
+    """Two-stage rankings run on the event loop only when no lock is taken; with the scoring
+    slot held (a long exact ranking in the pool) the request waits in the thread pool instead
+    of blocking the loop, and then answers the same list."""
+    from mmkgrec.serve.service import WouldBlock
+
+    with make_client(mkgcn_dir, tmp_path / "q.sqlite", index="flat", max_concurrent=1) as client:
+        service = service_of(client)
+        path = "/users/u0/recommendations?k=5&retrieval=two-stage"
+        assert service.quick("two-stage") and service.quick("exact")  # 120 items: both quick
+        before = client.get(path)
+        assert before.status_code == 200
+        service._scoring.acquire()
+        try:
+            with pytest.raises(WouldBlock):
+                service.recommend_user("u0", 5, True, "two-stage", wait=False)
+            answer: list = []
+            request = threading.Thread(target=lambda: answer.append(client.get(path)))
+            request.start()
+            time.sleep(0.3)
+            assert request.is_alive() and not answer  # waiting for the slot, not refused
+            assert client.get("/health").status_code == 200  # the loop still answers
+        finally:
+            service._scoring.release()
+        request.join(10)
+        assert answer and answer[0].status_code == 200
+        assert ids(answer[0]) == ids(before)
+
+
+def test_known_users_queries_are_the_models_own(mkgcn_dir, tmp_path):  # noqa: F811
+    with make_client(mkgcn_dir, tmp_path / "k.sqlite", index="flat") as client:
+        catalogue = service_of(client).catalogue
+        users = torch.arange(catalogue.n_users)
+        with torch.inference_mode():
+            expected = catalogue.scorer.query_vectors(users)
+        torch.testing.assert_close(catalogue.known_queries(slice(0, catalogue.n_users)), expected)
+        torch.testing.assert_close(catalogue.known_queries(slice(3, 4)), expected[3:4])
+
+
+def test_connection_balance_pauses_a_worker_over_its_share(monkeypatch):
+    from mmkgrec.serve import edge
+
+    pauses: list[float] = []
+    monkeypatch.setattr(edge.time, "sleep", pauses.append)
+    counts = [5, 7]  # stale counts of a previous worker in slot 0 are reset
+    balance = edge.ConnectionBalance(counts, 0, pause=0.002)
+    assert counts == [0, 7]
+    for _ in range(5):
+        balance.opened()
+    assert counts[0] == 5 and not pauses  # below the mean + 1: accepts freely
+    counts[1] = 1
+    balance.opened()  # 6 open here, 1 there: over the share
+    assert pauses == [0.002]
+    for _ in range(8):
+        balance.closed()
+    assert counts[0] == 0  # never negative
+
+
+def test_startup_heap_is_frozen():
+    import gc
+
+    from mmkgrec.serve.edge import freeze_startup_heap
+
+    try:
+        freeze_startup_heap()
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()

@@ -29,7 +29,13 @@ from mmkgrec.data.dataset import MMKG
 from mmkgrec.data.split import Split
 from mmkgrec.graph import KnowledgeGraph, sample_neighbors
 from mmkgrec.models.base import ModelConfig, Recommender, model_space_ids
-from mmkgrec.models.fused import RankingPlan, build_plan, ranking_backend, score_all_items
+from mmkgrec.models.fused import (
+    RankingPlan,
+    build_plan,
+    ranking_backend,
+    score_all_items,
+    score_items,
+)
 from mmkgrec.models.layers import Activation, Aggregator, KGItemAggregator
 
 
@@ -213,6 +219,8 @@ class KGCatalogue:
             return queries.new_zeros(len(queries), 0)
         if items is None and self.plan is not None:
             return score_all_items(self.plan, queries)  # [B, I']
+        if items is not None and self.plan is not None and len(self.plan.rounds) == 1:
+            return score_items(self.plan, queries, items)  # [B, C]
         return torch.einsum("bd,bid->bi", queries, self.aggregate(queries, items))
 
     def prepare_ranking(self) -> None:

@@ -46,12 +46,13 @@ from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Res
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mmkgrec import __version__
 from mmkgrec.errors import ConfigError
 from mmkgrec.serve.edge import BODY_TIMEOUT_S, LOCAL_HOSTS, MAX_BODY_BYTES, RequestGuard
-from mmkgrec.serve.service import RecService, ServiceError
+from mmkgrec.serve.service import RecService, ServiceError, WouldBlock
 
 #: the longest item / user id a request may carry (path or body); link entities and relations 500
 MAX_ID = 200
@@ -390,6 +391,11 @@ class MetricsMiddleware:
             self.metrics.latency.labels(method, label).observe(time.perf_counter() - start)
 
 
+def _json(model: BaseModel) -> Response:
+    """A 200 JSON response of an already validated model."""
+    return Response(model.model_dump_json(), media_type="application/json")
+
+
 def create_app(service: RecService, *, api_key: str | None = None, no_auth: bool = False,
                allowed_hosts: Iterable[str] | None = LOCAL_HOSTS,
                max_body_bytes: int = MAX_BODY_BYTES, body_timeout: float = BODY_TIMEOUT_S) -> FastAPI:
@@ -457,10 +463,23 @@ def create_app(service: RecService, *, api_key: str | None = None, no_auth: bool
               offset: Annotated[int, Query(ge=0, le=2**31)] = 0) -> Users:
         return Users(**service.users(limit, offset))
 
-    @app.get("/users/{user_id}/recommendations", responses=_responses(400, 404, 409, 422))
-    def user_recommendations(user_id: PathId, k: K = 20, exclude_seen: bool = True,
-                             retrieval: RetrievalMode | None = None) -> UserRecommendations:
-        return UserRecommendations(**service.recommend_user(user_id, k, exclude_seen, retrieval))
+    async def run_quick(method, *args):
+        """``method(*args)`` of the service: on the event loop when the ranking is quick and no
+        lock is taken (the thread pool's hand-offs cost more CPU than such a request), else in
+        the thread pool; see :meth:`RecService.quick`."""
+        if service.quick(args[-1]):
+            try:
+                return method(*args, wait=False)
+            except WouldBlock:
+                pass
+        return await run_in_threadpool(method, *args)
+
+    @app.get("/users/{user_id}/recommendations", response_model=UserRecommendations,
+             responses=_responses(400, 404, 409, 422))
+    async def user_recommendations(user_id: PathId, k: K = 20, exclude_seen: bool = True,
+                                   retrieval: RetrievalMode | None = None) -> Response:
+        out = await run_quick(service.recommend_user, user_id, k, exclude_seen, retrieval)
+        return _json(UserRecommendations(**out))
 
     @app.get("/users/{user_id}/recommendations/{item_id}/explanation",
              responses=_responses(400, 404, 422))
@@ -468,10 +487,11 @@ def create_app(service: RecService, *, api_key: str | None = None, no_auth: bool
                     limit: Annotated[int, Query(ge=1, le=100)] = 10) -> Explanation:
         return Explanation(**service.explain(user_id, item_id, limit))
 
-    @app.post("/recommendations", responses=_responses(404, 409, *BODY_ERRORS))
-    def liked_recommendations(request: Annotated[LikedRequest, Body()]) -> LikedRecommendations:
-        return LikedRecommendations(**service.recommend_liked(request.liked, request.k,
-                                                              request.retrieval))
+    @app.post("/recommendations", response_model=LikedRecommendations,
+              responses=_responses(404, 409, *BODY_ERRORS))
+    async def liked_recommendations(request: Annotated[LikedRequest, Body()]) -> Response:
+        out = await run_quick(service.recommend_liked, request.liked, request.k, request.retrieval)
+        return _json(LikedRecommendations(**out))
 
     @app.post("/feedback", status_code=201, dependencies=auth,
               responses=_responses(*auth_errors, 404, *BODY_ERRORS))

@@ -20,6 +20,7 @@ from mmkgrec.serve.edge import (
     MAX_BODY_BYTES,
     MAX_CONNECTIONS,
     default_allowed_hosts,
+    freeze_startup_heap,
     server_config,
 )
 
@@ -120,6 +121,7 @@ def serve(
         typer.echo(f"note: {note}", err=True)
     config = server_config(app, host, port, max_connections=max_connections,
                            header_timeout=header_timeout, log_level=log_level)
+    freeze_startup_heap()
     uvicorn.Server(config).run()
 
 

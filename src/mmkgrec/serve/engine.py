@@ -30,6 +30,9 @@ from mmkgrec.graph.kg import KnowledgeGraph
 from mmkgrec.models.base import ItemsFromLinks, ItemVectors, Scorer, model_space_ids
 from mmkgrec.train.run import Run
 
+#: floats of the per-catalogue table of known users' query vectors (:meth:`Catalogue.known_queries`)
+QUERY_CACHE_BUDGET = 1 << 26
+
 
 @dataclass(frozen=True)
 class NewItem:
@@ -56,11 +59,37 @@ class Catalogue:
     triples: np.ndarray  # [T', 3] model-space (head, relation, tail): the explanation graph
     n_entities: int  # E'
     n_relations: int  # relations of the dataset
+    n_users: int  # users of the dataset (known users)
     _cache: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def n_items(self) -> int:
         return len(self.item_ids)
+
+    def can(self, capability: type) -> bool:
+        """Whether :attr:`scorer` has ``capability`` (a runtime-checkable protocol of
+        :mod:`mmkgrec.models.base`), checked once per catalogue: the check walks the protocol's
+        members, tens of microseconds a request otherwise."""
+        key = ("can", capability)
+        if key not in self._cache:
+            self._cache[key] = isinstance(self.scorer, capability)
+        return self._cache[key]
+
+    def known_queries(self, users: slice) -> Tensor:
+        """[B, d] query vectors of dataset users ``users`` (a slice of user indices) built from
+        their training data (:class:`ItemVectors` scorers only). The table of all users is
+        computed once per catalogue, in blocks, when it fits :data:`QUERY_CACHE_BUDGET`;
+        otherwise each call computes its own rows."""
+        scorer = cast(ItemVectors, self.scorer)
+        table = self._cache.get("queries")
+        if table is None and self.n_users * self.item_vectors.shape[1] <= QUERY_CACHE_BUDGET:
+            with torch.inference_mode():  # a benign race: two threads may both build it once
+                table = torch.cat([scorer.query_vectors(users=torch.arange(s, min(s + 4096, self.n_users)))
+                                   for s in range(0, self.n_users, 4096)])  # [U, d]
+            self._cache["queries"] = table
+        if table is not None:
+            return table[users]
+        return scorer.query_vectors(users=torch.arange(self.n_users)[users])
 
     def graph(self) -> KnowledgeGraph:
         """The undirected KG of :attr:`triples`, built on first use."""
@@ -77,6 +106,7 @@ class Engine:
         model = run.model
         ds = run.dataset
         self.n_items0, self.n_entities0, self.n_relations = ds.n_items, ds.n_entities, ds.n_relations
+        self.n_users = ds.n_users
         self.triples0 = ds.triples
         self.new_items = isinstance(model, ItemsFromLinks)
         #: the model's new-item capability (None: it scores only the items it was trained on)
@@ -123,4 +153,4 @@ class Engine:
             unit = torch.nn.functional.normalize(vectors, dim=1)
         item_ids = np.concatenate([item_ids0, np.array([x.item_id for x in new], dtype=str)]).astype(str)
         return Catalogue(i0, new, item_ids, pd.Index(item_ids), scorer, vectors, unit, triples,
-                         e0 + n_new, self.n_relations)
+                         e0 + n_new, self.n_relations, self.n_users)

@@ -28,7 +28,7 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast
 
 import numpy as np
 import pandas as pd
@@ -101,6 +101,14 @@ class InvalidInputError(ServiceError):
     status, kind = 422, "invalid_input"
 
 
+class WouldBlock(Exception):
+    """A ``wait=False`` call found a lock taken (the caller retries in the thread pool)."""
+
+
+#: the most items a recommendation may score to run on the event loop (:meth:`RecService.quick`)
+QUICK_ITEMS = 20_000
+
+
 class RecService:
     """Serve a trained run. See the module docstring.
 
@@ -123,7 +131,7 @@ class RecService:
         self.model_name = run.spec.model
         run.model.eval()
         self.engine = Engine(run)
-        self.user_index = pd.Index(ds.users)
+        self.user_position = {str(u): i for i, u in enumerate(ds.users)}  # id -> user index
         self.seen = seen_items(ds)  # every interaction row: what exclude_seen excludes
         self.train_indptr, self.train_items = run.split.user_history()
         self.attrs = ds.item_attrs
@@ -239,6 +247,16 @@ class RecService:
         with self._sync_lock:
             self._sync_locked()
 
+    def _catalogue_now(self) -> Catalogue:
+        """:attr:`catalogue` without waiting: :class:`WouldBlock` when another thread syncs."""
+        if not self._sync_lock.acquire(blocking=False):
+            raise WouldBlock
+        try:
+            self._sync_locked()
+        finally:
+            self._sync_lock.release()
+        return self._catalogue
+
     @torch.inference_mode()  # as every request's tensors (a build may run from any endpoint)
     def _sync_locked(self) -> None:
         version = self.store.data_version()
@@ -275,7 +293,8 @@ class RecService:
         ids = np.concatenate([self.dataset.items, np.array([x.item_id for x in new], dtype=str)])
         return Catalogue(catalogue.n_base, new, ids, pd.Index(ids), catalogue.scorer,
                          catalogue.item_vectors, catalogue.item_unit, catalogue.triples,
-                         self.dataset.n_entities + len(new), catalogue.n_relations)
+                         self.dataset.n_entities + len(new), catalogue.n_relations,
+                         catalogue.n_users)
 
     # ---- lookups ---------------------------------------------------------------------------------
     @property
@@ -302,13 +321,13 @@ class RecService:
     def _user(self, user_id: str) -> tuple[int | None, dict[int, float]]:
         """(dataset user index or None, a copy of the user's feedback); 404 if neither exists.
         Callers :meth:`_sync` first (reading :attr:`catalogue` does)."""
-        position = self.user_index.get_indexer([user_id])[0]
+        position = self.user_position.get(user_id)
         with self._state_lock:
             feedback = dict(self._feedback.get(user_id, {}))
-        if position < 0 and user_id not in self._feedback:
+        if position is None and user_id not in self._feedback:
             raise NotFoundError(f"unknown user {clip(user_id)} (neither in the training data nor "
                                 f"seen through POST /feedback)")
-        return (int(position) if position >= 0 else None), feedback
+        return position, feedback
 
     def item_name(self, catalogue: Catalogue, item: int) -> str | None:
         if item >= catalogue.n_base:
@@ -356,29 +375,33 @@ class RecService:
     def _query(self, catalogue: Catalogue, user: int | None, liked: np.ndarray) -> torch.Tensor:
         """[1, d] the query vector of a user (index or None) plus liked items."""
         scorer = catalogue.scorer
-        if not isinstance(scorer, ItemVectors):
+        if not catalogue.can(ItemVectors):
             raise UnsupportedError(f"{self.model_name} has no user query vectors")
         if builds_listener(scorer, user, liked):
             history, valid = listener_history(scorer, user, liked)
-            return scorer.query_vectors(history=history, valid=valid)
-        return scorer.query_vectors(users=torch.tensor([user]))
+            return cast(ItemVectors, scorer).query_vectors(history=history, valid=valid)
+        assert user is not None  # builds_listener is true for a new listener
+        return catalogue.known_queries(slice(user, user + 1))  # [1, d]
 
     def _rank(self, catalogue: Catalogue, user: int | None, liked: np.ndarray,
-              feedback: np.ndarray, k: int, retrieval: Retrieval | None, exclude_seen: bool = True
-              ) -> tuple[np.ndarray, np.ndarray, str]:
+              feedback: np.ndarray, k: int, retrieval: Retrieval | None, exclude_seen: bool = True,
+              wait: bool = True) -> tuple[np.ndarray, np.ndarray, str]:
         """Top-k (items [k'], logits [k'], mode) for a user (index or None) plus liked items;
         exact ranking is :func:`mmkgrec.train.run.rank_items`, the CLI's own path."""
         scorer = catalogue.scorer
-        if user is None and not isinstance(scorer, UsersFromItems):
+        if user is None and not catalogue.can(UsersFromItems):
             raise self._unsupported_listener()
         mode = retrieval or self.retrieval
-        if not isinstance(scorer, ItemVectors):
+        vectors = catalogue.can(ItemVectors)
+        if not vectors:
             mode = "exact"
         retriever = self.retriever
         if mode == "two-stage" and retriever is None:
             raise InvalidInputError("two-stage retrieval needs a server started with --index")
-        with self._scoring:
-            if mode == "exact" or retriever is None or not isinstance(scorer, ItemVectors):
+        if not self._scoring.acquire(blocking=wait):
+            raise WouldBlock
+        try:
+            if mode == "exact" or retriever is None or not vectors:
                 items, logits = rank_items(scorer, self.seen, user=user, liked=liked,
                                            feedback=feedback, k=k, exclude_seen=exclude_seen)
                 return items, logits, mode
@@ -386,30 +409,49 @@ class RecService:
             u = self._query(catalogue, user, liked)  # [1, d]
             found = retriever.search(u.numpy(), self.candidates + len(exclude))[0]
             found = found[(found >= 0) & (found < catalogue.n_items)]
-            candidates = found[~np.isin(found, exclude)][: self.candidates]  # [C]
-            scores = scorer.score_queries(u, torch.as_tensor(candidates).unsqueeze(0))[0]  # [C]
+            at = np.searchsorted(exclude, found).clip(max=max(0, len(exclude) - 1))  # sorted
+            excluded = exclude[at] == found if len(exclude) else np.zeros(len(found), dtype=bool)
+            candidates = found[~excluded][: self.candidates]  # [C]
+            scores = cast(ItemVectors, scorer).score_queries(
+                u, torch.as_tensor(candidates).unsqueeze(0))[0]  # [C]
             top, logits = top_k(scores, np.zeros(0, dtype=np.int64), k)
             return candidates[top], logits, mode
+        finally:
+            self._scoring.release()
+
+    def quick(self, retrieval: Retrieval | None) -> bool:
+        """Whether a recommendation in this ranking mode scores few enough items
+        (:data:`QUICK_ITEMS`) to run on the server's event loop: the HTTP layer then skips the
+        thread pool, whose hand-offs cost more CPU than the scoring (measured: docs/serving.md).
+        Path-reasoning models (beam search per request) always use the pool."""
+        catalogue = self._catalogue
+        if catalogue.can(WalksPaths):
+            return False
+        two_stage = (retrieval or self.retrieval) == "two-stage" and self.retriever is not None
+        return (self.candidates if two_stage else catalogue.n_items) <= QUICK_ITEMS
 
     @torch.inference_mode()
     def recommend_user(self, user_id: str, k: int = 20, exclude_seen: bool = True,
-                       retrieval: Retrieval | None = None) -> dict:
-        """Top-k for a known user (train history + positive feedback) or a feedback-only user."""
-        catalogue = self.catalogue
+                       retrieval: Retrieval | None = None, *, wait: bool = True) -> dict:
+        """Top-k for a known user (train history + positive feedback) or a feedback-only user.
+        ``wait=False``: raise :class:`WouldBlock` instead of waiting for a lock."""
+        catalogue = self.catalogue if wait else self._catalogue_now()
         user, feedback = self._user(user_id)
         liked, touched = self._history(feedback)
-        items, logits, mode = self._rank(catalogue, user, liked, touched, k, retrieval, exclude_seen)
+        items, logits, mode = self._rank(catalogue, user, liked, touched, k, retrieval, exclude_seen,
+                                         wait=wait)
         return {"user_id": user_id, "known_user": user is not None, "k": k,
                 "retrieval": mode, "feedback_items": len(touched), "liked_items": len(liked),
                 "items": self._describe_items(catalogue, items, logits)}
 
     @torch.inference_mode()
     def recommend_liked(self, liked_ids: list, k: int = 20,
-                        retrieval: Retrieval | None = None) -> dict:
-        """Top-k for a new listener given only liked items (no retraining); liked ones excluded."""
-        catalogue = self.catalogue
+                        retrieval: Retrieval | None = None, *, wait: bool = True) -> dict:
+        """Top-k for a new listener given only liked items (no retraining); liked ones excluded.
+        ``wait``: as in :meth:`recommend_user`."""
+        catalogue = self.catalogue if wait else self._catalogue_now()
         liked = self._items(catalogue, liked_ids)
-        items, logits, mode = self._rank(catalogue, None, liked, liked, k, retrieval)
+        items, logits, mode = self._rank(catalogue, None, liked, liked, k, retrieval, wait=wait)
         return {"liked": [str(catalogue.item_ids[i]) for i in liked], "k": k, "retrieval": mode,
                 "items": self._describe_items(catalogue, items, logits)}
 
@@ -436,7 +478,7 @@ class RecService:
             catalogue = self.catalogue  # synced: items registered by another worker resolve
             item = self._item(catalogue, item_id)
             with self._state_lock:
-                new_user = (self.user_index.get_indexer([user_id])[0] < 0
+                new_user = (user_id not in self.user_position
                             and user_id not in self._feedback)
             row = self.store.add_feedback(user_id, str(catalogue.item_ids[item]), float(value))
         self._sync()  # memory applies it (and whatever was committed before it) in id order
@@ -644,7 +686,7 @@ class RecService:
         sizes = np.diff(self.train_indptr)
         self._sync()
         with self._state_lock:
-            extra = [u for u in self._feedback if self.user_index.get_indexer([u])[0] < 0]
+            extra = [u for u in self._feedback if u not in self.user_position]
         ids = list(self.dataset.users[offset:offset + limit])
         rows = [{"user_id": str(u), "history": int(sizes[offset + i]), "known": True}
                 for i, u in enumerate(ids)]

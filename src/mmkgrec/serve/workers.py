@@ -23,10 +23,14 @@ from typing import Any
 
 #: seconds a stopping worker gets to finish its requests before it is killed
 STOP_GRACE_S = 10.0
+#: the listening socket's queue of connections not yet accepted (uvicorn's default)
+LISTEN_BACKLOG = 2048
 
 
-def worker_main(options: dict[str, Any], sock, ready) -> None:
-    """One worker: load the run, serve on ``sock``; ``ready`` is set once it can answer."""
+def worker_main(options: dict[str, Any], sock, ready, counts=None, slot: int = 0) -> None:
+    """One worker: load the run, serve on ``sock``; ``ready`` is set once it can answer;
+    ``counts`` / ``slot``: the shared open-connection counts and this worker's entry
+    (:class:`~.edge.ConnectionBalance`)."""
     import torch
 
     torch.set_num_threads(options["threads"])
@@ -38,7 +42,7 @@ def worker_main(options: dict[str, Any], sock, ready) -> None:
 
     from mmkgrec.errors import MMKGRecError
     from mmkgrec.serve.app import create_app
-    from mmkgrec.serve.edge import server_config
+    from mmkgrec.serve.edge import ConnectionBalance, freeze_startup_heap, server_config
     from mmkgrec.serve.service import RecService
 
     try:
@@ -53,10 +57,19 @@ def worker_main(options: dict[str, Any], sock, ready) -> None:
         sys.exit(2)
     config = server_config(app, options["host"], options["port"],
                            max_connections=options["max_connections"],
-                           header_timeout=options["header_timeout"], log_level=options["log_level"])
+                           header_timeout=options["header_timeout"], log_level=options["log_level"],
+                           balance=None if counts is None else ConnectionBalance(counts, slot))
+    config.backlog = 1  # asyncio accepts `backlog` connections per wake-up: one (see below)
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets=None):
+            await super().startup(sockets)
+            sock.listen(LISTEN_BACKLOG)  # the kernel's queue back to full length
+
+    freeze_startup_heap()
     ready.set()
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
-    uvicorn.Server(config).run(sockets=[sock])
+    Server(config).run(sockets=[sock])
 
 
 def _exit_with_parent(parent: int) -> None:
@@ -75,10 +88,12 @@ class Supervisor:
         self.context = multiprocessing.get_context("spawn")
         self.workers: list[tuple[Any, Any]] = []  # (process, ready event)
         self.stopping = False
+        self.counts = self.context.Array("i", self.n, lock=False)  # open connections per slot
 
-    def _start(self):
+    def _start(self, slot: int):
         ready = self.context.Event()
-        process = self.context.Process(target=worker_main, args=(self.options, self.sock, ready),
+        process = self.context.Process(target=worker_main,
+                                       args=(self.options, self.sock, ready, self.counts, slot),
                                        name="mmkgrec-serve-worker", daemon=False)
         process.start()
         return process, ready
@@ -87,7 +102,7 @@ class Supervisor:
         """Serve until SIGTERM / SIGINT (exit code 0) or a worker fails to start (2)."""
         previous = {s: signal.signal(s, self._stop) for s in (signal.SIGTERM, signal.SIGINT)}
         try:
-            self.workers = [self._start() for _ in range(self.n)]
+            self.workers = [self._start(slot) for slot in range(self.n)]
             announced, known = False, set()
             while not self.stopping:
                 for slot, (process, ready) in enumerate(self.workers):
@@ -99,7 +114,7 @@ class Supervisor:
                         return 2
                     self.log(f"worker {process.pid} exited (exit code {process.exitcode}); "
                              f"starting a replacement")
-                    self.workers[slot] = self._start()
+                    self.workers[slot] = self._start(slot)
                 if not announced and all(ready.is_set() for _, ready in self.workers):
                     announced = True
                     known = {p.pid for p, _ in self.workers}
