@@ -345,3 +345,44 @@ def test_startup_heap_is_frozen():
         assert gc.get_freeze_count() > 0
     finally:
         gc.unfreeze()
+
+
+def test_the_fast_recommendation_path_answers_as_the_fastapi_route(mkgcn_dir, tmp_path):  # noqa: F811
+    """Every query, well-formed or not, gets the same status and body with the fast path as
+    through FastAPI alone; the well-formed ones are answered by the fast path (the route
+    function is not reached) and still counted under the route's metrics label."""
+    from fastapi.testclient import TestClient
+
+    from mmkgrec.serve.app import create_app
+
+    service = RecService.from_run_dir(mkgcn_dir, tmp_path / "f.sqlite", index="flat")
+    fast = TestClient(create_app(service, api_key=API_KEY), base_url="http://localhost")
+    slow = TestClient(create_app(service, api_key=API_KEY, fast_recommendations=False),
+                      base_url="http://localhost")
+    queries = ["", "?k=5", "?k=1000&exclude_seen=false", "?retrieval=two-stage&k=3",
+               "?retrieval=exact", "?k=0", "?k=1001", "?k=05", "?k=abc", "?k=", "?k=%2B5",
+               "?exclude_seen=yes", "?exclude_seen=1", "?retrieval=fuzzy", "?k=5&k=6",
+               "?unknown=1"]
+    paths = [f"/users/u0/recommendations{q}" for q in queries] + [
+        "/users/nobody/recommendations", "/users/" + "x" * 201 + "/recommendations",
+        "/users/a%2Fb/recommendations", "/users//recommendations"]
+    for path in paths:
+        a, b = fast.get(path), slow.get(path)
+        assert (a.status_code, a.json()) == (b.status_code, b.json()), path
+    route = next(r for r in fast.app.routes if getattr(r, "path", "") == "/users/{user_id}/recommendations")
+    called: list = []
+    original = route.dependant.call
+
+    async def spy(*args, **kwargs):
+        called.append(1)
+        return await original(*args, **kwargs)
+
+    route.dependant.call = spy
+    try:
+        assert fast.get("/users/u0/recommendations?k=4").status_code == 200
+        assert not called  # answered before FastAPI's router
+        assert fast.get("/users/u0/recommendations?k=0").status_code == 422
+    finally:
+        route.dependant.call = original
+    metrics = fast.get("/metrics").text
+    assert 'route="/users/{user_id}/recommendations",status="200"' in metrics
