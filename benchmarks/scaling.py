@@ -10,8 +10,8 @@ own. Per measurement, with the model's topk defaults (``models/configs/<model>.t
   optimiser step of ``--batches`` steps after ``--warmup`` steps (so the epoch time is
   EXTRAPOLATED from a fixed number of batches); ``samples_per_s`` = epoch rows / ``epoch_s``;
 - ``rank_s_per_1000``: seconds to score, mask and top-50 1,000 users over ALL items (timed on a
-  sample of test users, scaled), plus ``prepare_s`` (user-independent precomputation, paid once
-  per ranking pass);
+  sample of at least 8 test users, scaled; each timed call's ``prepare_s`` subtracted), plus
+  ``prepare_s`` (user-independent precomputation, paid once per ranking pass);
 - ``peak_rss_mib``: the subprocess's peak resident set (ru_maxrss; memory-mapped dataset pages
   count while resident);
 - ``profile``: the top operators of a few training steps (torch.profiler, self CPU time).
@@ -48,6 +48,7 @@ MODELS = ("mkgcn", "kgcn", "lightgcn")
 SPARSE_OK = ("mkgcn", "kgcn")  # LightGCN reads its whole tables each step (graph propagation)
 RANK_K = 50
 COLORS = {"mkgcn": "tab:red", "kgcn": "tab:blue", "lightgcn": "tab:green"}
+MIN_RANK_USERS = 8  # users timed at least, whatever the time budget
 SCORE_CELLS = 1 << 25  # floats of one ranking block's per-(user, item) vectors: bounded memory
 
 
@@ -194,8 +195,10 @@ def measure_one(data: Path, model_name: str, variant: str, device: str, threads:
         model.prepare_ranking()
         sync()
         record["prepare_s"] = time.perf_counter() - start
-    # One block first (it includes prepare_ranking), then as many users as fit the budget, in one
-    # call (so MKGCN's per-call prepare_ranking is paid twice in all, and subtracted).
+    # One block first, then as many users as fit the budget, in one call. rank_stage runs the
+    # model's prepare_ranking once per call (every model: KGCN / MKGCN build the fused plan,
+    # LightGCN propagates), so each timed call's prepare is subtracted; at least
+    # MIN_RANK_USERS users are timed so that the per-user figure is not one user's noise.
     limit = min(len(users), 1000)
     with torch.no_grad():  # warm-up, untimed: first-touch allocations of the ranking blocks
         rank_stage(model, sp, "test", users[:1], RANK_K, block, None)
@@ -204,6 +207,7 @@ def measure_one(data: Path, model_name: str, variant: str, device: str, threads:
         if want is None:  # the second call: fill the time budget
             per_user = max(spent - prepares * record["prepare_s"], 1e-6) / done
             want = int(min(limit - done, max(0.0, rank_seconds - spent) / per_user))
+            want = max(want, min(limit, MIN_RANK_USERS) - done)
             want -= want % block if want > block else 0
         if want <= 0:
             break
@@ -214,7 +218,7 @@ def measure_one(data: Path, model_name: str, variant: str, device: str, threads:
         sync()
         spent += time.perf_counter() - start
         done += len(chunk)
-        prepares += model_name == "mkgcn"  # the others cache or have nothing to prepare
+        prepares += 1  # one prepare_ranking per rank_stage call
     record["rank_users"] = done
     record["rank_s_per_1000"] = max(spent - prepares * record["prepare_s"], 0.0) / done * 1000
     stage["ranked"] = rss_mib()
@@ -275,7 +279,8 @@ def run(args) -> None:
         "datasets": [], "measurements": []}
     results["setup"] = {
         "threads": args.threads, "device": "cpu", "cpu_count": os.cpu_count(),
-        "machine": "shared 2-core VM (other jobs running), 23 GiB RAM",
+        "machine": f"{os.cpu_count()}-core VM, 23 GiB RAM, load average "
+                   f"{os.getloadavg()[0]:.1f} at the start",
         "command": " ".join([Path(sys.executable).name, "benchmarks/scaling.py", *sys.argv[1:]]),
         "warmup": args.warmup, "batches": args.batches, "rank_seconds": args.rank_seconds,
         "torch": __import__("torch").__version__,

@@ -304,6 +304,16 @@ def test_a_quick_request_waits_in_the_pool_while_the_scorer_is_busy(mkgcn_dir, t
         request.join(10)
         assert answer and answer[0].status_code == 200
         assert ids(answer[0]) == ids(before)
+        # a write by another process: the event loop does not apply it, the pool does
+        other = RecService.from_run_dir(mkgcn_dir, tmp_path / "q.sqlite", index="flat")
+        other.add_feedback("u0", ids(before)[0], 1.0)
+        with pytest.raises(WouldBlock):
+            service.recommend_user("u0", 5, True, "two-stage", wait=False)
+        after = client.get(path).json()
+        assert after["liked_items"] == before.json()["liked_items"] + 1
+        assert ids(before)[0] not in [x["item_id"] for x in after["items"]]
+        assert service.recommend_user("u0", 5, True, "two-stage", wait=False)["items"]  # synced
+        other.store.close()
 
 
 def test_known_users_queries_are_the_models_own(mkgcn_dir, tmp_path):  # noqa: F811

@@ -152,5 +152,8 @@ class Engine:
         with torch.inference_mode():
             unit = torch.nn.functional.normalize(vectors, dim=1)
         item_ids = np.concatenate([item_ids0, np.array([x.item_id for x in new], dtype=str)]).astype(str)
-        return Catalogue(i0, new, item_ids, pd.Index(item_ids), scorer, vectors, unit, triples,
-                         e0 + n_new, self.n_relations, self.n_users)
+        catalogue = Catalogue(i0, new, item_ids, pd.Index(item_ids), scorer, vectors, unit,
+                              triples, e0 + n_new, self.n_relations, self.n_users)
+        if catalogue.can(ItemVectors):
+            catalogue.known_queries(slice(0, 0))  # the table now, not in a request
+        return catalogue

@@ -248,11 +248,14 @@ class RecService:
             self._sync_locked()
 
     def _catalogue_now(self) -> Catalogue:
-        """:attr:`catalogue` without waiting: :class:`WouldBlock` when another thread syncs."""
+        """:attr:`catalogue` without waiting: :class:`WouldBlock` when another thread syncs or
+        the store has something to apply (a catalogue rebuild can take seconds: the thread pool
+        does it, never the event loop)."""
         if not self._sync_lock.acquire(blocking=False):
             raise WouldBlock
         try:
-            self._sync_locked()
+            if self.store.data_version() != self._synced_version:
+                raise WouldBlock
         finally:
             self._sync_lock.release()
         return self._catalogue
