@@ -15,12 +15,16 @@ without a [users x items x dim] temporary per op:
   K-term mixture accumulates in place into one [users, tile, d] buffer, the activation runs in
   place, and in the last round the dot product with the user reduces it to [users, tile].
 
-Backends (environment ``MMKGREC_KG_RANKING``, read when a plan is built): ``fused`` (default:
-the fastest measured on the 2-core CPU, and plain ATen, so always available), ``compiled`` (the
-1-hop tile through ``torch.compile``, Inductor's C++ backend, one fixed tile shape padded; any
-compiler failure warns once and falls back to ``fused``; deeper rounds run ``fused``), and
-``reference`` (``forward_all_items`` + einsum). Fused and reference agree to float32 rounding
-(tests: rtol 1e-4, atol 1e-5).
+Backends (environment ``MMKGREC_KG_RANKING``, read when a plan is built): ``native`` (default:
+1 and 2 hops through ``fused_kernel.c``, compiled on first use by :mod:`fused_native`: items
+16 to a SIMD step, AVX-512 where the CPU has it, and for full ranking the scores, exclusions and
+top-k of one user at a time without a [users x items] matrix (:func:`rank_all_items`); deeper
+plans, other inner activations, non-CPU tensors and machines without a C compiler take
+``fused``), ``fused`` (the eager ATen path below), ``compiled`` (the 1-hop tile through
+``torch.compile``, Inductor's C++ backend, one fixed tile shape padded; any compiler failure
+warns once and falls back to ``fused``; deeper rounds run ``fused``), and ``reference``
+(``forward_all_items`` + einsum). Every backend agrees with the reference to float32 rounding
+(tests: rtol 1e-4, atol 1e-5; the native tanh is a rational approximation within 5e-7).
 
 Shapes: B users, R relation embeddings, E entities, I items, K neighbours, d width.
 """
@@ -36,10 +40,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mmkgrec.errors import ConfigError
+from mmkgrec.data.csr import csr_rows
+from mmkgrec.errors import ConfigError, MMKGRecError
+from mmkgrec.models import fused_native
 
 ENV = "MMKGREC_KG_RANKING"
-BACKENDS = ("fused", "compiled", "reference")
+BACKENDS = ("fused", "native", "compiled", "reference")
 #: elements of one tile's [B, tile, d] buffer (1 MiB in float32: cache-resident)
 TILE_ELEMENTS = 1 << 18
 #: elements of the largest per-user table of a multi-hop round; above it, user sub-blocks
@@ -49,8 +55,8 @@ COMPILED_USERS = 32
 
 
 def ranking_backend() -> str:
-    """The backend named by ``$MMKGREC_KG_RANKING`` (default ``fused``)."""
-    value = os.environ.get(ENV, "fused").strip().lower() or "fused"
+    """The backend named by ``$MMKGREC_KG_RANKING`` (default ``native``)."""
+    value = os.environ.get(ENV, "native").strip().lower() or "native"
     if value not in BACKENDS:
         raise ConfigError(f"{ENV}={value!r}: expected one of {', '.join(BACKENDS)}")
     return value
@@ -85,6 +91,7 @@ class RankingPlan:
     backend: str
     inverse: Tensor  # [I] column of each item in the block's [const items | last.rows] scores
     compiled: Any = None  # the compiled 1-hop tile, once built
+    native: Any = None  # the native backend's tables (fused_native.Tables), once built
 
 
 @torch.no_grad()
@@ -227,9 +234,11 @@ def _compiled_scores(plan: RankingPlan, exp_scores: Tensor, users: Tensor) -> Te
 @torch.no_grad()
 def score_all_items(plan: RankingPlan, users: Tensor) -> Tensor:
     """users [B, d] -> logits [B, I] over every item."""
-    widest = max([0] + [(len(p.shared) + len(plan.rounds[r - 1].rows)) * p.shared.shape[1]
-                        for r, p in enumerate(plan.rounds) if p.shared is not None])
-    block = len(users) if widest == 0 else max(1, TABLE_ELEMENTS // widest)
+    if _native(plan, users):  # per-thread tables: no user blocks
+        scores = _native_block(plan, users, _exp_relation_scores(plan, users))
+        assert isinstance(scores, Tensor)
+        return scores
+    block = _table_block(plan, len(users))
     buffers: dict[tuple[int, int], Tensor] = {}  # (round, users) -> its input table
     if block >= len(users):
         return _score_block(plan, users, buffers)
@@ -269,6 +278,59 @@ def score_items(plan: RankingPlan, users: Tensor, items: Tensor) -> Tensor:
     return scores.reshape(items.shape)
 
 
+@torch.no_grad()
+def rank_all_items(plan: RankingPlan, users: Tensor, user_ids: Tensor, k: int,
+                   exclude_indptr: Tensor, exclude_items: Tensor) -> Tensor | None:
+    """Full ranking in native passes (scores, exclusions and top-k per user; no [B, I]
+    matrix): users [B, d] of the users user_ids [B], each user's excluded items the rows
+    user_ids of the CSR exclude_indptr [U + 1] / exclude_items [nnz] -> top items
+    [B, min(k, I)], best first, -1 = no item; ties: lower item id first (``torch.topk`` leaves
+    their order unspecified). None where the native kernel does not take the plan (see
+    :func:`_native`): the caller scores and ranks.
+
+    Raises:
+        MMKGRecError: NaN among a user's ranked scores (as :func:`~mmkgrec.evaluate.rank_topk`).
+    """
+    if not _native(plan, users) or not fused_native.usable(exclude_indptr):
+        return None
+    user_ids = user_ids.long()
+    starts = exclude_indptr[user_ids]
+    lengths = exclude_indptr[user_ids + 1] - starts  # [B]
+    _, excluded = csr_rows(exclude_indptr, exclude_items, user_ids)  # [m], grouped by user
+    if len(excluded) and (excluded.min() < 0 or excluded.max() >= plan.n_items):
+        raise MMKGRecError(f"excluded item id out of range [0, {plan.n_items})")
+    indptr = torch.cat([lengths.new_zeros(1), lengths.cumsum(0)])  # [B + 1]
+    ranked = _native_block(plan, users, _exp_relation_scores(plan, users),
+                           (indptr, excluded, min(k, plan.n_items)))
+    assert isinstance(ranked, tuple)
+    if ranked[2]:
+        raise MMKGRecError("rank_topk: scores contain NaN")
+    return ranked[1]
+
+
+def _exp_relation_scores(plan: RankingPlan, users: Tensor) -> Tensor:
+    """users [B, d] -> exp(<u, r> / d - max_r) [B, R]: the attention numerators."""
+    relation_scores = users @ plan.relation_emb.T / plan.dim  # [B, R]
+    return torch.exp(relation_scores - relation_scores.amax(dim=1, keepdim=True))
+
+
+def _table_block(plan: RankingPlan, n_users: int) -> int:
+    """Users per block so that no round's per-user input table exceeds TABLE_ELEMENTS."""
+    widest = max([0] + [(len(p.shared) + len(plan.rounds[r - 1].rows)) * p.shared.shape[1]
+                        for r, p in enumerate(plan.rounds) if p.shared is not None])
+    return n_users if widest == 0 else max(1, TABLE_ELEMENTS // widest)
+
+
+def _native(plan: RankingPlan, users: Tensor) -> bool:
+    """Whether the native kernel takes this plan: 1 hop, or 2 hops with an inner activation
+    it has; float32 on the CPU, a compiler present."""
+    if plan.backend != "native" or plan.n_items == 0 or users.dtype != torch.float32:
+        return False
+    if len(plan.rounds) == 2 and plan.inner not in fused_native.ACTIVATIONS:
+        return False
+    return len(plan.rounds) <= 2 and fused_native.usable(users)
+
+
 def _table(p: RoundPlan, r: int, h: Tensor, buffers: dict[tuple[int, int], Tensor]) -> Tensor:
     """Round r's inputs [columns, B, w]: the shared rows (written once per call and block size),
     then the previous round's user-dependent rows h [n, B, d] transformed in place."""
@@ -285,14 +347,13 @@ def _table(p: RoundPlan, r: int, h: Tensor, buffers: dict[tuple[int, int], Tenso
 def _score_block(plan: RankingPlan, users: Tensor, buffers: dict[tuple[int, int], Tensor]
                  ) -> Tensor:
     """users [B, d] -> [B, I]."""
+    exp_scores = _exp_relation_scores(plan, users)  # [B, R]
     # Scores in the order [user-independent items | user-dependent items]: contiguous writes,
     # one column gather at the end.
     n_const = len(plan.const_items)
     ordered = users.new_empty(len(users), plan.n_items)  # [B, I]
     ordered[:, :n_const] = users @ plan.const_vectors.T
     scores = ordered[:, n_const:]  # [B, I - I_c] in the order of the last round's rows
-    relation_scores = users @ plan.relation_emb.T / plan.dim  # [B, R]
-    exp_scores = torch.exp(relation_scores - relation_scores.amax(dim=1, keepdim=True))
     last = plan.rounds[-1]
     if len(last.rows) and plan.backend == "compiled" and len(plan.rounds) == 1:
         compiled = _compiled_scores(plan, exp_scores, users)
@@ -302,6 +363,38 @@ def _score_block(plan: RankingPlan, users: Tensor, buffers: dict[tuple[int, int]
     if len(last.rows):
         _user_rounds(plan, users, exp_scores, scores, buffers)
     return ordered.index_select(1, plan.inverse)
+
+
+def _native_tables(plan: RankingPlan) -> fused_native.Tables:
+    if plan.native is None:
+        first = plan.rounds[0]
+        assert first.slots is not None
+        if len(plan.rounds) == 1:  # the user-dependent items' slots, grouped
+            relations, slots, rows = first.relations, first.slots, first.rows
+        else:  # deeper: only the user-independent items are grouped
+            relations, slots, rows = first.relations[:0], first.slots[:0], first.rows[:0]
+        plan.native = fused_native.tables(plan.const_items, plan.const_vectors, relations,
+                                          slots, rows, plan.n_items)
+    return plan.native
+
+
+def _native_block(plan: RankingPlan, users: Tensor, exp_scores: Tensor,
+                  exclusions: tuple[Tensor, Tensor, int] | None = None
+                  ) -> Tensor | tuple[Tensor, Tensor, int]:
+    """users [B, d] through the native kernel: the scores of every item [B, I], or with
+    ``exclusions`` (indptr [B + 1], items [m], k) the top k (see fused_native)."""
+    tables = _native_tables(plan)
+    if len(plan.rounds) == 1:
+        if exclusions is None:
+            return fused_native.scores_1hop(tables, exp_scores, users)
+        return fused_native.rank_1hop(tables, exp_scores, users, *exclusions)
+    first, last = plan.rounds
+    assert first.slots is not None and last.neighbors is not None and last.bias is not None
+    assert last.shared is not None and last.weight is not None
+    return fused_native.two_hops(tables, exp_scores, users, fused_native.ACTIVATIONS[plan.inner],
+                                 first.relations, first.slots, last.shared, last.weight,
+                                 last.neighbors, last.own, last.self_offset or 0, last.bias,
+                                 last.relations, last.rows, exclusions)
 
 
 def _user_rounds(plan: RankingPlan, users: Tensor, exp_scores: Tensor, scores: Tensor,

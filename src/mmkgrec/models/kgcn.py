@@ -32,6 +32,7 @@ from mmkgrec.models.base import ModelConfig, Recommender, model_space_ids
 from mmkgrec.models.fused import (
     RankingPlan,
     build_plan,
+    rank_all_items,
     ranking_backend,
     score_all_items,
     score_items,
@@ -165,8 +166,9 @@ class KGCatalogue:
         fits = agg.n_hops > 0 and rows * self.k * (self.dim + 1) <= SLOT_CACHE_BUDGET
         self.plan: RankingPlan | None = None
         if fits and slots is None and ranking_backend() != "reference":
-            # "fused" also under "compiled": one compilation per catalogue version would cost
-            # more than it saves at one user per request
+            # "fused" under every backend: the serving load figures were measured on it (one
+            # user per request, one thread per worker); torch.compile per catalogue version
+            # would cost more than it saves
             self.plan = build_plan(agg, base, self.backbone.relation_emb.weight.detach(),
                                    neighbors, relations, n_items, backend="fused")
         elif fits and slots is None:
@@ -526,6 +528,13 @@ class KGCN(KGServing, Recommender):
         u = self.user_emb(users)  # [B, d]
         return self.backbone.score_all_items(u, self.backbone.entity_emb.weight,
                                              self._ranking_slots)  # [B, I]
+
+    def rank_users(self, users: Tensor, k: int, exclude_indptr: Tensor, exclude_items: Tensor
+                   ) -> Tensor | None:
+        if not isinstance(self._ranking_slots, RankingPlan):
+            return None
+        return rank_all_items(self._ranking_slots, self.user_emb(users), users, k,
+                              exclude_indptr, exclude_items)
 
     def known_queries(self, users: Tensor, base: Tensor) -> Tensor:
         return self.user_emb.weight[users].detach()  # [B, d]

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from mmkgrec.data.dataset import MMKG
 from mmkgrec.data.split import Split
 from mmkgrec.models.base import Recommender
-from mmkgrec.models.fused import RankingPlan
+from mmkgrec.models.fused import RankingPlan, rank_all_items
 from mmkgrec.models.kgcn import (
     HistoryKGCatalogue,
     KGBackbone,
@@ -211,6 +211,14 @@ class MKGCN(KGServing, Recommender):
         assert self._ranking_cache is not None  # set by prepare_ranking
         base, table, valid = self._ranking_cache
         return self.score_histories(table[users], valid[users], base, self._ranking_slots)
+
+    def rank_users(self, users: Tensor, k: int, exclude_indptr: Tensor, exclude_items: Tensor
+                   ) -> Tensor | None:
+        if self._ranking_cache is None or not isinstance(self._ranking_slots, RankingPlan):
+            return None
+        base, table, valid = self._ranking_cache
+        u = self.user_vectors(table[users], valid[users], base)  # [B, d]
+        return rank_all_items(self._ranking_slots, u, users, k, exclude_indptr, exclude_items)
 
     def score_histories(self, history: Tensor, valid: Tensor, base: Tensor | None = None,
                         slots: RankingPlan | Tensor | None = None) -> Tensor:
