@@ -344,6 +344,24 @@ static void top_k(const float *row, int64_t n, int64_t k, float *hs, int64_t *hi
  * id first) into top_scores / top_items [B, top]; an item scored -inf gets the id -1.
  * Returns the number of users with a NaN among their ranked (not excluded) scores (their
  * output rows are left unset), -1 when out of memory. */
+/* User b's scores r [n_items] -> its exclusions set to -inf, then the top best (ties: lower
+ * item id first) into row b of top_scores / top_items, an item scored -inf as id -1. Returns 1
+ * (row b left unset) when a ranked score is NaN, else 0. vals / ids: top_k's scratch. */
+static int rank_row(float *r, int64_t b, int64_t n_items, const int64_t *ex_indptr,
+                    const int64_t *ex_items, int64_t top, float *top_scores, int64_t *top_items,
+                    float *vals, int32_t *ids) {
+    for (int64_t x = ex_indptr[b]; x < ex_indptr[b + 1]; ++x) r[ex_items[x]] = -INFINITY;
+    int nan = 0;
+    for (int64_t i = 0; i < n_items; ++i) nan |= r[i] != r[i];
+    if (nan) return 1;
+    float *hs = top_scores + b * top;
+    int64_t *hi = top_items + b * top;
+    top_k(r, n_items, top, hs, hi, vals, ids);
+    for (int64_t j = 0; j < top; ++j)
+        if (hs[j] == -INFINITY) hi[j] = -1;
+    return 0;
+}
+
 static __attribute__((noinline)) int64_t rank_range(PLAN_ARGS, int64_t n_items,
                                                      const int64_t *ex_indptr,
                                                      const int64_t *ex_items, int64_t top,
@@ -362,14 +380,8 @@ static __attribute__((noinline)) int64_t rank_range(PLAN_ARGS, int64_t n_items,
         for (int v = 0; v < nu; ++v) {
             const int64_t b = b0 + v;
             float *r = rows[v];
-            for (int64_t x = ex_indptr[b]; x < ex_indptr[b + 1]; ++x) r[ex_items[x]] = -INFINITY;
-            int nan = 0;
-            for (int64_t i = 0; i < n_items; ++i) nan |= r[i] != r[i];
-            if (nan) { ++bad; continue; }
-            float *hs = top_scores + b * top;
-            int64_t *hi = top_items + b * top;
-            top_k(r, n_items, top, hs, hi, vals, ids);
-            for (int64_t j = 0; j < top; ++j) if (hs[j] == -INFINITY) hi[j] = -1;
+            bad += rank_row(r, b, n_items, ex_indptr, ex_items, top, top_scores, top_items, vals,
+                            ids);
         }
     }
     free(row);
@@ -528,15 +540,9 @@ static __attribute__((noinline)) int64_t two_hop_range(
             for (int64_t c = 0; c < d; ++c) acc += u[c] * tanh_rational(pre[c]);
             r[items[i]] = acc;
         }
-        if (!ranking) continue;
-        for (int64_t x = ex_indptr[b]; x < ex_indptr[b + 1]; ++x) r[ex_items[x]] = -INFINITY;
-        int nan = 0;
-        for (int64_t i = 0; i < n_items; ++i) nan |= r[i] != r[i];
-        if (nan) { ++bad; continue; }
-        float *hs = top_scores + b * top;
-        int64_t *hi = top_items + b * top;
-        top_k(r, n_items, top, hs, hi, vals, ids);
-        for (int64_t j = 0; j < top; ++j) if (hs[j] == -INFINITY) hi[j] = -1;
+        if (ranking)
+            bad += rank_row(r, b, n_items, ex_indptr, ex_items, top, top_scores, top_items, vals,
+                            ids);
     }
     free(table);
     free(row);
@@ -557,10 +563,7 @@ int64_t kg_two_hops(
     int64_t bad = 0, failed = 0;
 #pragma omp parallel reduction(+ : bad, failed)
     {
-        const int64_t nth = omp_get_num_threads(), tid = omp_get_thread_num();
-        const int64_t n_block = b_end - b_begin;
-        const int64_t begin = b_begin + n_block * tid / nth;
-        const int64_t end = b_begin + n_block * (tid + 1) / nth;
+        THREAD_RANGE(begin, end);
         const int64_t got = two_hop_range(
             exp_scores, n_relations, users, begin, end, d, const_table, const_items, n_const,
             relations0, slots0, n0, act, shared, n_shared, weight_t, w, neighbors, own,
