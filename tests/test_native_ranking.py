@@ -2,8 +2,8 @@
 models/fused_native.py): its scores equal the reference within rtol 1e-4 / atol 1e-5 for 1 and
 2 hops (deeper plans and other activations fall back to the eager fused path), its ranking
 equals ``rank_topk`` over ``score_users`` (exclusions, ties, short catalogues, NaN), its tanh is
-within 5e-7 of torch's, the portable (non-AVX-512) build gives the same scores, and without a
-compiler everything falls back to eager with one warning."""
+within 5e-7 of torch's, each instruction-set path (plain loops, AVX2, AVX-512) gives the
+same results, and without a compiler everything falls back to eager with one warning."""
 
 from __future__ import annotations
 
@@ -150,23 +150,46 @@ def test_tanh_accuracy():
     assert float(error.max()) < 5e-7
 
 
-def test_portable_build_gives_the_same_scores(tiny_topk, monkeypatch, tmp_path):
-    """The kernel compiled without AVX-512 (the C fallback loops) scores as the default build."""
-    model = build("kgcn", tiny_topk, n_hops=2, n_neighbors=3)
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as info:
+            return next((set(line.split(":", 1)[1].split()) for line in info
+                         if line.startswith("flags")), set())
+    except OSError:  # pragma: no cover - not Linux
+        return set()
+
+
+@pytest.mark.parametrize("march, needs", [("x86-64-v2", set()), ("haswell", {"avx2", "fma"}),
+                                          ("skylake-avx512", {"avx512f"})],
+                         ids=["plain-loops", "avx2", "avx512"])
+def test_each_instruction_set_gives_the_same_results(tiny_topk, monkeypatch, tmp_path, march,
+                                                     needs):
+    """The kernel compiled for each of its code paths (plain C loops, AVX2 + FMA, AVX-512)
+    scores and ranks as the default build, and keeps its tanh within 5e-7 of torch's."""
+    if not needs <= _cpu_flags():
+        pytest.skip(f"this CPU lacks {sorted(needs - _cpu_flags())}: -march={march} cannot run")
     users = torch.arange(9)
-    default = scores(model, users, "native", monkeypatch)
+    models = [build("kgcn", tiny_topk, n_hops=hops, n_neighbors=k) for hops in (1, 2)
+              for k in (3, 4)]
+    indptr, items = exclusions(tiny_topk[1].n_users, tiny_topk[1].n_items)
+    default = [(scores(m, users, "native", monkeypatch), m.rank_users(users, 5, indptr, items))
+               for m in models]
     monkeypatch.setenv("MMKGREC_CACHE", str(tmp_path))
-    flags = tuple("-march=x86-64-v2" if f == "-march=native" else f for f in fused_native.FLAGS)
+    flags = tuple(f"-march={march}" if f == "-march=native" else f for f in fused_native.FLAGS)
     monkeypatch.setattr(fused_native, "FLAGS", flags)
     try:
         path = fused_native._build("cc")
     except subprocess.CalledProcessError as error:  # pragma: no cover - non-x86 machines
-        pytest.skip(f"no x86-64-v2 build here: {error.stderr}")
+        pytest.skip(f"no -march={march} build here: {error.stderr}")
     assert path.parent == tmp_path / "kernels"  # its own library, keyed by the flags
     monkeypatch.setattr(fused_native, "_LIB", [fused_native._load(path)])
-    model._ranking_slots = None
-    torch.testing.assert_close(scores(model, users, "native", monkeypatch), default,
-                               rtol=RTOL, atol=ATOL)
+    for model, (want_scores, want_top) in zip(models, default, strict=True):
+        model._ranking_slots = None
+        torch.testing.assert_close(scores(model, users, "native", monkeypatch), want_scores,
+                                   rtol=RTOL, atol=ATOL)
+        assert torch.equal(model.rank_users(users, 5, indptr, items), want_top)
+    x = torch.linspace(-20.0, 20.0, 100_001)
+    assert float((fused_native.tanh(x).double() - torch.tanh(x.double())).abs().max()) < 5e-7
 
 
 def test_no_compiler_falls_back_with_one_warning(tiny_topk, monkeypatch):

@@ -1,6 +1,6 @@
 /* The KG models' 1-hop all-items scoring and full ranking (mmkgrec.models.fused, backend
- * "native"): C the compiler vectorises (cc -O3 -march=native -fopenmp), AVX-512 intrinsics in
- * the inner loops where the CPU has them, loaded through ctypes. One call covers the users
+ * "native"): C the compiler vectorises (cc -O3 -march=native -fopenmp), AVX-512 or AVX2 + FMA
+ * intrinsics in the inner loops where the CPU has them, loaded through ctypes. One call covers the users
  * [b_begin, b_end), split over OpenMP threads: the libgomp torch already loaded (same soname),
  * so torch.set_num_threads applies and the kernel reuses torch's thread pool. Every array is
  * float32 / int64, row-major and contiguous.
@@ -66,27 +66,57 @@ static void dot_groups(const float *u, int64_t d, const float *table, const int6
     }
 }
 
+/* One SIMD vector of VW floats: AVX-512 (VW 16) or AVX2 + FMA (VW 8) where the CPU has them,
+ * otherwise no intrinsics (plain loops the compiler vectorises). LANES is a multiple of VW:
+ * the vector paths walk a group's LANES items VW at a time. */
 #if defined(__AVX512F__)
 #include <immintrin.h>
-/* tanh_rational on 16 lanes, the division as a 14-bit reciprocal estimate plus one Newton step
- * (relative error about 2^-28 before rounding). */
-static inline __m512 tanh16(__m512 x) {
-    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-TANH_CLAMP)), _mm512_set1_ps(TANH_CLAMP));
-    const __m512 x2 = _mm512_mul_ps(x, x);
-    __m512 p = _mm512_fmadd_ps(_mm512_set1_ps(-2.76076847742355e-16f), x2,
-                               _mm512_set1_ps(2.00018790482477e-13f));
-    p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(-8.60467152213735e-11f));
-    p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(5.12229709037114e-08f));
-    p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(1.48572235717979e-05f));
-    p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(6.37261928875436e-04f));
-    p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(4.89352455891786e-03f));
-    __m512 q = _mm512_fmadd_ps(_mm512_set1_ps(1.19825839466702e-06f), x2,
-                               _mm512_set1_ps(1.18534705686654e-04f));
-    q = _mm512_fmadd_ps(q, x2, _mm512_set1_ps(2.26843463243900e-03f));
-    q = _mm512_fmadd_ps(q, x2, _mm512_set1_ps(4.89352518554385e-03f));
-    __m512 r = _mm512_rcp14_ps(q);
-    r = _mm512_mul_ps(r, _mm512_fnmadd_ps(q, r, _mm512_set1_ps(2.f)));
-    return _mm512_mul_ps(_mm512_mul_ps(x, p), r);
+#define VW 16
+typedef __m512 vf;
+#define v_load _mm512_loadu_ps
+#define v_store _mm512_storeu_ps
+#define v_set1 _mm512_set1_ps
+#define v_zero _mm512_setzero_ps
+#define v_mul _mm512_mul_ps
+#define v_fmadd _mm512_fmadd_ps
+#define v_fnmadd _mm512_fnmadd_ps
+#define v_min _mm512_min_ps
+#define v_max _mm512_max_ps
+#define v_rcp _mm512_rcp14_ps /* 14-bit reciprocal estimate */
+#elif defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define VW 8
+typedef __m256 vf;
+#define v_load _mm256_loadu_ps
+#define v_store _mm256_storeu_ps
+#define v_set1 _mm256_set1_ps
+#define v_zero _mm256_setzero_ps
+#define v_mul _mm256_mul_ps
+#define v_fmadd _mm256_fmadd_ps
+#define v_fnmadd _mm256_fnmadd_ps
+#define v_min _mm256_min_ps
+#define v_max _mm256_max_ps
+#define v_rcp _mm256_rcp_ps /* 12-bit reciprocal estimate */
+#endif
+
+#if defined(VW)
+/* tanh_rational on VW lanes, the division as a reciprocal estimate plus one Newton step
+ * (relative error below 2^-22 before rounding). */
+static inline vf tanh_v(vf x) {
+    x = v_min(v_max(x, v_set1(-TANH_CLAMP)), v_set1(TANH_CLAMP));
+    const vf x2 = v_mul(x, x);
+    vf p = v_fmadd(v_set1(-2.76076847742355e-16f), x2, v_set1(2.00018790482477e-13f));
+    p = v_fmadd(p, x2, v_set1(-8.60467152213735e-11f));
+    p = v_fmadd(p, x2, v_set1(5.12229709037114e-08f));
+    p = v_fmadd(p, x2, v_set1(1.48572235717979e-05f));
+    p = v_fmadd(p, x2, v_set1(6.37261928875436e-04f));
+    p = v_fmadd(p, x2, v_set1(4.89352455891786e-03f));
+    vf q = v_fmadd(v_set1(1.19825839466702e-06f), x2, v_set1(1.18534705686654e-04f));
+    q = v_fmadd(q, x2, v_set1(2.26843463243900e-03f));
+    q = v_fmadd(q, x2, v_set1(4.89352518554385e-03f));
+    vf r = v_rcp(q);
+    r = v_mul(r, v_fnmadd(q, r, v_set1(2.f)));
+    return v_mul(v_mul(x, p), r);
 }
 #endif
 
@@ -112,55 +142,59 @@ static void kg_groups(int nu, const float *const *e, const float *const *u, int6
         }
         const float *s = slots + g * k * d * LANES;
         float acc[USERS][LANES] = {{0}};
-#if defined(__AVX512F__)
-        if (nu == 2 && k == 4) {  /* the common case, unrolled: weights stay in registers */
-            const __m512 w00 = _mm512_loadu_ps(w[0][0]), w01 = _mm512_loadu_ps(w[0][1]);
-            const __m512 w02 = _mm512_loadu_ps(w[0][2]), w03 = _mm512_loadu_ps(w[0][3]);
-            const __m512 w10 = _mm512_loadu_ps(w[1][0]), w11 = _mm512_loadu_ps(w[1][1]);
-            const __m512 w12 = _mm512_loadu_ps(w[1][2]), w13 = _mm512_loadu_ps(w[1][3]);
-            __m512 sum0 = _mm512_setzero_ps(), sum1 = _mm512_setzero_ps();
-            const float *s1 = s + d * LANES, *s2 = s + 2 * d * LANES, *s3 = s + 3 * d * LANES;
-            for (int64_t c = 0; c < d; ++c) {
-                const __m512 a = _mm512_loadu_ps(s + c * LANES), b = _mm512_loadu_ps(s1 + c * LANES);
-                const __m512 e2 = _mm512_loadu_ps(s2 + c * LANES), f = _mm512_loadu_ps(s3 + c * LANES);
-                __m512 pre0 = _mm512_mul_ps(w00, a), pre1 = _mm512_mul_ps(w10, a);
-                pre0 = _mm512_fmadd_ps(w01, b, pre0); pre1 = _mm512_fmadd_ps(w11, b, pre1);
-                pre0 = _mm512_fmadd_ps(w02, e2, pre0); pre1 = _mm512_fmadd_ps(w12, e2, pre1);
-                pre0 = _mm512_fmadd_ps(w03, f, pre0); pre1 = _mm512_fmadd_ps(w13, f, pre1);
-                sum0 = _mm512_fmadd_ps(_mm512_set1_ps(u[0][c]), tanh16(pre0), sum0);
-                sum1 = _mm512_fmadd_ps(_mm512_set1_ps(u[1][c]), tanh16(pre1), sum1);
-            }
-            _mm512_storeu_ps(acc[0], sum0);
-            _mm512_storeu_ps(acc[1], sum1);
-        } else if (nu == 2) {
-            __m512 w0[k], w1[k], sum0 = _mm512_setzero_ps(), sum1 = _mm512_setzero_ps();
-            for (int64_t j = 0; j < k; ++j) {
-                w0[j] = _mm512_loadu_ps(w[0][j]);
-                w1[j] = _mm512_loadu_ps(w[1][j]);
-            }
-            for (int64_t c = 0; c < d; ++c) {
-                const __m512 s0 = _mm512_loadu_ps(s + c * LANES);
-                __m512 pre0 = _mm512_mul_ps(w0[0], s0), pre1 = _mm512_mul_ps(w1[0], s0);
-                for (int64_t j = 1; j < k; ++j) {
-                    const __m512 sj = _mm512_loadu_ps(s + (j * d + c) * LANES);
-                    pre0 = _mm512_fmadd_ps(w0[j], sj, pre0);
-                    pre1 = _mm512_fmadd_ps(w1[j], sj, pre1);
+#if defined(VW)
+        for (int h = 0; h < LANES; h += VW) {  /* VW of the group's LANES items at a time */
+            const float *sh = s + h;
+            if (nu == 2 && k == 4) {  /* the common case, unrolled: weights stay in registers */
+                const vf w00 = v_load(w[0][0] + h), w01 = v_load(w[0][1] + h);
+                const vf w02 = v_load(w[0][2] + h), w03 = v_load(w[0][3] + h);
+                const vf w10 = v_load(w[1][0] + h), w11 = v_load(w[1][1] + h);
+                const vf w12 = v_load(w[1][2] + h), w13 = v_load(w[1][3] + h);
+                vf sum0 = v_zero(), sum1 = v_zero();
+                const float *s1 = sh + d * LANES, *s2 = sh + 2 * d * LANES;
+                const float *s3 = sh + 3 * d * LANES;
+                for (int64_t c = 0; c < d; ++c) {
+                    const vf a = v_load(sh + c * LANES), b = v_load(s1 + c * LANES);
+                    const vf e2 = v_load(s2 + c * LANES), f = v_load(s3 + c * LANES);
+                    vf pre0 = v_mul(w00, a), pre1 = v_mul(w10, a);
+                    pre0 = v_fmadd(w01, b, pre0); pre1 = v_fmadd(w11, b, pre1);
+                    pre0 = v_fmadd(w02, e2, pre0); pre1 = v_fmadd(w12, e2, pre1);
+                    pre0 = v_fmadd(w03, f, pre0); pre1 = v_fmadd(w13, f, pre1);
+                    sum0 = v_fmadd(v_set1(u[0][c]), tanh_v(pre0), sum0);
+                    sum1 = v_fmadd(v_set1(u[1][c]), tanh_v(pre1), sum1);
                 }
-                sum0 = _mm512_fmadd_ps(_mm512_set1_ps(u[0][c]), tanh16(pre0), sum0);
-                sum1 = _mm512_fmadd_ps(_mm512_set1_ps(u[1][c]), tanh16(pre1), sum1);
+                v_store(acc[0] + h, sum0);
+                v_store(acc[1] + h, sum1);
+            } else if (nu == 2) {
+                vf w0[k], w1[k], sum0 = v_zero(), sum1 = v_zero();
+                for (int64_t j = 0; j < k; ++j) {
+                    w0[j] = v_load(w[0][j] + h);
+                    w1[j] = v_load(w[1][j] + h);
+                }
+                for (int64_t c = 0; c < d; ++c) {
+                    const vf s0 = v_load(sh + c * LANES);
+                    vf pre0 = v_mul(w0[0], s0), pre1 = v_mul(w1[0], s0);
+                    for (int64_t j = 1; j < k; ++j) {
+                        const vf sj = v_load(sh + (j * d + c) * LANES);
+                        pre0 = v_fmadd(w0[j], sj, pre0);
+                        pre1 = v_fmadd(w1[j], sj, pre1);
+                    }
+                    sum0 = v_fmadd(v_set1(u[0][c]), tanh_v(pre0), sum0);
+                    sum1 = v_fmadd(v_set1(u[1][c]), tanh_v(pre1), sum1);
+                }
+                v_store(acc[0] + h, sum0);
+                v_store(acc[1] + h, sum1);
+            } else {
+                vf wv[k], sum = v_zero();
+                for (int64_t j = 0; j < k; ++j) wv[j] = v_load(w[0][j] + h);
+                for (int64_t c = 0; c < d; ++c) {
+                    vf pre = v_mul(wv[0], v_load(sh + c * LANES));
+                    for (int64_t j = 1; j < k; ++j)
+                        pre = v_fmadd(wv[j], v_load(sh + (j * d + c) * LANES), pre);
+                    sum = v_fmadd(v_set1(u[0][c]), tanh_v(pre), sum);
+                }
+                v_store(acc[0] + h, sum);
             }
-            _mm512_storeu_ps(acc[0], sum0);
-            _mm512_storeu_ps(acc[1], sum1);
-        } else {
-            __m512 wv[k], sum = _mm512_setzero_ps();
-            for (int64_t j = 0; j < k; ++j) wv[j] = _mm512_loadu_ps(w[0][j]);
-            for (int64_t c = 0; c < d; ++c) {
-                __m512 pre = _mm512_mul_ps(wv[0], _mm512_loadu_ps(s + c * LANES));
-                for (int64_t j = 1; j < k; ++j)
-                    pre = _mm512_fmadd_ps(wv[j], _mm512_loadu_ps(s + (j * d + c) * LANES), pre);
-                sum = _mm512_fmadd_ps(_mm512_set1_ps(u[0][c]), tanh16(pre), sum);
-            }
-            _mm512_storeu_ps(acc[0], sum);
         }
 #else
         for (int v = 0; v < nu; ++v)
@@ -184,12 +218,12 @@ static void kg_groups(int nu, const float *const *e, const float *const *u, int6
     }
 }
 
-/* out[n] = the kernel's tanh of x[n] (the AVX-512 one where compiled): what the tests compare
+/* out[n] = the kernel's tanh of x[n] (the vector one where compiled): what the tests compare
  * with torch.tanh. */
 void tanh_values(const float *x, int64_t n, float *out) {
     int64_t i = 0;
-#if defined(__AVX512F__)
-    for (; i + LANES <= n; i += LANES) _mm512_storeu_ps(out + i, tanh16(_mm512_loadu_ps(x + i)));
+#if defined(VW)
+    for (; i + VW <= n; i += VW) v_store(out + i, tanh_v(v_load(x + i)));
 #endif
     for (; i < n; ++i) out[i] = tanh_rational(x[i]);
 }
@@ -315,6 +349,16 @@ static int64_t keep_at_least(const float *x, const int32_t *ids, int64_t n, floa
         _mm512_mask_compressstoreu_epi32(out_ids + kept, keep, id);
         kept += __builtin_popcount(keep);
     }
+#elif defined(VW)
+    const vf t = v_set1(tau);
+    for (; i + VW <= n; i += VW) {  /* most vectors hold no entry >= tau: one test each */
+        unsigned keep = (unsigned)_mm256_movemask_ps(_mm256_cmp_ps(v_load(x + i), t, _CMP_GE_OQ));
+        for (; keep; keep &= keep - 1) {
+            const int64_t j = i + __builtin_ctz(keep);
+            vals[kept] = x[j];
+            out_ids[kept++] = ids ? ids[j] : (int32_t)j;
+        }
+    }
 #endif
     for (; i < n; ++i)
         if (x[i] >= tau) { vals[kept] = x[i]; out_ids[kept++] = ids ? ids[i] : (int32_t)i; }
@@ -434,24 +478,25 @@ static inline void activate(float *x, int64_t d, int act) {
 /* out[r, :] = h[r, :] @ weight_t (h [2, d] two rows, weight_t [d, w], out [2, w]). */
 static inline void rows_times(const float *h, int64_t d, const float *weight_t, int64_t w,
                               float *out) {
-#if defined(__AVX512F__)
-    if (w == 64) {  /* the common width: eight accumulators in registers */
-        __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-        __m512 b0 = a0, b1 = a0, b2 = a0, b3 = a0;
-        for (int64_t c = 0; c < d; ++c) {
-            const float *wc = weight_t + c * 64;
-            const __m512 w0 = _mm512_loadu_ps(wc), w1 = _mm512_loadu_ps(wc + 16);
-            const __m512 w2 = _mm512_loadu_ps(wc + 32), w3 = _mm512_loadu_ps(wc + 48);
-            const __m512 x = _mm512_set1_ps(h[c]), y = _mm512_set1_ps(h[d + c]);
-            a0 = _mm512_fmadd_ps(x, w0, a0); a1 = _mm512_fmadd_ps(x, w1, a1);
-            a2 = _mm512_fmadd_ps(x, w2, a2); a3 = _mm512_fmadd_ps(x, w3, a3);
-            b0 = _mm512_fmadd_ps(y, w0, b0); b1 = _mm512_fmadd_ps(y, w1, b1);
-            b2 = _mm512_fmadd_ps(y, w2, b2); b3 = _mm512_fmadd_ps(y, w3, b3);
+#if defined(VW)
+    if (w == 64) {  /* the common width: 4 * VW columns of both rows at a time, in registers */
+        for (int64_t q0 = 0; q0 < 64; q0 += 4 * VW) {
+            vf a0 = v_zero(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+            for (int64_t c = 0; c < d; ++c) {
+                const float *wc = weight_t + c * 64 + q0;
+                const vf w0 = v_load(wc), w1 = v_load(wc + VW);
+                const vf w2 = v_load(wc + 2 * VW), w3 = v_load(wc + 3 * VW);
+                const vf x = v_set1(h[c]), y = v_set1(h[d + c]);
+                a0 = v_fmadd(x, w0, a0); a1 = v_fmadd(x, w1, a1);
+                a2 = v_fmadd(x, w2, a2); a3 = v_fmadd(x, w3, a3);
+                b0 = v_fmadd(y, w0, b0); b1 = v_fmadd(y, w1, b1);
+                b2 = v_fmadd(y, w2, b2); b3 = v_fmadd(y, w3, b3);
+            }
+            float *o = out + q0;
+            v_store(o, a0); v_store(o + VW, a1); v_store(o + 2 * VW, a2); v_store(o + 3 * VW, a3);
+            o += 64;
+            v_store(o, b0); v_store(o + VW, b1); v_store(o + 2 * VW, b2); v_store(o + 3 * VW, b3);
         }
-        _mm512_storeu_ps(out, a0); _mm512_storeu_ps(out + 16, a1);
-        _mm512_storeu_ps(out + 32, a2); _mm512_storeu_ps(out + 48, a3);
-        _mm512_storeu_ps(out + 64, b0); _mm512_storeu_ps(out + 80, b1);
-        _mm512_storeu_ps(out + 96, b2); _mm512_storeu_ps(out + 112, b3);
         return;
     }
 #endif
@@ -536,8 +581,16 @@ static __attribute__((noinline)) int64_t two_hop_range(
                 for (int64_t c = 0; c < d; ++c) pre[c] += wj * t[c];
             }
             float acc = 0.f;
-#pragma omp simd reduction(+ : acc)
-            for (int64_t c = 0; c < d; ++c) acc += u[c] * tanh_rational(pre[c]);
+            int64_t c0 = 0;
+#if defined(VW)
+            vf sum = v_zero();
+            for (; c0 + VW <= d; c0 += VW)
+                sum = v_fmadd(v_load(u + c0), tanh_v(v_load(pre + c0)), sum);
+            float lanes[VW];
+            v_store(lanes, sum);
+            for (int l = 0; l < VW; ++l) acc += lanes[l];
+#endif
+            for (int64_t c = c0; c < d; ++c) acc += u[c] * tanh_rational(pre[c]);
             r[items[i]] = acc;
         }
         if (ranking)
