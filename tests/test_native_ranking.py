@@ -144,6 +144,54 @@ def test_rank_stage_uses_the_native_ranking(tiny_topk, monkeypatch):
     assert calls and np.array_equal(native, eager)
 
 
+def candidate_columns(n_items, seed=1):
+    """A random sorted candidate set of about half the catalogue: [C] item ids."""
+    rng = np.random.default_rng(seed)
+    return torch.tensor(np.sort(rng.choice(n_items, size=n_items // 2, replace=False)))
+
+
+@pytest.mark.parametrize("backend", ["native", "fused"])
+@pytest.mark.parametrize("name", ["kgcn", "mkgcn"])
+@pytest.mark.parametrize("n_hops", [1, 2])
+def test_restricted_plan_scores_the_candidate_columns(tiny_topk, monkeypatch, backend, name,
+                                                     n_hops):
+    """A plan restricted to candidate items scores exactly their columns of the full plan."""
+    ds, _ = tiny_topk
+    model = build(name, tiny_topk, n_hops=n_hops, n_neighbors=3)
+    monkeypatch.setenv(fused.ENV, backend)
+    columns = candidate_columns(ds.n_items)
+    with torch.no_grad():
+        model.prepare_ranking()
+        plan = model._ranking_slots
+        users = model.user_emb.weight[:7] if name == "kgcn" else torch.randn(7, plan.dim)
+        view = fused.restricted(plan, columns)
+        assert view.n_items == len(columns) and fused.restricted(plan, columns) is view
+        torch.testing.assert_close(fused.score_all_items(view, users),
+                                   fused.score_all_items(plan, users)[:, columns],
+                                   rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("n_hops", [1, 2])
+def test_candidate_ranking_takes_the_native_path(tiny_topk, monkeypatch, n_hops):
+    """With a candidate restriction the shared ranking path still takes rank_users, and its
+    lists equal the eager score / mask / top-k lists over the candidate columns."""
+    ds, sp = tiny_topk
+    model = build("kgcn", tiny_topk, n_hops=n_hops, n_neighbors=3)
+    columns = candidate_columns(ds.n_items)
+    monkeypatch.setattr(sp, "candidate_items", lambda stage: columns.numpy())
+    users = np.asarray(sp.ground_truth("test")[0])
+    monkeypatch.setenv(fused.ENV, "fused")
+    eager = rank_stage(model, sp, "test", users, 10, 3, "cpu")
+    monkeypatch.setenv(fused.ENV, "native")
+    calls = []
+    original = model.rank_users
+    monkeypatch.setattr(model, "rank_users", lambda *a: calls.append(a[-1]) or original(*a))
+    native = rank_stage(model, sp, "test", users, 10, 3, "cpu")
+    assert calls and all(c is not None for c in calls)
+    assert np.isin(native[native >= 0], columns.numpy()).all()
+    assert np.array_equal(native, eager)
+
+
 def test_tanh_accuracy():
     x = torch.linspace(-20.0, 20.0, 400_001)
     error = (fused_native.tanh(x).double() - torch.tanh(x.double())).abs()

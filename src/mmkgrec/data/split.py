@@ -175,6 +175,21 @@ class Split:
             frame = frame[frame["label"].to_numpy() == 1]
         return frame[["user", "item"]].reset_index(drop=True)
 
+    def _positive_pairs(self, names) -> tuple[np.ndarray, np.ndarray]:
+        """(users [n], items [n]) of the positives of the parts ``names``, concatenated as
+        numpy arrays (what ranking needs, without building frames)."""
+        users, items = [], []
+        for name in names:
+            frame = self.part(name)
+            user, item = frame["user"].to_numpy(), frame["item"].to_numpy()
+            if "label" in frame.columns:
+                positive = frame["label"].to_numpy() == 1
+                user, item = user[positive], item[positive]
+            users.append(user)
+            items.append(item)
+        return (np.concatenate(users) if users else np.zeros(0, np.int64),
+                np.concatenate(items) if items else np.zeros(0, np.int64))
+
     def train_positives(self) -> pd.DataFrame:
         """(user, item) positives of train only."""
         return self.positives("train")
@@ -195,10 +210,8 @@ class Split:
 
         valid: the train positives; test: train + valid positives. Never the stage's own items.
         """
-        known = [self.positives(name) for name in PARTS[: PARTS.index(_check_stage(stage))]]
-        frame = pd.concat(known, ignore_index=True)
-        return user_item_csr(frame["user"].to_numpy(), frame["item"].to_numpy(), self.n_users,
-                             self.n_items)
+        users, items = self._positive_pairs(PARTS[: PARTS.index(_check_stage(stage))])
+        return user_item_csr(users, items, self.n_users, self.n_items)
 
     def candidate_items(self, stage: Stage) -> np.ndarray | None:
         """Sorted ids of the items full ranking may return at ``stage``; None: every item.
@@ -210,8 +223,7 @@ class Split:
             return self.cold_items[stage]
         seen = np.zeros(self.n_items, dtype=bool)  # [n_items]
         parts = PARTS if self.candidates == "positive" else ("train",)
-        for name in parts:
-            seen[self.positives(name)["item"].to_numpy()] = True
+        seen[self._positive_pairs(parts)[1]] = True
         return np.flatnonzero(seen if self.candidates == "positive" else ~seen).astype(np.int64)
 
     def with_candidates(self, candidates: str | None) -> Split:

@@ -4,10 +4,10 @@ Top-K: ``model.prepare_ranking()`` once, then per block of evaluated users (thos
 one positive in the stage, :meth:`Split.ground_truth`) ``model.score_users`` -> mask the items
 known before the stage (:meth:`Split.ranking_exclusions`) and every item outside the split's
 candidate set (:meth:`Split.candidate_items`) -> ``torch.topk`` ->
-metrics over all evaluated users. Without a candidate restriction a model's own
-``rank_users`` (same scores, one fused pass) replaces the score / mask / top-k steps where it
-has one. CTR: logits of every labelled row of the stage, metrics over the whole set
-(AUC is never averaged over batches).
+metrics over all evaluated users. A model's own ``rank_users`` (same scores, one fused pass,
+over the candidate items only) replaces the score / mask / top-k steps where it has one.
+CTR: logits of every labelled row of the stage, metrics over the whole set (AUC is never
+averaged over batches).
 """
 
 from __future__ import annotations
@@ -125,8 +125,7 @@ def rank_stage(model: Any, split: Split, stage: Stage, users: np.ndarray, k: int
     if allowed is not None and len(allowed) < split.n_items:
         columns = torch.as_tensor(allowed, dtype=torch.int64, device=device)
         indptr, items = _exclusions_in_columns(indptr, items, columns, split.n_items)
-    # Recommender.rank_users (optional; other scorers lack it): only over the whole catalogue
-    rank_users = getattr(model, "rank_users", None) if columns is None else None
+    rank_users = getattr(model, "rank_users", None)  # optional; other scorers lack it
     with _eval_mode(model):
         model.prepare_ranking()
         # Masking writes into the scores unless they may alias model memory (views, buffers).
@@ -134,8 +133,10 @@ def rank_stage(model: Any, split: Split, stage: Stage, users: np.ndarray, k: int
         for start in range(0, len(users), batch_users):
             block = users_t[start:start + batch_users]  # [b]
             if rank_users is not None:  # a model's own exact full ranking, where it has one
-                best = rank_users(block, k, indptr, items)
+                best = rank_users(block, k, indptr, items, columns)
                 if best is not None:
+                    if columns is not None:  # column -> item id (-1 stays -1)
+                        best = torch.where(best >= 0, columns[best.clamp(min=0)], best)
                     top[start:start + len(block), :best.shape[1]] = best.cpu()
                     continue
             scores = model.score_users(block)  # [b, n_items]

@@ -99,11 +99,13 @@ class Recommender(nn.Module):
         """users [B] -> logits for every item [B, n_items]."""
         raise NotImplementedError
 
-    def rank_users(self, users: Tensor, k: int, exclude_indptr: Tensor, exclude_items: Tensor
-                   ) -> Tensor | None:
-        """Optional full-ranking shortcut: users [B] -> top items [B, min(k, n_items)] over the
-        whole catalogue (best first, -1 = no item), leaving out the rows ``users`` of the
-        exclusion CSR (indptr [n_users + 1], items [nnz]). It must rank by the scores
+    def rank_users(self, users: Tensor, k: int, exclude_indptr: Tensor, exclude_items: Tensor,
+                   columns: Tensor | None = None) -> Tensor | None:
+        """Optional full-ranking shortcut: users [B] -> top items [B, min(k, C)] (best first,
+        -1 = no item), leaving out the rows ``users`` of the exclusion CSR (indptr
+        [n_users + 1], items [nnz]). Over the whole catalogue (C = n_items), or with
+        ``columns`` [C] (sorted item ids) over those items only: the exclusions and the result
+        are then column indices into ``columns``. It must rank by the scores
         :meth:`score_users` gives (ties may be ordered differently). Default: None, meaning
         "score with :meth:`score_users`, then rank with ``rank_topk``"."""
         return None

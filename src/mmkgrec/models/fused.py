@@ -17,8 +17,9 @@ without a [users x items x dim] temporary per op:
 
 Backends (environment ``MMKGREC_KG_RANKING``, read when a plan is built): ``native`` (default:
 1 and 2 hops through ``fused_kernel.c``, compiled on first use by :mod:`fused_native`: items
-16 to a SIMD step, AVX-512 where the CPU has it, and for full ranking the scores, exclusions and
-top-k of one user at a time without a [users x items] matrix (:func:`rank_all_items`); deeper
+16 to a SIMD step, AVX-512 or AVX2 where the CPU has it, and for full ranking the scores,
+exclusions and top-k of one user at a time without a [users x items] matrix, over the whole
+catalogue or a candidate set (:func:`rank_all_items`, :func:`restricted`); deeper
 plans, other inner activations, non-CPU tensors and machines without a C compiler take
 ``fused``), ``fused`` (the eager ATen path below), ``compiled`` (the 1-hop tile through
 ``torch.compile``, Inductor's C++ backend, one fixed tile shape padded; any compiler failure
@@ -34,7 +35,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -92,6 +93,41 @@ class RankingPlan:
     inverse: Tensor  # [I] column of each item in the block's [const items | last.rows] scores
     compiled: Any = None  # the compiled 1-hop tile, once built
     native: Any = None  # the native backend's tables (fused_native.Tables), once built
+    #: candidate-set views (:func:`restricted`), keyed by the candidate ids' bytes
+    views: dict[bytes, RankingPlan] = field(default_factory=dict)
+
+
+def restricted(plan: RankingPlan, columns: Tensor) -> RankingPlan:
+    """The plan over the candidate items ``columns`` [C] (sorted item ids) only: its items are
+    the columns 0..C-1 (item ``columns[c]`` is column c), every other item is dropped, so a
+    pass scores C items instead of I. Built once per candidate set and plan (cached)."""
+    key = columns.detach().cpu().numpy().tobytes()
+    view = plan.views.get(key)
+    if view is not None:
+        return view
+    columns = columns.long().to(plan.const_items.device)
+    column_of = torch.full((plan.n_items,), -1, dtype=torch.long,
+                           device=columns.device)  # [I] column of each item, -1: dropped
+    column_of[columns] = torch.arange(len(columns), device=columns.device)
+    const = column_of[plan.const_items] >= 0  # [I_c]
+    last = plan.rounds[-1]
+    kept = column_of[last.rows] >= 0  # [n_last] the last round's rows are items
+
+    def rows_of(x: Tensor | None) -> Tensor | None:
+        return None if x is None else x[kept]
+
+    last = replace(last, rows=column_of[last.rows[kept]], relations=last.relations[kept],
+                   slots=rows_of(last.slots), neighbors=rows_of(last.neighbors),
+                   own=rows_of(last.own))
+    const_items = column_of[plan.const_items[const]]  # [C_c] columns
+    inverse = torch.empty(len(columns), dtype=torch.long, device=columns.device)  # [C]
+    inverse[torch.cat([const_items, last.rows])] = torch.arange(len(columns),
+                                                                device=columns.device)
+    view = plan.views[key] = replace(
+        plan, rounds=[*plan.rounds[:-1], last], n_items=len(columns), const_items=const_items,
+        const_vectors=plan.const_vectors[const], inverse=inverse, compiled=None, native=None,
+        views={})
+    return view
 
 
 @torch.no_grad()
@@ -280,12 +316,15 @@ def score_items(plan: RankingPlan, users: Tensor, items: Tensor) -> Tensor:
 
 @torch.no_grad()
 def rank_all_items(plan: RankingPlan, users: Tensor, user_ids: Tensor, k: int,
-                   exclude_indptr: Tensor, exclude_items: Tensor) -> Tensor | None:
+                   exclude_indptr: Tensor, exclude_items: Tensor,
+                   columns: Tensor | None = None) -> Tensor | None:
     """Full ranking in native passes (scores, exclusions and top-k per user; no [B, I]
     matrix): users [B, d] of the users user_ids [B], each user's excluded items the rows
     user_ids of the CSR exclude_indptr [U + 1] / exclude_items [nnz] -> top items
     [B, min(k, I)], best first, -1 = no item; ties: lower item id first (``torch.topk`` leaves
-    their order unspecified). None where the native kernel does not take the plan (see
+    their order unspecified). With ``columns`` [C] (sorted candidate item ids) only those
+    items are scored and ranked: the exclusions and the result are then columns 0..C-1 (see
+    :func:`restricted`). None where the native kernel does not take the plan (see
     :func:`_native`): the caller scores and ranks.
 
     Raises:
@@ -293,6 +332,10 @@ def rank_all_items(plan: RankingPlan, users: Tensor, user_ids: Tensor, k: int,
     """
     if not _native(plan, users) or not fused_native.usable(exclude_indptr):
         return None
+    if columns is not None:
+        plan = restricted(plan, columns)
+        if plan.n_items == 0:
+            return None
     user_ids = user_ids.long()
     starts = exclude_indptr[user_ids]
     lengths = exclude_indptr[user_ids + 1] - starts  # [B]

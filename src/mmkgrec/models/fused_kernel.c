@@ -1,7 +1,7 @@
-/* The KG models' 1-hop all-items scoring and full ranking (mmkgrec.models.fused, backend
- * "native"): C the compiler vectorises (cc -O3 -march=native -fopenmp), AVX-512 or AVX2 + FMA
- * intrinsics in the inner loops where the CPU has them, loaded through ctypes. One call covers the users
- * [b_begin, b_end), split over OpenMP threads: the libgomp torch already loaded (same soname),
+/* The KG models' 1- and 2-hop all-items scoring and full ranking (mmkgrec.models.fused,
+ * backend "native"): C the compiler vectorises (cc -O3 -march=native -fopenmp), AVX-512 or
+ * AVX2 + FMA intrinsics in the inner loops where the CPU has them, loaded through ctypes. One
+ * call covers the users [b_begin, b_end), split over OpenMP threads: the libgomp torch already loaded (same soname),
  * so torch.set_num_threads applies and the kernel reuses torch's thread pool. Every array is
  * float32 / int64, row-major and contiguous.
  *
@@ -41,31 +41,6 @@ static inline float tanh_rational(float x) {
 }
 
 
-/* row[items[g * L + l]] = sum_c u[c] * table[g, c, l]: the user-independent items
- * (table [G, d, L], items [n], n <= G * L). */
-static void dot_groups(const float *u, int64_t d, const float *table, const int64_t *items,
-                       int64_t n, float *row) {
-    for (int64_t g = 0; g * LANES < n; ++g) {
-        const float *t = table + g * d * LANES;
-        float acc[4][LANES] = {{0}};  /* four independent sums: FMA latency, not throughput */
-        int64_t c = 0;
-        for (; c + 4 <= d; c += 4)
-            for (int q = 0; q < 4; ++q) {
-                const float uc = u[c + q], *tc = t + (c + q) * LANES;
-#pragma omp simd
-                for (int l = 0; l < LANES; ++l) acc[q][l] += uc * tc[l];
-            }
-        for (; c < d; ++c) {
-            const float uc = u[c], *tc = t + c * LANES;
-#pragma omp simd
-            for (int l = 0; l < LANES; ++l) acc[0][l] += uc * tc[l];
-        }
-        const int64_t left = n - g * LANES, m = left < LANES ? left : LANES;
-        for (int64_t l = 0; l < m; ++l)
-            row[items[g * LANES + l]] = (acc[0][l] + acc[1][l]) + (acc[2][l] + acc[3][l]);
-    }
-}
-
 /* One SIMD vector of VW floats: AVX-512 (VW 16) or AVX2 + FMA (VW 8) where the CPU has them,
  * otherwise no intrinsics (plain loops the compiler vectorises). LANES is a multiple of VW:
  * the vector paths walk a group's LANES items VW at a time. */
@@ -82,6 +57,7 @@ typedef __m512 vf;
 #define v_fnmadd _mm512_fnmadd_ps
 #define v_min _mm512_min_ps
 #define v_max _mm512_max_ps
+#define v_add _mm512_add_ps
 #define v_rcp _mm512_rcp14_ps /* 14-bit reciprocal estimate */
 #elif defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
@@ -96,6 +72,7 @@ typedef __m256 vf;
 #define v_fnmadd _mm256_fnmadd_ps
 #define v_min _mm256_min_ps
 #define v_max _mm256_max_ps
+#define v_add _mm256_add_ps
 #define v_rcp _mm256_rcp_ps /* 12-bit reciprocal estimate */
 #endif
 
@@ -120,7 +97,96 @@ static inline vf tanh_v(vf x) {
 }
 #endif
 
-#define USERS 2  /* users per pass over the slots: each slot load serves both */
+#define USERS 4  /* users per pass over the tables: each table load serves all of them */
+
+#if defined(VW)
+#define HALVES (LANES / VW)         /* vectors per group of LANES items */
+#define PARTS (HALVES == 1 ? 2 : 1) /* sums per (user, vector): eight FMA chains in flight */
+
+/* dot_one for NU users at once (NU a constant after inlining): rows[v][items[g * L + l]] =
+ * sum_c u[v][c] * table[g, c, l]. */
+static inline __attribute__((always_inline)) void dot_block(
+    const int NU, const float *const *u, int64_t d, const float *table, const int64_t *items,
+    int64_t n, float *const *rows) {
+    for (int64_t g = 0; g * LANES < n; ++g) {
+        const float *t = table + g * d * LANES;
+        vf acc[PARTS][USERS][HALVES];
+        for (int p = 0; p < PARTS; ++p)
+            for (int v = 0; v < NU; ++v)
+                for (int h = 0; h < HALVES; ++h) acc[p][v][h] = v_zero();
+        int64_t c = 0;
+        for (; c + PARTS <= d; c += PARTS)
+            for (int p = 0; p < PARTS; ++p) {
+                const float *tc = t + (c + p) * LANES;
+                vf tv[HALVES];
+                for (int h = 0; h < HALVES; ++h) tv[h] = v_load(tc + h * VW);
+                for (int v = 0; v < NU; ++v) {
+                    const vf a = v_set1(u[v][c + p]);
+                    for (int h = 0; h < HALVES; ++h) acc[p][v][h] = v_fmadd(a, tv[h], acc[p][v][h]);
+                }
+            }
+        for (; c < d; ++c)
+            for (int v = 0; v < NU; ++v)
+                for (int h = 0; h < HALVES; ++h)
+                    acc[0][v][h] = v_fmadd(v_set1(u[v][c]), v_load(t + c * LANES + h * VW),
+                                           acc[0][v][h]);
+        float out[USERS][LANES];
+        for (int v = 0; v < NU; ++v)
+            for (int h = 0; h < HALVES; ++h) {
+                vf sum = acc[0][v][h];
+                for (int p = 1; p < PARTS; ++p) sum = v_add(sum, acc[p][v][h]);
+                v_store(out[v] + h * VW, sum);
+            }
+        const int64_t left = n - g * LANES, m = left < LANES ? left : LANES;
+        for (int v = 0; v < NU; ++v)
+            for (int64_t l = 0; l < m; ++l) rows[v][items[g * LANES + l]] = out[v][l];
+    }
+}
+#endif
+
+#if !defined(VW)
+/* row[items[g * L + l]] = sum_c u[c] * table[g, c, l]: the user-independent items
+ * (table [G, d, L], items [n], n <= G * L), one user (the build without vector intrinsics). */
+static void dot_one(const float *u, int64_t d, const float *table, const int64_t *items,
+                    int64_t n, float *row) {
+    for (int64_t g = 0; g * LANES < n; ++g) {
+        const float *t = table + g * d * LANES;
+        float acc[4][LANES] = {{0}};  /* four independent sums: FMA latency, not throughput */
+        int64_t c = 0;
+        for (; c + 4 <= d; c += 4)
+            for (int q = 0; q < 4; ++q) {
+                const float uc = u[c + q], *tc = t + (c + q) * LANES;
+#pragma omp simd
+                for (int l = 0; l < LANES; ++l) acc[q][l] += uc * tc[l];
+            }
+        for (; c < d; ++c) {
+            const float uc = u[c], *tc = t + c * LANES;
+#pragma omp simd
+            for (int l = 0; l < LANES; ++l) acc[0][l] += uc * tc[l];
+        }
+        const int64_t left = n - g * LANES, m = left < LANES ? left : LANES;
+        for (int64_t l = 0; l < m; ++l)
+            row[items[g * LANES + l]] = (acc[0][l] + acc[1][l]) + (acc[2][l] + acc[3][l]);
+    }
+}
+#endif
+
+/* The user-independent items' scores for nu <= USERS users (see dot_one): one pass over the
+ * table for all of them where vector intrinsics are compiled (the table outgrows the L2 cache
+ * on real catalogues, so the pass is bound by its loads). */
+static void dot_groups(int nu, const float *const *u, int64_t d, const float *table,
+                       const int64_t *items, int64_t n, float *const *rows) {
+#if defined(VW)
+    switch (nu) {
+        case 1: dot_block(1, u, d, table, items, n, rows); return;
+        case 2: dot_block(2, u, d, table, items, n, rows); return;
+        case 3: dot_block(3, u, d, table, items, n, rows); return;
+        default: dot_block(4, u, d, table, items, n, rows); return;
+    }
+#else
+    for (int v = 0; v < nu; ++v) dot_one(u[v], d, table, items, n, rows[v]);
+#endif
+}
 
 /* row[v][items[g * L + l]] = sum_c u[v][c] * tanh(sum_k w_vk * slots[g, k, c, l]) with
  * w_vk = e[v][relations[i, k]] / sum_k e[v][relations[i, k]] for item i = g * L + l and each
@@ -143,57 +209,59 @@ static void kg_groups(int nu, const float *const *e, const float *const *u, int6
         const float *s = slots + g * k * d * LANES;
         float acc[USERS][LANES] = {{0}};
 #if defined(VW)
-        for (int h = 0; h < LANES; h += VW) {  /* VW of the group's LANES items at a time */
-            const float *sh = s + h;
-            if (nu == 2 && k == 4) {  /* the common case, unrolled: weights stay in registers */
-                const vf w00 = v_load(w[0][0] + h), w01 = v_load(w[0][1] + h);
-                const vf w02 = v_load(w[0][2] + h), w03 = v_load(w[0][3] + h);
-                const vf w10 = v_load(w[1][0] + h), w11 = v_load(w[1][1] + h);
-                const vf w12 = v_load(w[1][2] + h), w13 = v_load(w[1][3] + h);
-                vf sum0 = v_zero(), sum1 = v_zero();
-                const float *s1 = sh + d * LANES, *s2 = sh + 2 * d * LANES;
-                const float *s3 = sh + 3 * d * LANES;
-                for (int64_t c = 0; c < d; ++c) {
-                    const vf a = v_load(sh + c * LANES), b = v_load(s1 + c * LANES);
-                    const vf e2 = v_load(s2 + c * LANES), f = v_load(s3 + c * LANES);
-                    vf pre0 = v_mul(w00, a), pre1 = v_mul(w10, a);
-                    pre0 = v_fmadd(w01, b, pre0); pre1 = v_fmadd(w11, b, pre1);
-                    pre0 = v_fmadd(w02, e2, pre0); pre1 = v_fmadd(w12, e2, pre1);
-                    pre0 = v_fmadd(w03, f, pre0); pre1 = v_fmadd(w13, f, pre1);
-                    sum0 = v_fmadd(v_set1(u[0][c]), tanh_v(pre0), sum0);
-                    sum1 = v_fmadd(v_set1(u[1][c]), tanh_v(pre1), sum1);
-                }
-                v_store(acc[0] + h, sum0);
-                v_store(acc[1] + h, sum1);
-            } else if (nu == 2) {
-                vf w0[k], w1[k], sum0 = v_zero(), sum1 = v_zero();
-                for (int64_t j = 0; j < k; ++j) {
-                    w0[j] = v_load(w[0][j] + h);
-                    w1[j] = v_load(w[1][j] + h);
-                }
-                for (int64_t c = 0; c < d; ++c) {
-                    const vf s0 = v_load(sh + c * LANES);
-                    vf pre0 = v_mul(w0[0], s0), pre1 = v_mul(w1[0], s0);
-                    for (int64_t j = 1; j < k; ++j) {
-                        const vf sj = v_load(sh + (j * d + c) * LANES);
-                        pre0 = v_fmadd(w0[j], sj, pre0);
-                        pre1 = v_fmadd(w1[j], sj, pre1);
+        for (int v0 = 0; v0 < nu; v0 += 2) {  /* two users per pass over the slots */
+            for (int h = 0; h < LANES; h += VW) {  /* VW of the group's LANES items at a time */
+                const float *sh = s + h;
+                if (nu - v0 >= 2 && k == 4) {  /* the common case, unrolled: weights in registers */
+                    const vf w00 = v_load(w[v0][0] + h), w01 = v_load(w[v0][1] + h);
+                    const vf w02 = v_load(w[v0][2] + h), w03 = v_load(w[v0][3] + h);
+                    const vf w10 = v_load(w[v0 + 1][0] + h), w11 = v_load(w[v0 + 1][1] + h);
+                    const vf w12 = v_load(w[v0 + 1][2] + h), w13 = v_load(w[v0 + 1][3] + h);
+                    vf sum0 = v_zero(), sum1 = v_zero();
+                    const float *s1 = sh + d * LANES, *s2 = sh + 2 * d * LANES;
+                    const float *s3 = sh + 3 * d * LANES;
+                    for (int64_t c = 0; c < d; ++c) {
+                        const vf a = v_load(sh + c * LANES), b = v_load(s1 + c * LANES);
+                        const vf e2 = v_load(s2 + c * LANES), f = v_load(s3 + c * LANES);
+                        vf pre0 = v_mul(w00, a), pre1 = v_mul(w10, a);
+                        pre0 = v_fmadd(w01, b, pre0); pre1 = v_fmadd(w11, b, pre1);
+                        pre0 = v_fmadd(w02, e2, pre0); pre1 = v_fmadd(w12, e2, pre1);
+                        pre0 = v_fmadd(w03, f, pre0); pre1 = v_fmadd(w13, f, pre1);
+                        sum0 = v_fmadd(v_set1(u[v0][c]), tanh_v(pre0), sum0);
+                        sum1 = v_fmadd(v_set1(u[v0 + 1][c]), tanh_v(pre1), sum1);
                     }
-                    sum0 = v_fmadd(v_set1(u[0][c]), tanh_v(pre0), sum0);
-                    sum1 = v_fmadd(v_set1(u[1][c]), tanh_v(pre1), sum1);
+                    v_store(acc[v0] + h, sum0);
+                    v_store(acc[v0 + 1] + h, sum1);
+                } else if (nu - v0 >= 2) {
+                    vf w0[k], w1[k], sum0 = v_zero(), sum1 = v_zero();
+                    for (int64_t j = 0; j < k; ++j) {
+                        w0[j] = v_load(w[v0][j] + h);
+                        w1[j] = v_load(w[v0 + 1][j] + h);
+                    }
+                    for (int64_t c = 0; c < d; ++c) {
+                        const vf s0 = v_load(sh + c * LANES);
+                        vf pre0 = v_mul(w0[0], s0), pre1 = v_mul(w1[0], s0);
+                        for (int64_t j = 1; j < k; ++j) {
+                            const vf sj = v_load(sh + (j * d + c) * LANES);
+                            pre0 = v_fmadd(w0[j], sj, pre0);
+                            pre1 = v_fmadd(w1[j], sj, pre1);
+                        }
+                        sum0 = v_fmadd(v_set1(u[v0][c]), tanh_v(pre0), sum0);
+                        sum1 = v_fmadd(v_set1(u[v0 + 1][c]), tanh_v(pre1), sum1);
+                    }
+                    v_store(acc[v0] + h, sum0);
+                    v_store(acc[v0 + 1] + h, sum1);
+                } else {
+                    vf wv[k], sum = v_zero();
+                    for (int64_t j = 0; j < k; ++j) wv[j] = v_load(w[v0][j] + h);
+                    for (int64_t c = 0; c < d; ++c) {
+                        vf pre = v_mul(wv[0], v_load(sh + c * LANES));
+                        for (int64_t j = 1; j < k; ++j)
+                            pre = v_fmadd(wv[j], v_load(sh + (j * d + c) * LANES), pre);
+                        sum = v_fmadd(v_set1(u[v0][c]), tanh_v(pre), sum);
+                    }
+                    v_store(acc[v0] + h, sum);
                 }
-                v_store(acc[0] + h, sum0);
-                v_store(acc[1] + h, sum1);
-            } else {
-                vf wv[k], sum = v_zero();
-                for (int64_t j = 0; j < k; ++j) wv[j] = v_load(w[0][j] + h);
-                for (int64_t c = 0; c < d; ++c) {
-                    vf pre = v_mul(wv[0], v_load(sh + c * LANES));
-                    for (int64_t j = 1; j < k; ++j)
-                        pre = v_fmadd(wv[j], v_load(sh + (j * d + c) * LANES), pre);
-                    sum = v_fmadd(v_set1(u[0][c]), tanh_v(pre), sum);
-                }
-                v_store(acc[0] + h, sum);
             }
         }
 #else
@@ -219,13 +287,20 @@ static void kg_groups(int nu, const float *const *e, const float *const *u, int6
 }
 
 /* out[n] = the kernel's tanh of x[n] (the vector one where compiled): what the tests compare
- * with torch.tanh. */
+ * with torch.tanh and the benchmarks' floor takes as its activation rate (threads from
+ * n = 2^16). */
 void tanh_values(const float *x, int64_t n, float *out) {
-    int64_t i = 0;
+    const int64_t groups = n / LANES;
+#pragma omp parallel for schedule(static) if (n >= 65536)
+    for (int64_t g = 0; g < groups; ++g) {
 #if defined(VW)
-    for (; i + VW <= n; i += VW) v_store(out + i, tanh_v(v_load(x + i)));
+        for (int h = 0; h < LANES; h += VW)
+            v_store(out + g * LANES + h, tanh_v(v_load(x + g * LANES + h)));
+#else
+        for (int l = 0; l < LANES; ++l) out[g * LANES + l] = tanh_rational(x[g * LANES + l]);
 #endif
-    for (; i < n; ++i) out[i] = tanh_rational(x[i]);
+    }
+    for (int64_t i = groups * LANES; i < n; ++i) out[i] = tanh_rational(x[i]);
 }
 
 /* The arguments every entry point shares: the plan's grouped tables and a block of users. */
@@ -241,8 +316,8 @@ void tanh_values(const float *x, int64_t n, float *out) {
         for (int v_ = 0; v_ < (nu); ++v_) {                                                   \
             e_[v_] = exp_scores + ((b) + v_) * n_relations;                                    \
             u_[v_] = users + ((b) + v_) * d;                                                   \
-            dot_groups(u_[v_], d, const_table, const_items, n_const, (rows)[v_]);              \
         }                                                                                     \
+        dot_groups((nu), u_, d, const_table, const_items, n_const, (rows));                   \
         kg_groups((nu), e_, u_, d, slots, relations, rows_, n_rows, k, (rows));               \
     } while (0)
 
@@ -383,11 +458,6 @@ static void top_k(const float *row, int64_t n, int64_t k, float *hs, int64_t *hi
     }
 }
 
-/* 1 hop, full ranking: every item's score for user b (as kg_scores_1hop), then
- * score[ex_items[ex_indptr[b]:ex_indptr[b + 1]]] = -inf, then the `top` best (ties: lower item
- * id first) into top_scores / top_items [B, top]; an item scored -inf gets the id -1.
- * Returns the number of users with a NaN among their ranked (not excluded) scores (their
- * output rows are left unset), -1 when out of memory. */
 /* User b's scores r [n_items] -> its exclusions set to -inf, then the top best (ties: lower
  * item id first) into row b of top_scores / top_items, an item scored -inf as id -1. Returns 1
  * (row b left unset) when a ranked score is NaN, else 0. vals / ids: top_k's scratch. */
@@ -434,6 +504,11 @@ static __attribute__((noinline)) int64_t rank_range(PLAN_ARGS, int64_t n_items,
     return bad;
 }
 
+/* 1 hop, full ranking: every item's score for user b (as kg_scores_1hop), then
+ * score[ex_items[ex_indptr[b]:ex_indptr[b + 1]]] = -inf, then the `top` best (ties: lower item
+ * id first) into top_scores / top_items [B, top]; an item scored -inf gets the id -1.
+ * Returns the number of users with a NaN among their ranked (not excluded) scores (their
+ * output rows are left unset), -1 when out of memory. */
 int64_t kg_rank_1hop(PLAN_ARGS, int64_t n_items, const int64_t *ex_indptr,
                      const int64_t *ex_items, int64_t top, float *top_scores,
                      int64_t *top_items) {
@@ -564,7 +639,7 @@ static __attribute__((noinline)) int64_t two_hop_range(
             rows_times(h, d, weight_t, w, table + (n_shared + i) * w);
         }
         float *r = ranking ? row : out + b * out_stride;
-        dot_groups(u, d, const_table, const_items, n_const, r);
+        dot_groups(1, &u, d, const_table, const_items, n_const, &r);
         for (int64_t i = 0; i < n1; ++i) {  /* the last round */
             row_weights(e, relations1 + i * k, k, wt);
             if (own != NULL) {

@@ -107,13 +107,17 @@ def _ptr(t: Tensor) -> ctypes.c_void_p:
     return ctypes.c_void_p(t.data_ptr())
 
 
-def tanh(x: Tensor) -> Tensor:
-    """The kernel's tanh of a float32 CPU tensor (for the accuracy test)."""
+def tanh(x: Tensor, out: Tensor | None = None) -> Tensor:
+    """The kernel's tanh of a float32 CPU tensor (the accuracy test; the benchmarks' floor),
+    into ``out`` (a contiguous float32 tensor of x's shape) where given."""
     lib = library()
     if lib is None:
         raise RuntimeError("the native kernel is unavailable")
     x = x.contiguous().float()
-    out = torch.empty_like(x)
+    if out is None:
+        out = torch.empty_like(x)
+    elif out.shape != x.shape or out.dtype != torch.float32 or not out.is_contiguous():
+        raise ValueError("out must be a contiguous float32 tensor of x's shape")
     lib.tanh_values(_ptr(x), x.numel(), _ptr(out))
     return out
 

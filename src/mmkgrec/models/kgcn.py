@@ -529,12 +529,12 @@ class KGCN(KGServing, Recommender):
         return self.backbone.score_all_items(u, self.backbone.entity_emb.weight,
                                              self._ranking_slots)  # [B, I]
 
-    def rank_users(self, users: Tensor, k: int, exclude_indptr: Tensor, exclude_items: Tensor
-                   ) -> Tensor | None:
+    def rank_users(self, users: Tensor, k: int, exclude_indptr: Tensor, exclude_items: Tensor,
+                   columns: Tensor | None = None) -> Tensor | None:
         if not isinstance(self._ranking_slots, RankingPlan):
             return None
         return rank_all_items(self._ranking_slots, self.user_emb(users), users, k,
-                              exclude_indptr, exclude_items)
+                              exclude_indptr, exclude_items, columns)
 
     def known_queries(self, users: Tensor, base: Tensor) -> Tensor:
         return self.user_emb.weight[users].detach()  # [B, d]

@@ -212,13 +212,14 @@ class MKGCN(KGServing, Recommender):
         base, table, valid = self._ranking_cache
         return self.score_histories(table[users], valid[users], base, self._ranking_slots)
 
-    def rank_users(self, users: Tensor, k: int, exclude_indptr: Tensor, exclude_items: Tensor
-                   ) -> Tensor | None:
+    def rank_users(self, users: Tensor, k: int, exclude_indptr: Tensor, exclude_items: Tensor,
+                   columns: Tensor | None = None) -> Tensor | None:
         if self._ranking_cache is None or not isinstance(self._ranking_slots, RankingPlan):
             return None
         base, table, valid = self._ranking_cache
         u = self.user_vectors(table[users], valid[users], base)  # [B, d]
-        return rank_all_items(self._ranking_slots, u, users, k, exclude_indptr, exclude_items)
+        return rank_all_items(self._ranking_slots, u, users, k, exclude_indptr, exclude_items,
+                              columns)
 
     def score_histories(self, history: Tensor, valid: Tensor, base: Tensor | None = None,
                         slots: RankingPlan | Tensor | None = None) -> Tensor:
