@@ -192,6 +192,29 @@ def test_candidate_ranking_takes_the_native_path(tiny_topk, monkeypatch, n_hops)
     assert np.array_equal(native, eager)
 
 
+def test_rank_stage_without_preparing_keeps_the_pass_tables(tiny_topk, monkeypatch):
+    """rank_stage(prepare=False) ranks on the caller's prepared plan: the same lists, and the
+    kernel's tables of the first call are reused, not rebuilt."""
+    _, sp = tiny_topk
+    model = build("kgcn", tiny_topk, n_hops=1, n_neighbors=3)
+    monkeypatch.setenv(fused.ENV, "native")
+    users = np.asarray(sp.ground_truth("test")[0])
+    want = rank_stage(model, sp, "test", users, 10, 4, "cpu")
+    with torch.no_grad():
+        model.prepare_ranking()
+    first = rank_stage(model, sp, "test", users[:3], 10, 4, "cpu", prepare=False)
+    plan = model._ranking_slots
+
+    def kernel_tables():  # the whole plan's, or those of its candidate-set views
+        return [view.native for view in plan.views.values()] or [plan.native]
+
+    tables = kernel_tables()
+    rest = rank_stage(model, sp, "test", users[3:], 10, 4, "cpu", prepare=False)
+    assert model._ranking_slots is plan and None not in tables
+    assert all(a is b for a, b in zip(kernel_tables(), tables, strict=True))
+    assert np.array_equal(np.concatenate([first, rest]), want)
+
+
 def test_tanh_accuracy():
     x = torch.linspace(-20.0, 20.0, 400_001)
     error = (fused_native.tanh(x).double() - torch.tanh(x.double())).abs()

@@ -110,8 +110,10 @@ def time_full_ranking(
 
 
 def rank_stage(model: Any, split: Split, stage: Stage, users: np.ndarray, k: int,
-               batch_users: int, device) -> np.ndarray:
-    """[len(users), k] top items (best first, -1 = no item) with the stage's exclusions."""
+               batch_users: int, device, prepare: bool = True) -> np.ndarray:
+    """[len(users), k] top items (best first, -1 = no item) with the stage's exclusions.
+    ``prepare=False``: the caller has run ``model.prepare_ranking()`` on the current weights
+    (one pass in several calls keeps the plan's per-pass tables)."""
     if batch_users < 1:
         raise ConfigError(f"batch_users must be >= 1, got {batch_users}")
     device = _device_of(model, device)
@@ -127,7 +129,8 @@ def rank_stage(model: Any, split: Split, stage: Stage, users: np.ndarray, k: int
         indptr, items = _exclusions_in_columns(indptr, items, columns, split.n_items)
     rank_users = getattr(model, "rank_users", None)  # optional; other scorers lack it
     with _eval_mode(model):
-        model.prepare_ranking()
+        if prepare:
+            model.prepare_ranking()
         # Masking writes into the scores unless they may alias model memory (views, buffers).
         owned = {t.untyped_storage().data_ptr() for t in (*model.parameters(), *model.buffers())}
         for start in range(0, len(users), batch_users):

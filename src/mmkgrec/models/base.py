@@ -56,8 +56,9 @@ class Recommender(nn.Module):
     name: ClassVar[str]
     Config: ClassVar[type[ModelConfig]]
     trainable: ClassVar[bool] = True  # False for models fitted in closed form (e.g. popularity)
-    #: attributes holding ranking caches; :meth:`train` (and so ``eval()``) sets them to None,
-    #: because the parameters may change before the next ranking
+    #: attributes holding ranking caches; :meth:`train` sets them to None when the model enters
+    #: or leaves training (its parameters may change before the next ranking); ``eval()`` on a
+    #: model already in eval mode keeps them
     ranking_caches: ClassVar[tuple[str, ...]] = ()
     #: set by models with modalities (:func:`~mmkgrec.models.layers.register_modalities`)
     modality_names: list[str]
@@ -111,8 +112,9 @@ class Recommender(nn.Module):
         return None
 
     def train(self, mode: bool = True):
-        for name in self.ranking_caches:
-            setattr(self, name, None)
+        if mode or self.training:  # entering or leaving training: the weights may change(d)
+            for name in self.ranking_caches:
+                setattr(self, name, None)
         return super().train(mode)
 
 
