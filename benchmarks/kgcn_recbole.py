@@ -200,21 +200,24 @@ def pass_work(users: int, items: int, reach0: int, dim: int, k: int, hops: int) 
             "formula": "U*R0*(K*d + K + d*d) + U*I*(K*d + K + d) MACs + U*(R0 + I)*d activations"}
 
 
-def plan_work(model, users: int, items: int, dim: int, k: int) -> dict:
+def plan_work(model, users: int, items: int, dim: int, k: int, candidates=None) -> dict:
     """The work the all-items pass cannot avoid given the KG's structure: rows whose sampled
     neighbours share one relation need no user input (computed once per pass, not counted),
     so per user only the plan's user-dependent rows cost mixing, activation and (2 hops) the
     d x w linear map; the user-independent items cost one d-dot each. Counted from the
-    model's ranking plan (``models/fused.py: build_plan``)."""
+    model's ranking plan (``models/fused.py: build_plan``), restricted to the ``candidates``
+    (sorted item ids; None: every item) as the ranking pass is."""
     import torch
 
-    from mmkgrec.models.fused import RankingPlan
+    from mmkgrec.models.fused import RankingPlan, restricted
 
     with torch.no_grad():
         model.prepare_ranking()
     plan = model._ranking_slots
     if not isinstance(plan, RankingPlan):
         return {}
+    if candidates is not None:
+        plan = restricted(plan, torch.as_tensor(candidates, dtype=torch.int64))
     n_const = len(plan.const_items)
     macs, activations = users * n_const * dim, 0
     for r, p in enumerate(plan.rounds):
@@ -294,7 +297,8 @@ def compare(args: argparse.Namespace) -> list[dict]:
             n_ranked = ds.n_items if ranked is None else len(ranked)
             work = pass_work(len(test_users), n_ranked, reach0, args.dim, args.neighbors, hops)
             floor = floor_seconds(work, rates)
-            structure = plan_work(model, len(test_users), n_ranked, args.dim, args.neighbors)
+            structure = plan_work(model, len(test_users), n_ranked, args.dim, args.neighbors,
+                                  ranked)
             row = {"dataset": name, "dim": args.dim, "neighbors": args.neighbors, "hops": hops,
                    "mmkgrec_users": len(test_users), "mmkgrec_items": n_ranked,
                    "mmkgrec_s": statistics.median(times["mmkgrec"]),

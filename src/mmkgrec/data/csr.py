@@ -27,7 +27,11 @@ def user_item_csr(users, items, n_users: int, n_items: int) -> tuple[np.ndarray,
     if len(users) and (users.min() < 0 or users.max() >= n_users
                        or items.min() < 0 or items.max() >= n_items):
         raise MMKGRecError(f"user_item_csr: id out of range ({n_users} users, {n_items} items)")
-    keys = np.unique(users * n_items + items)  # [nnz] sorted by (user, item), unique
+    # [nnz] sorted by (user, item), unique. A sort, not np.unique: numpy's hash-based unique
+    # took 2.5 s on 2.4 M keys of a 3 x 10^5-item catalogue, the sort 0.05 s.
+    keys = np.sort(users * n_items + items)
+    if len(keys) > 1:
+        keys = keys[np.concatenate([[True], keys[1:] != keys[:-1]])]
     indptr = np.zeros(n_users + 1, dtype=np.int64)
     np.cumsum(np.bincount(keys // n_items, minlength=n_users), out=indptr[1:])
     return indptr, keys % n_items
