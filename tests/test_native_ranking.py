@@ -127,23 +127,6 @@ def test_nan_scores_are_refused(tiny_topk, monkeypatch):
             model.rank_users(torch.arange(4), 5, no_exclusions, torch.zeros(0, dtype=torch.int64))
 
 
-def test_rank_stage_uses_the_native_ranking(tiny_topk, monkeypatch):
-    """The shared ranking path takes the model's rank_users and gives the lists of the
-    score / mask / top-k path (the eager backend)."""
-    _, sp = tiny_topk
-    model = build("kgcn", tiny_topk, n_hops=2, n_neighbors=3)
-    users = np.asarray(sp.ground_truth("test")[0])
-    monkeypatch.setenv(fused.ENV, "fused")
-    eager = rank_stage(model, sp, "test", users, 10, 3, "cpu")
-    monkeypatch.setenv(fused.ENV, "native")
-    calls = []
-    original = fused_native.two_hops
-    monkeypatch.setattr(fused_native, "two_hops", lambda *a, **kw: calls.append(1) or
-                        original(*a, **kw))
-    native = rank_stage(model, sp, "test", users, 10, 3, "cpu")
-    assert calls and np.array_equal(native, eager)
-
-
 def candidate_columns(n_items, seed=1):
     """A random sorted candidate set of about half the catalogue: [C] item ids."""
     rng = np.random.default_rng(seed)
@@ -171,25 +154,34 @@ def test_restricted_plan_scores_the_candidate_columns(tiny_topk, monkeypatch, ba
                                    rtol=RTOL, atol=ATOL)
 
 
+@pytest.mark.parametrize("restricted", [False, True], ids=["split-candidates", "half"])
 @pytest.mark.parametrize("n_hops", [1, 2])
-def test_candidate_ranking_takes_the_native_path(tiny_topk, monkeypatch, n_hops):
-    """With a candidate restriction the shared ranking path still takes rank_users, and its
-    lists equal the eager score / mask / top-k lists over the candidate columns."""
+def test_rank_stage_takes_the_native_ranking(tiny_topk, monkeypatch, n_hops, restricted):
+    """The shared ranking path takes the model's rank_users, with the split's own candidates or
+    a narrower set, and gives the lists of the eager score / mask / top-k path."""
     ds, sp = tiny_topk
     model = build("kgcn", tiny_topk, n_hops=n_hops, n_neighbors=3)
     columns = candidate_columns(ds.n_items)
-    monkeypatch.setattr(sp, "candidate_items", lambda stage: columns.numpy())
+    if restricted:
+        monkeypatch.setattr(sp, "candidate_items", lambda stage: columns.numpy())
     users = np.asarray(sp.ground_truth("test")[0])
     monkeypatch.setenv(fused.ENV, "fused")
     eager = rank_stage(model, sp, "test", users, 10, 3, "cpu")
     monkeypatch.setenv(fused.ENV, "native")
-    calls = []
+    calls = []  # (the columns passed, the kernel's lists: None would mean a fallback)
     original = model.rank_users
-    monkeypatch.setattr(model, "rank_users", lambda *a: calls.append(a[-1]) or original(*a))
+
+    def spy(*args):
+        calls.append((args[-1], original(*args)))
+        return calls[-1][1]
+
+    monkeypatch.setattr(model, "rank_users", spy)
     native = rank_stage(model, sp, "test", users, 10, 3, "cpu")
-    assert calls and all(c is not None for c in calls)
-    assert np.isin(native[native >= 0], columns.numpy()).all()
+    assert calls and all(top is not None for _, top in calls)
     assert np.array_equal(native, eager)
+    if restricted:
+        assert all(passed is not None for passed, _ in calls)
+        assert np.isin(native[native >= 0], columns.numpy()).all()
 
 
 def test_rank_stage_without_preparing_keeps_the_pass_tables(tiny_topk, monkeypatch):

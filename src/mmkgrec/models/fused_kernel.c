@@ -1,9 +1,9 @@
 /* The KG models' 1- and 2-hop all-items scoring and full ranking (mmkgrec.models.fused,
  * backend "native"): C the compiler vectorises (cc -O3 -march=native -fopenmp), AVX-512 or
  * AVX2 + FMA intrinsics in the inner loops where the CPU has them, loaded through ctypes. One
- * call covers the users [b_begin, b_end), split over OpenMP threads: the libgomp torch already loaded (same soname),
- * so torch.set_num_threads applies and the kernel reuses torch's thread pool. Every array is
- * float32 / int64, row-major and contiguous.
+ * call covers the users [b_begin, b_end), split over OpenMP threads: the libgomp torch
+ * already loaded (same soname), so torch.set_num_threads applies and the kernel reuses torch's
+ * thread pool. Every array is float32 / int64, row-major and contiguous.
  *
  * Items are taken LANES at a time, one item per SIMD lane: the tables are stored group-major
  * ([G, ..., LANES], G = ceil(n / LANES), padded), so every feature step is one vector
@@ -586,6 +586,17 @@ static inline void rows_times(const float *h, int64_t d, const float *weight_t, 
     }
 }
 
+/* The arguments of the 2-hop entry point and of each thread's share (see two_hop_range). */
+#define TWO_HOP_ARGS                                                                          \
+    const float *exp_scores, int64_t n_relations, const float *users, int64_t b_begin,         \
+        int64_t b_end, int64_t d, const float *const_table, const int64_t *const_items,        \
+        int64_t n_const, const int64_t *relations0, const float *slots0, int64_t n0, int act,  \
+        const float *shared, int64_t n_shared, const float *weight_t, int64_t w,               \
+        const int64_t *neighbors, const int64_t *own, int64_t self_offset, const float *bias,  \
+        const int64_t *relations1, const int64_t *items, int64_t n1, int64_t k,                \
+        int64_t n_items, float *out, int64_t out_stride, const int64_t *ex_indptr,             \
+        const int64_t *ex_items, int64_t top, float *top_scores, int64_t *top_items
+
 /* Two hops for users [b_begin, b_end), one at a time:
  *   round 0: h_i = act(sum_k w_bik slots0[i, k, :]) for the user-dependent entities i;
  *   table = [shared (user-independent rows) ; h @ weight_t]  ([C, w], this thread's buffer);
@@ -596,15 +607,7 @@ static inline void rows_times(const float *h, int64_t d, const float *weight_t, 
  * weight_t [d, w], neighbors / relations1 [n1, K], own [n1] (or NULL), items [n1].
  * With top_scores NULL the scores go to out[b, :]; otherwise exclusions and the top best, as
  * kg_rank_1hop (returns the users with a NaN, -1 when out of memory). */
-static __attribute__((noinline)) int64_t two_hop_range(
-    const float *exp_scores, int64_t n_relations, const float *users, int64_t b_begin,
-    int64_t b_end, int64_t d, const float *const_table, const int64_t *const_items,
-    int64_t n_const, const int64_t *relations0, const float *slots0, int64_t n0, int act,
-    const float *shared, int64_t n_shared, const float *weight_t, int64_t w,
-    const int64_t *neighbors, const int64_t *own, int64_t self_offset, const float *bias,
-    const int64_t *relations1, const int64_t *items, int64_t n1, int64_t k, int64_t n_items,
-    float *out, int64_t out_stride, const int64_t *ex_indptr, const int64_t *ex_items,
-    int64_t top, float *top_scores, int64_t *top_items) {
+static __attribute__((noinline)) int64_t two_hop_range(TWO_HOP_ARGS) {
     const int ranking = top_scores != NULL;
     const int64_t scratch = n_items + 16 * LANES + top;
     float *table = malloc((size_t)((n_shared + n0 + 1) * w) * sizeof(float));
@@ -679,15 +682,7 @@ static __attribute__((noinline)) int64_t two_hop_range(
     return bad;
 }
 
-int64_t kg_two_hops(
-    const float *exp_scores, int64_t n_relations, const float *users, int64_t b_begin,
-    int64_t b_end, int64_t d, const float *const_table, const int64_t *const_items,
-    int64_t n_const, const int64_t *relations0, const float *slots0, int64_t n0, int act,
-    const float *shared, int64_t n_shared, const float *weight_t, int64_t w,
-    const int64_t *neighbors, const int64_t *own, int64_t self_offset, const float *bias,
-    const int64_t *relations1, const int64_t *items, int64_t n1, int64_t k, int64_t n_items,
-    float *out, int64_t out_stride, const int64_t *ex_indptr, const int64_t *ex_items,
-    int64_t top, float *top_scores, int64_t *top_items) {
+int64_t kg_two_hops(TWO_HOP_ARGS) {
     int64_t bad = 0, failed = 0;
 #pragma omp parallel reduction(+ : bad, failed)
     {
