@@ -21,6 +21,7 @@ from mmkgrec.errors import MMKGRecError, run_command
 from mmkgrec.features.cli import app as features_app
 from mmkgrec.features.cli import attach_command
 from mmkgrec.serve.cli import export_feedback, serve
+from mmkgrec.train.allocator import retain_freed_memory
 
 app = typer.Typer(
     help="mmkgrec: music recommendation from multi-modal knowledge graphs (MKGCN and peers).",
@@ -510,4 +511,5 @@ def main(argv: list[str] | None = None) -> None:
     """
     global _ARGV
     _ARGV = list(sys.argv[1:] if argv is None else argv)
+    retain_freed_memory()
     run_command(lambda: app(args=argv, prog_name="mmkgrec"))
