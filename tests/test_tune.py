@@ -196,3 +196,25 @@ def test_a_stopped_search_resumes_with_the_trials_it_lacks(tmp_path, no_test_eva
     assert not (params.iloc[2] == params.iloc[0]).all()  # the resumed trial is a new point
     with pytest.raises(ConfigError, match="other settings"):  # never mixes two searches
         tune(spec.model_copy(update={"overrides": ["epochs=2"]}), tmp_path)
+
+
+def test_a_trial_cut_off_by_the_stop_runs_again_at_its_point(tmp_path, no_test_evaluation):
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    spec = TuneSpec(model="bprmf", dataset="synthetic-tiny", trials=1, seed=0,
+                    overrides=["epochs=1"])
+    tune(spec, tmp_path)
+    journal = tmp_path / "synthetic-tiny" / "bprmf-study.jsonl"
+    study = optuna.load_study(study_name="search",
+                              storage=JournalStorage(JournalFileBackend(str(journal))))
+    done = study.trials[0]
+    cut = study.ask(dict(done.distributions))  # RUNNING, as a process killed mid-trial leaves it
+    point = dict(cut.params)
+    more = tune(spec.model_copy(update={"trials": 2}), tmp_path)
+    trials = pd.read_csv(more["trials_path"])
+    assert list(trials["state"]) == ["COMPLETE", "FAIL", "COMPLETE"]
+    rerun = trials.iloc[2]
+    for name, value in point.items():
+        assert rerun[f"params_{name}"] == pytest.approx(value)

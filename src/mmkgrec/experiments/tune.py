@@ -18,7 +18,9 @@ or AUC (ctr). The best options are written as ``OUT/<dataset>/<model>.toml`` (``
 The study itself is journalled in ``<model>-study.jsonl``: a search stopped part-way resumes
 with the trials it lacks (an uninterrupted search is reproducible from the TPE seed; a resumed
 one continues from the trials stored, its sampler seeded with the seed plus their number, so
-that it does not draw the first trials' points again).
+that it does not draw the first trials' points again). A trial the stop cut off is run again
+first, at its point: otherwise the slowest configurations, the ones a stop is likeliest to
+interrupt, would drop out of the search.
 """
 
 from __future__ import annotations
@@ -224,7 +226,18 @@ def _open_study(optuna, journal: Path, spec: TuneSpec, space: dict):
                           f"another --out) to start this one")
     if study.trials:  # resumed: a sampler reseeded as new would redraw the first trials' points
         study.sampler = optuna.samplers.TPESampler(seed=spec.seed + len(study.trials))
+    _rerun_interrupted(optuna, study)
     return study
+
+
+def _rerun_interrupted(optuna, study) -> None:
+    """A trial still RUNNING in the journal was cut off by the stop (one writer per journal):
+    mark it failed and queue its point first, so a stop never drops a slow configuration from
+    the search."""
+    running = optuna.trial.TrialState.RUNNING
+    for trial in study.get_trials(deepcopy=False, states=(running,)):
+        study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+        study.enqueue_trial(trial.params, user_attrs={"rerun_of": trial.number})
 
 
 def to_toml(tables: dict[str, dict]) -> str:
