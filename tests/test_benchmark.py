@@ -262,3 +262,20 @@ def test_presplit_root_serves_a_derived_dataset_from_its_source(tmp_path):
     assert presplit_dir(spec, "lastfm-kgcn-content") == tmp_path / "lastfm-kgcn-content"
     with pytest.raises(ConfigError, match="music-d holds no train.tsv"):
         presplit_dir(spec, "music-d")
+
+
+def test_report_only_tables_cells_saved_by_separate_runs(smoke, tmp_path, monkeypatch):
+    out = tmp_path / "smoke"
+    shutil.copytree(smoke, out)
+    (out / "results.md").unlink()
+    monkeypatch.setattr(bench, "_run_and_save", lambda *a, **k: pytest.fail("ran a cell"))
+    argv = ["benchmark", "--datasets", "synthetic-tiny", "--seeds", "2", "--set",
+            "train.epochs=2", "--out", str(out), "--report-only"]
+    with pytest.raises(SystemExit) as info:
+        main([*argv, "--models", "pop,mkgcn"])
+    assert (info.value.code or 0) == 0
+    table = (out / "results.md").read_text()
+    assert "| pop |" in table and "| mkgcn |" in table and "| bprmf |" not in table
+    with pytest.raises(SystemExit) as info:  # a model never run here: a clear error
+        main([*argv, "--models", "pop,lightgcn"])
+    assert info.value.code == 2

@@ -414,11 +414,13 @@ def benchmark(
     threshold: float | None = THRESHOLD_OPTION,
     mmkg: MmkgMode = MMKG_OPTION,
     source: Path | None = SOURCE_OPTION,
+    report_only: bool = typer.Option(False, "--report-only", help="Run nothing: rewrite the "
+                                     "report of these cells from those saved in --out."),
 ) -> None:
     """Compare models on identical splits over seeds: tables, significance, breakdowns, plots.
 
     --datasets takes registry names, directories (labelled by their folder name) or LABEL=DIR."""
-    from mmkgrec.experiments.benchmark import BenchmarkSpec, run_benchmark
+    from mmkgrec.experiments.benchmark import BenchmarkSpec, report_saved, run_benchmark
 
     spec = BenchmarkSpec.parse(
         datasets=[d for d in datasets.split(",") if d], models=[m for m in models.split(",") if m],
@@ -429,7 +431,7 @@ def benchmark(
         overrides=overrides, source=str(source) if source else None,
         content_scope=content_scope.value, candidates=candidates, threshold=threshold,
         mmkg=mmkg.value)
-    report = run_benchmark(spec, out, console=console)
+    report = report_saved(spec, out) if report_only else run_benchmark(spec, out, console=console)
     from rich.markdown import Markdown
 
     text = report.read_text(encoding="utf-8")

@@ -38,7 +38,7 @@ from mmkgrec.config import file_slug
 from mmkgrec.data.dataset import MMKG
 from mmkgrec.data.registry import available_names, data_roots, load
 from mmkgrec.data.split import Split, apply_presplit, split
-from mmkgrec.errors import ConfigError
+from mmkgrec.errors import ConfigError, MMKGRecError
 from mmkgrec.evaluate.metrics import per_user_topk_metrics
 from mmkgrec.evaluate.ranking import rank_stage  # [n_eval, k] top items, one pass
 from mmkgrec.experiments.breakdown import breakdown_groups
@@ -128,6 +128,20 @@ def run_benchmark(spec: BenchmarkSpec, out_dir: str | Path, *, progress: bool | 
     if skipped:
         console.print(f"resumed: {skipped} of {n_cells} cells were already in "
                       f"{out / 'results.csv'} with the same configuration")
+    return write_report(spec, out)
+
+
+def report_saved(spec: BenchmarkSpec, out_dir: str | Path) -> Path:
+    """Write the report of ``spec`` from the cells already saved in ``out_dir``, running
+    nothing: e.g. one table over models that separate ``--models`` runs added to one folder."""
+    out = Path(out_dir)
+    if spec.tune_trials is not None and spec.tuned is None:
+        spec = spec.model_copy(update={"tuned": str(out / "tuned")})
+    missing = [f"{d}/{m}" for d in spec.datasets for m in spec.models
+               if not len(find(read_csv(out / "results.csv"), d, m, spec.seeds[0]))]
+    if missing:
+        raise MMKGRecError(f"{out / 'results.csv'} has no saved cells for {', '.join(missing)}; "
+                           f"run the benchmark without --report-only first")
     return write_report(spec, out)
 
 
