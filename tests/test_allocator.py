@@ -5,7 +5,7 @@ import platform
 
 import pytest
 
-from mmkgrec.train.allocator import retain_freed_memory
+from mmkgrec.allocator import retain_freed_memory
 
 glibc = platform.libc_ver()[0] == "glibc" and ctypes.util.find_library("c") is not None
 

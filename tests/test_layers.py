@@ -15,7 +15,7 @@ PACKAGE = SRC / "mmkgrec"
 
 # Lowest first: a module may import its own layer and those below it, never one above.
 LAYERS = [
-    {"mmkgrec", "mmkgrec.errors", "mmkgrec.config", "mmkgrec.paths"},  # the base
+    {"mmkgrec", "mmkgrec.errors", "mmkgrec.config", "mmkgrec.paths", "mmkgrec.allocator"},  # base
     {"mmkgrec.data"},  # MMKG, formats, registry, splits, sampling helpers
     {"mmkgrec.graph"},  # CSR KG, neighbour sampling, MMKG building, training negatives
     {"mmkgrec.features"},  # extractors, extraction, content datasets, split-scoped content

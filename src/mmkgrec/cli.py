@@ -17,11 +17,11 @@ from rich.console import Console
 from rich.table import Table
 
 from mmkgrec import __version__
+from mmkgrec.allocator import retain_freed_memory
 from mmkgrec.errors import MMKGRecError, run_command
 from mmkgrec.features.cli import app as features_app
 from mmkgrec.features.cli import attach_command
 from mmkgrec.serve.cli import export_feedback, serve
-from mmkgrec.train.allocator import retain_freed_memory
 
 app = typer.Typer(
     help="mmkgrec: music recommendation from multi-modal knowledge graphs (MKGCN and peers).",
