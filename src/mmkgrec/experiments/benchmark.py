@@ -137,8 +137,9 @@ def report_saved(spec: BenchmarkSpec, out_dir: str | Path) -> Path:
     out = Path(out_dir)
     if spec.tune_trials is not None and spec.tuned is None:
         spec = spec.model_copy(update={"tuned": str(out / "tuned")})
+    results = read_csv(out / "results.csv")
     missing = [f"{d}/{m}" for d in spec.datasets for m in spec.models
-               if not len(find(read_csv(out / "results.csv"), d, m, spec.seeds[0]))]
+               if not len(find(results, d, m, spec.seeds[0]))]
     if missing:
         raise MMKGRecError(f"{out / 'results.csv'} has no saved cells for {', '.join(missing)}; "
                            f"run the benchmark without --report-only first")
