@@ -240,6 +240,27 @@ def test_native_tampered_parquet(tmp_path):
         read_native(directory)
 
 
+def test_user_side_facts_round_trip_in_native_and_are_refused_by_recbole(tmp_path):
+    ds = small_mmkg()
+    plain = ds.fingerprint()
+    ds.user_relations = np.array(["tagged", "follows"])
+    ds.user_triples = np.array([[0, 0, 2], [3, 1, 7], [1, 0, 0]], dtype=np.int64)  # [3, 3]
+    ds.validate()
+    assert ds.fingerprint() != plain  # the facts are part of the data's identity
+    back = read_native(write_native(ds, tmp_path / "n"))
+    assert_identical(ds, back)
+    np.testing.assert_array_equal(back.user_triples, ds.user_triples)
+    assert back.user_relations.tolist() == ["tagged", "follows"]
+    with pytest.raises(MMKGRecError, match="3 user-side KG facts have no place"):
+        write_recbole(ds, tmp_path / "r")  # never dropped silently
+    for bad, what in (([[4, 0, 1]], "user out of range"), ([[0, 2, 1]], "relation out of range"),
+                      ([[0, 0, ds.n_entities]], "entity out of range"),
+                      ([[0, 0, 1], [0, 0, 1]], "duplicate user_triples")):
+        ds.user_triples = np.array(bad, dtype=np.int64)
+        with pytest.raises(MMKGRecError, match=what):
+            ds.validate()
+
+
 def test_native_count_and_schema_checks(tmp_path):
     directory = write_native(small_mmkg(), tmp_path / "n")
     manifest = json.loads((directory / "dataset.json").read_text())

@@ -63,6 +63,18 @@ def test_train_scope_uses_only_train_positive_tags(content, real_root):
     np.testing.assert_array_equal(no_eval.modality_masks["text"],
                                   np.isin(content.items, list(kept_items)))
     assert (scoped.modality_masks["text"] <= no_eval.modality_masks["text"]).all()
+    # user-side (u, tagged, a) facts: train scope on train positives only; no-eval on every tagged
+    # pair but the held-out positives, most of them outside the user's plays
+    def fact_keys(dataset):
+        f = dataset.user_triples
+        return set(zip(dataset.users[f[:, 0]], dataset.items[f[:, 2]]))
+    known_users, known_items = set(content.users), set(content.items)
+    tagged_keys = {(u, i) for u, i in zip(tags["user"], tags["item"])
+                   if u in known_users and i in known_items}
+    assert fact_keys(scoped) == tagged_keys & train_keys and len(fact_keys(scoped)) > 1000
+    assert fact_keys(no_eval) == {k for k in tagged_keys if k not in held_keys}
+    assert len(fact_keys(no_eval) - train_keys) > 10_000
+    assert scoped.user_relations.tolist() == ["tagged"] and not fact_keys(no_eval) & held_keys
     # the original dataset is untouched and the split still matches its ids
     assert content.meta["content scope"] == "all" and scoped.meta["content scope"] == "train"
     assert scoped.n_items == content.n_items and scoped.triples is content.triples

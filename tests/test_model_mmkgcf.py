@@ -107,3 +107,44 @@ def test_short_training_beats_popularity(small_topk):
                                  "batch_size": 2048, "device": "cpu"}).fit()
     for stage in ("valid", "test"):
         assert result[stage]["ndcg@20"] > 1.3 * pop[stage]["ndcg@20"], stage
+
+
+
+def expected_adjacency(ds, sp, kg_weight, user_facts=(), user_kg_weight=0.0):
+    """Dense Â: users x entities, train positives 1, KG pairs kg_weight, user facts
+    user_kg_weight, symmetric-normalised by weighted degree."""
+    n = ds.n_users + ds.n_entities
+    a = np.zeros((n, n))
+    train = sp.train_positives()
+    a[train["user"], ds.n_users + train["item"]] = 1.0
+    for h, _, t in ds.triples:
+        if h != t and kg_weight:
+            a[ds.n_users + h, ds.n_users + t] = a[ds.n_users + t, ds.n_users + h] = kg_weight
+    for u, _, e in user_facts:
+        a[u, ds.n_users + e] = user_kg_weight
+    a = np.maximum(a, a.T)
+    degree = a.sum(1)
+    scale = np.where(degree > 0, 1 / np.sqrt(np.maximum(degree, 1e-12)), 0)
+    return scale[:, None] * a * scale
+
+
+def test_user_facts_are_user_entity_edges_of_their_weight_and_nothing_at_zero(tiny_topk):
+    """User-side KG facts (here on pairs that are not train positives) enter Â as user-entity
+    edges of weight user_kg_weight; at weight 0 (the default) they change nothing."""
+    ds, sp = tiny_topk
+    train = set(zip(sp.train_positives()["user"], sp.train_positives()["item"]))
+    pairs = [(u, i) for u in range(ds.n_users) for i in range(ds.n_items) if (u, i) not in train]
+    facts = np.array([(u, 0, i) for u, i in pairs[::7]], dtype=np.int64)  # [F, 3]
+    assert len(facts) > 3
+    with_facts = dataclasses.replace(ds, user_relations=np.array(["tagged"]), user_triples=facts)
+    config = MMKGCFConfig(dim=8, kg_weight=0.5, modalities=[])
+    base = MMKGCF(ds, sp, config, seed=0).eval()
+    off = MMKGCF(with_facts, sp, config, seed=0).eval()
+    on = MMKGCF(with_facts, sp, config.model_copy(update={"user_kg_weight": 2.0}), seed=0).eval()
+    np.testing.assert_allclose(off.adjacency.to_dense().numpy(),
+                               expected_adjacency(ds, sp, 0.5), atol=1e-6)
+    np.testing.assert_allclose(on.adjacency.to_dense().numpy(),
+                               expected_adjacency(ds, sp, 0.5, facts, 2.0), atol=1e-6)
+    with torch.no_grad():
+        torch.testing.assert_close(off.score_users(torch.arange(6)), base.score_users(torch.arange(6)))
+        assert not torch.allclose(on.score_users(torch.arange(6)), base.score_users(torch.arange(6)))

@@ -8,6 +8,9 @@ Conventions (see docs/architecture.md):
   when ``value >= threshold``.
 - Triples are de-duplicated and stored once, as (head, relation, tail); the graph layer makes
   them undirected (same relation both ways) or adds inverse relations.
+- User-side KG facts (optional) are (user, user relation, entity) rows, e.g. "user u tagged
+  artist a" (entity ``a`` is the item): context a model may propagate over, never positives and
+  never evaluated. Their relation names are their own (``user_relations``), not ``relations``.
 - Modality ``m`` is a float32 matrix ``[n_items, d_m]`` plus a bool mask ``[n_items]``; rows where
   the mask is False are zeros and must never be used as features.
 
@@ -47,6 +50,9 @@ class MMKG:
     provenance: list[dict] = field(default_factory=list)  # {"file", "sha256", "bytes", "role"}
     notes: list[str] = field(default_factory=list)  # what loading dropped or repaired, with counts
     meta: dict[str, int | float | str] = field(default_factory=dict)  # format-specific counts
+    user_relations: np.ndarray = field(default_factory=lambda: np.array([], dtype=str))  # names
+    user_triples: np.ndarray = field(  # [n, 3] int64 (user, user relation, entity), unique rows
+        default_factory=lambda: np.zeros((0, 3), dtype=np.int64))
 
     # ---- sizes -------------------------------------------------------------------------------
     @property
@@ -128,6 +134,18 @@ class MMKG:
             need(t[:, 1].min() >= 0 and t[:, 1].max() < self.n_relations,
                  "triple relation out of range")
             need(len(np.unique(t, axis=0)) == len(t), "duplicate triples")
+        need(len(pd.unique(self.user_relations)) == len(self.user_relations),
+             "duplicate user relation names")
+        f = self.user_triples
+        need(f.ndim == 2 and f.shape[1] == 3 and f.dtype == np.int64,
+             "user_triples must be int64 [n, 3]")
+        if len(f):
+            need(f[:, 0].min() >= 0 and f[:, 0].max() < self.n_users, "user_triples user out of range")
+            need(f[:, 1].min() >= 0 and f[:, 1].max() < len(self.user_relations),
+                 "user_triples relation out of range")
+            need(f[:, 2].min() >= 0 and f[:, 2].max() < self.n_entities,
+                 "user_triples entity out of range")
+            need(len(np.unique(f, axis=0)) == len(f), "duplicate user_triples")
         need(set(self.modalities) == set(self.modality_masks), "modalities and masks differ")
         for name, matrix in self.modalities.items():
             mask = self.modality_masks[name]
@@ -140,7 +158,8 @@ class MMKG:
             need(len(self.item_attrs) == self.n_items, "item_attrs must have one row per item")
 
     def fingerprint(self) -> str:
-        """sha256 over ids, interactions, triples and modalities: identifies the exact data."""
+        """sha256 over ids, interactions, triples, modalities and user-side facts (when there are
+        any): identifies the exact data."""
         digest = hashlib.sha256()
         for ids in (self.users, self.items, self.entities, self.relations):
             digest.update("\x1f".join(map(str, ids)).encode())
@@ -154,6 +173,9 @@ class MMKG:
             digest.update(name.encode())
             digest.update(self.modalities[name].tobytes())
             digest.update(self.modality_masks[name].tobytes())
+        if len(self.user_relations) or len(self.user_triples):  # absent: the digest as before
+            digest.update(b"user-side\x1e" + "\x1f".join(map(str, self.user_relations)).encode())
+            digest.update(np.ascontiguousarray(self.user_triples, dtype=np.int64).tobytes())
         return digest.hexdigest()
 
     def equals(self, other: MMKG) -> bool:

@@ -11,6 +11,10 @@ values, 186,478 assignments). For each artist we build, without user identity:
 
 Artists nobody tagged get mask False in both (about a fifth of them).
 
+The same assignments, with user identity, give user-side KG facts (``MMKG.user_triples``):
+``(u, tagged, a)`` for each user who tagged artist ``a`` (:func:`tagged_facts`). Many are pairs
+outside the user's plays (HetRec lists a user's 50 most played artists; a user tags others too).
+
 Tags come from the same users whose plays are predicted, so content is built per split
 (:func:`scoped_content`). ``scope="train"`` (the default of every run and benchmark) keeps only
 the assignments whose (user, artist) pair is a TRAIN positive of the split; ``scope="no-eval"``
@@ -38,6 +42,20 @@ from mmkgrec.data.registry import DatasetSpec
 from mmkgrec.errors import MMKGRecError
 
 MAX_TAGS = 30  # tags in an artist's document, most given first (MiniLM reads ~256 tokens)
+
+
+USER_RELATION = "tagged"  # the user-side relation: the user tagged the artist
+
+
+def tagged_facts(dataset: MMKG, assignments: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """(user_relations ``["tagged"]``, user_triples [n, 3] int64): one ``(u, 0, a)`` row per
+    distinct (user, artist) pair of ``assignments`` whose user and artist are in ``dataset``."""
+    users = pd.Index(dataset.users).get_indexer(assignments["user"])  # [A]
+    items = pd.Index(dataset.items).get_indexer(assignments["item"])  # [A]
+    known = (users >= 0) & (items >= 0)
+    pairs = np.unique(np.stack([users[known], items[known]], axis=1).astype(np.int64), axis=0)
+    facts = np.column_stack([pairs[:, 0], np.zeros(len(pairs), dtype=np.int64), pairs[:, 1]])
+    return np.array([USER_RELATION]), facts.reshape(-1, 3)  # [n, 3]
 
 
 def tag_assignments(hetrec_dir: str | Path) -> pd.DataFrame:
@@ -124,6 +142,7 @@ def attach_lastfm_content(dataset: MMKG, hetrec_dir: str | Path,
     assignments = tag_assignments(hetrec_dir)
     assignments = assignments[assignments["item"].isin(dataset.items)]
     _set_modalities(dataset, content_modalities(dataset, assignments, text_backend=text_backend))
+    dataset.user_relations, dataset.user_triples = tagged_facts(dataset, assignments)
     dataset.meta["content scope"] = "all"  # the labelled upper bound: sees held-out plays
     dataset.meta["content hetrec dir"] = str(hetrec_dir)
     dataset.meta["content text backend"] = text_backend
@@ -146,7 +165,8 @@ def scoped_content(dataset: MMKG, data_split, scope: str) -> MMKG:
     held-out play never shapes the artist's content, but tags from users who tagged without
     playing, or whose play is in train, stay). Rebuilt: the ``text`` / ``sentiment`` modalities
     (made by :func:`attach_lastfm_content`; TF-IDF fitted on the split's train items only) and
-    the ``tags`` display / entity attribute (made by ``attach_hetrec_text``).
+    the ``tags`` display / entity attribute (made by ``attach_hetrec_text``) and the user-side
+    ``tagged`` facts.
 
     Args:
         dataset: a dataset whose meta names its HetRec folder (``content hetrec dir`` or
@@ -174,7 +194,9 @@ def scoped_content(dataset: MMKG, data_split, scope: str) -> MMKG:
                      item_attrs=None if dataset.item_attrs is None else dataset.item_attrs.copy())
     if scoped.item_attrs is not None and "tags" in scoped.item_attrs.columns:
         scoped.item_attrs["tags"] = tag_attribute(scoped, kept)
-    note = f"content scope {scope}: {len(kept)}/{len(assignments)} tag assignments kept"
+    scoped.user_relations, scoped.user_triples = tagged_facts(scoped, kept)
+    note = (f"content scope {scope}: {len(kept)}/{len(assignments)} tag assignments kept; "
+            f"{len(scoped.user_triples)} (user, tagged, artist) facts")
     if "content hetrec dir" in dataset.meta:
         train_items = data_split.item_popularity() > 0  # [n_items] fitted transforms learn here
         _set_modalities(scoped, content_modalities(

@@ -11,6 +11,9 @@ the KG and the content in where validation says they help:
   undirected, relation-agnostic entity-entity edges (weight ``kg_weight``; 0 = no KG). ``Â =
   D^-1/2 A D^-1/2`` with weighted degrees; ``E_{k+1} = Â E_k``; final = layer mean (LightGCN).
   Items sharing an artist / genre entity are two hops apart, so the KG adds item-item paths.
+  User-side KG facts (``MMKG.user_triples``, e.g. "u tagged artist a") are user-entity edges of
+  weight ``user_kg_weight`` (0, the default: none); they shape the vectors, they are not
+  positives (no loss term, not masked at ranking).
 - **Gated content.** Per modality ``m`` (z-scored with train-item statistics, masked where
   absent): a frozen cosine kNN item-item graph ``S_m`` (FREEDOM-style, ``knn`` neighbours among
   the items that have ``m``, symmetric-normalised) propagates the item ego embeddings, and a
@@ -49,6 +52,7 @@ class MMKGCFConfig(ModelConfig):
     dim: int = Field(64, ge=1)
     n_layers: int = Field(3, ge=0)  # propagation layers over the collaborative KG
     kg_weight: float = Field(1.0, ge=0.0)  # weight of a KG edge against a play (0: no KG)
+    user_kg_weight: float = Field(0.0, ge=0.0)  # weight of a user-side KG fact (0: none)
     modalities: list[str] | None = None  # None: every modality of the dataset; []: none
     knn: int = Field(10, ge=0)  # neighbours of the modality item-item graphs (0: none)
     gate_init: float = 0.0  # initial value of each modality gate (0: closed)
@@ -119,6 +123,11 @@ class MMKGCF(Recommender):
             rows.append(self.n_users + pairs[:, 0])
             cols.append(self.n_users + pairs[:, 1])
             weights.append(np.full(len(pairs), config.kg_weight))
+        if config.user_kg_weight > 0 and len(dataset.user_triples):
+            facts = np.unique(dataset.user_triples[:, [0, 2]], axis=0)  # [F, 2] (user, entity)
+            rows.append(facts[:, 0])
+            cols.append(self.n_users + facts[:, 1])
+            weights.append(np.full(len(facts), config.user_kg_weight))
         # Not buffers: derived from the split and the KG; safetensors cannot store sparse tensors.
         self.adjacency = symmetric_normalised(np.concatenate(rows), np.concatenate(cols),
                                               np.concatenate(weights),

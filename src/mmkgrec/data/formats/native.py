@@ -8,6 +8,8 @@ in id order):
 - ``interactions.parquet``: the interactions table as stored (``user`` int64, ``item`` int64,
   ``value`` float64[, ``timestamp`` float64]).
 - ``triples.parquet``: ``head``, ``relation``, ``tail`` int64.
+- ``user_triples.parquet`` (only with user-side facts): ``user``, ``relation``, ``entity`` int64;
+  the relation names are the manifest's ``user_relations``.
 - ``item_attrs.parquet`` (only with item attributes): one string column per attribute.
 - ``modality_<k>.parquet`` for the k-th modality of the manifest: ``vector``
   fixed_size_list<float32>[d] (left out when d = 0) and ``present`` bool.
@@ -16,7 +18,7 @@ in id order):
 
     {"format": "mmkgrec-native", "schema_version": 1, "name", "counts": {users, items, entities,
      relations, interactions, triples}, "threshold", "modalities": {name: d}, "has_timestamps",
-     "item_attr_columns": [..] or null, "provenance", "notes", "meta",
+     "item_attr_columns": [..] or null, "user_relations": [..] (optional), "provenance", "notes", "meta",
      "files": {file: sha256}, "fingerprint": MMKG.fingerprint()}
 
 Reading checks, in order: the manifest's schema, each file's sha256, each file's columns, types and
@@ -61,6 +63,7 @@ class Counts(BaseModel):
     relations: NonNegativeInt
     interactions: NonNegativeInt
     triples: NonNegativeInt
+    user_triples: NonNegativeInt = 0  # absent in manifests written before user-side facts
 
 
 class Manifest(BaseModel):
@@ -76,6 +79,7 @@ class Manifest(BaseModel):
     modalities: dict[str, NonNegativeInt]
     has_timestamps: bool
     item_attr_columns: list[str] | None
+    user_relations: list[str] = []
     provenance: list[dict]
     notes: list[str]
     meta: dict[str, int | float | str] = Field(strict=False)  # free-form counts, as written
@@ -108,6 +112,11 @@ def write_native(dataset: MMKG, directory: str | Path) -> Path:
         "triples.parquet": pa.table({c: np.ascontiguousarray(t[:, j], dtype=np.int64)
                                      for j, c in enumerate(("head", "relation", "tail"))}),
     }
+    facts = dataset.user_triples  # [n, 3]
+    if len(facts):
+        tables["user_triples.parquet"] = pa.table({
+            c: np.ascontiguousarray(facts[:, j], dtype=np.int64)
+            for j, c in enumerate(("user", "relation", "entity"))})
     attrs = dataset.item_attrs
     if attrs is not None and len(attrs.columns):
         if not all(isinstance(c, str) for c in attrs.columns):
@@ -124,6 +133,7 @@ def write_native(dataset: MMKG, directory: str | Path) -> Path:
         "counts": _counts(dataset), "threshold": float(dataset.threshold),
         "modalities": dataset.modality_dims(), "has_timestamps": dataset.has_timestamps,
         "item_attr_columns": None if attrs is None else list(attrs.columns),
+        "user_relations": [str(name) for name in dataset.user_relations],
         "provenance": dataset.provenance, "notes": dataset.notes, "meta": dataset.meta,
         "files": {file: sha256_of(directory / file) for file in tables},
         "fingerprint": dataset.fingerprint(),
@@ -153,7 +163,7 @@ def _json_scalar(value: object) -> object:
 def _counts(dataset: MMKG) -> dict[str, int]:
     return {"users": dataset.n_users, "items": dataset.n_items, "entities": dataset.n_entities,
             "relations": dataset.n_relations, "interactions": len(dataset.interactions),
-            "triples": len(dataset.triples)}
+            "triples": len(dataset.triples), "user_triples": len(dataset.user_triples)}
 
 
 # ---- reading ---------------------------------------------------------------------------------
@@ -226,11 +236,21 @@ def read_native(directory: str | Path, mmap: bool | None = None, *,
                 item_attrs[column] = table.column(column).to_numpy(zero_copy_only=False)
             item_attrs = item_attrs.astype(str)
 
+    user_triples = np.zeros((0, 3), dtype=np.int64)
+    if counts.user_triples:
+        table = _read_parquet(directory / "user_triples.parquet",
+                              dict.fromkeys(("user", "relation", "entity"),
+                                            lambda t: t == pa.int64()),
+                              counts.user_triples, mmap)
+        user_triples = np.column_stack([_column(table, c) for c in ("user", "relation", "entity")]
+                                       ).astype(np.int64).reshape(-1, 3)  # [n, 3]
+
     dataset = MMKG(
         name=m.name, users=users, items=items, entities=entities, relations=relations,
         interactions=interactions, threshold=m.threshold, triples=triples, modalities=modalities,
         modality_masks=masks, item_attrs=item_attrs, provenance=m.provenance, notes=m.notes,
-        meta=m.meta,
+        meta=m.meta, user_relations=np.array(m.user_relations, dtype=str),
+        user_triples=user_triples,
     )
     try:
         dataset.validate()
