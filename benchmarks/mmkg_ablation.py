@@ -7,6 +7,8 @@ change, trained on the same fixed split with the same seeds, tested once:
 
 - ``no KG``: ``kg_weight=0`` (the joint graph keeps users and songs only);
 - ``KG``: ``kg_weight=1`` (only when the tuned weight is 0, so that both sides exist);
+- with user-side KG facts (lastfm-kgcn-content: "the user tagged the artist"): ``no user facts``
+  (``user_kg_weight=0``), or ``+ user facts`` (``user_kg_weight=1``) when the tuned weight is 0;
 - with modalities (lastfm-kgcn-content): ``KG only`` (``modalities=[]``), ``+ text``,
   ``+ sentiment`` and ``+ text + sentiment``, the content gates learned (``learn_gates=true``,
   opening from closed).
@@ -19,6 +21,8 @@ against tuned LightGCN. Usage::
 
     OMP_NUM_THREADS=1 python benchmarks/mmkg_ablation.py --campaign benchmarks/results/mmkg-tuned \\
         --dataset music-d --presplit-root ../shared/data/recbole-splits --seeds 3
+
+``--content-scope`` must be the campaign's (``no-eval`` for a ``--content-scope no-eval`` one).
 """
 
 from __future__ import annotations
@@ -41,12 +45,17 @@ TUNED = "MMKG-CF, tuned"
 LIGHTGCN = "LightGCN, tuned"
 
 
-def variants(tuned: dict, modalities: list[str]) -> dict[str, list[str]]:
+def variants(tuned: dict, modalities: list[str], user_facts: bool = False
+             ) -> dict[str, list[str]]:
     """Variant name -> ``--set`` overrides of mmkgcf's tuned configuration."""
     model = tuned.get("model", {})
     out = {"no KG": ["mmkgcf.kg_weight=0"]}
     if float(model.get("kg_weight", 1.0)) == 0.0:
         out = {"KG": ["mmkgcf.kg_weight=1"]}
+    if float(model.get("user_kg_weight", 0.0)) > 0.0:
+        out["no user facts"] = ["mmkgcf.user_kg_weight=0"]
+    elif user_facts:
+        out["+ user facts"] = ["mmkgcf.user_kg_weight=1"]
     if modalities:
         out["KG only"] = ["mmkgcf.modalities=[]"]
         for name in modalities:
@@ -84,14 +93,16 @@ def pooled(folder: Path, dataset: str, model: str, seeds: int) -> dict[str, np.n
     return {m: np.concatenate([z[m] for z in loaded]) for m in METRICS}
 
 
-def run(campaign: Path, dataset: str, presplit_root: str, seeds: int, only: list[str]) -> Path:
+def run(campaign: Path, dataset: str, presplit_root: str, seeds: int, only: list[str],
+        content_scope: str = "train") -> Path:
     tuned_path = campaign / "tuned" / file_slug(dataset) / "mmkgcf.toml"
     model_options, _ = read_config_file(tuned_path)
     tuned = {"model": model_options}
     from mmkgrec.data import load
 
-    modalities = sorted(load(dataset).modalities)
-    table = variants(tuned, modalities)
+    loaded = load(dataset)
+    modalities = sorted(loaded.modalities)
+    table = variants(tuned, modalities, user_facts=len(loaded.user_triples) > 0)
     folders = {TUNED: campaign, LIGHTGCN: campaign}
     for name, overrides in table.items():
         if is_tuned(overrides, tuned, modalities):
@@ -103,7 +114,8 @@ def run(campaign: Path, dataset: str, presplit_root: str, seeds: int, only: list
             continue
         spec = BenchmarkSpec.parse(datasets=[dataset], models=["mmkgcf"], protocol="topk",
                                    seeds=list(range(seeds)), presplit_root=presplit_root,
-                                   tuned=str(campaign / "tuned"), overrides=overrides)
+                                   tuned=str(campaign / "tuned"), overrides=overrides,
+                                   content_scope=content_scope)
         print(f"== {dataset} · {name}: {' '.join(overrides)}", flush=True)
         run_benchmark(spec, folder, progress=False)
     return summarise(campaign, dataset, seeds, folders, table)
@@ -163,9 +175,10 @@ def main() -> None:
     parser.add_argument("--presplit-root", required=True)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--only", default="", help="comma-separated variant names to run")
+    parser.add_argument("--content-scope", default="train", choices=["train", "no-eval", "all"])
     args = parser.parse_args()
     run(args.campaign, args.dataset, args.presplit_root, args.seeds,
-        [v for v in args.only.split(",") if v])
+        [v for v in args.only.split(",") if v], args.content_scope)
 
 
 if __name__ == "__main__":
