@@ -111,3 +111,29 @@ def test_a_tampered_snapshot_is_an_error_and_old_runs_still_load(tmp_path):
     target.write_bytes(bytes(raw))
     with pytest.raises(MMKGRecError, match="interactions.parquet"):
         load_run(tmp_path / "run")
+
+
+def test_user_side_facts_travel_with_the_run(tmp_path, monkeypatch, capsys):
+    """A dataset with user-side KG facts: MMKG-CF trained with user_kg_weight > 0 reloads, from
+    its snapshot alone, with the same fact edges and the same recommendations."""
+    import numpy as np
+
+    ds = load("synthetic-tiny")
+    positives = set(zip(ds.interactions["user"], ds.interactions["item"]))
+    pairs = [(u, i) for u in range(ds.n_users) for i in range(0, ds.n_items, 5)
+             if (u, i) not in positives][:40]
+    facts = np.array([(u, 0, i) for u, i in pairs], dtype=np.int64)  # [40, 3]
+    ds = dataclasses.replace(ds, user_relations=np.array(["tagged"]), user_triples=facts)
+    work = tmp_path / "work"
+    write_native(ds, work / "data" / "mine")
+    monkeypatch.chdir(work)
+    code, _, err = run_cli(capsys, "train", "--model", "mmkgcf", "--dataset", "data/mine",
+                           "--out", "runs/m", "--set", "user_kg_weight=1", *TRAIN)
+    assert code == 0, err
+    before = recommend(load_run("runs/m"), user="u3", k=6)
+    shutil.rmtree(work / "data")
+    run = load_run("runs/m")
+    np.testing.assert_array_equal(run.dataset.user_triples, facts)
+    dense = run.model.adjacency.to_dense()
+    assert (dense[facts[:, 0], ds.n_users + facts[:, 2]] > 0).all()
+    assert list(recommend(run, user="u3", k=6)["item_id"]) == list(before["item_id"])
