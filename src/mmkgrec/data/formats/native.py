@@ -53,6 +53,8 @@ SCHEMA_VERSION = 1
 MMAP_ENV = "MMKGREC_MMAP"  # read_native's default for mmap
 MMAP_DIR = ".mmap"  # the .npy cache of memory-mapped loading, inside the dataset folder
 MMAP_STAMP = "cache.json"
+TRIPLE_COLUMNS = ("head", "relation", "tail")
+USER_TRIPLE_COLUMNS = ("user", "relation", "entity")
 
 
 class Counts(BaseModel):
@@ -109,14 +111,10 @@ def write_native(dataset: MMKG, directory: str | Path) -> Path:
         "entities.parquet": pa.table({"id": _strings(dataset.entities)}),
         "relations.parquet": pa.table({"name": _strings(dataset.relations)}),
         "interactions.parquet": pa.Table.from_pandas(dataset.interactions, preserve_index=False),
-        "triples.parquet": pa.table({c: np.ascontiguousarray(t[:, j], dtype=np.int64)
-                                     for j, c in enumerate(("head", "relation", "tail"))}),
+        "triples.parquet": _int64_table(t, TRIPLE_COLUMNS),
     }
-    facts = dataset.user_triples  # [n, 3]
-    if len(facts):
-        tables["user_triples.parquet"] = pa.table({
-            c: np.ascontiguousarray(facts[:, j], dtype=np.int64)
-            for j, c in enumerate(("user", "relation", "entity"))})
+    if len(dataset.user_triples):
+        tables["user_triples.parquet"] = _int64_table(dataset.user_triples, USER_TRIPLE_COLUMNS)
     attrs = dataset.item_attrs
     if attrs is not None and len(attrs.columns):
         if not all(isinstance(c, str) for c in attrs.columns):
@@ -145,6 +143,18 @@ def write_native(dataset: MMKG, directory: str | Path) -> Path:
                            f"{error}") from None
     (directory / MANIFEST).write_text(text + "\n", encoding="utf-8")
     return directory
+
+
+def _int64_table(rows: np.ndarray, columns: tuple[str, ...]) -> pa.Table:
+    """[n, len(columns)] int64 rows as one int64 column each."""
+    return pa.table({c: np.ascontiguousarray(rows[:, j], dtype=np.int64)
+                     for j, c in enumerate(columns)})
+
+
+def _int64_rows(table: pa.Table, columns: tuple[str, ...]) -> np.ndarray:
+    """The inverse of :func:`_int64_table`: [n, len(columns)] int64."""
+    return np.column_stack([_column(table, c) for c in columns]).astype(
+        np.int64, copy=False).reshape(-1, len(columns))
 
 
 def _strings(values: np.ndarray) -> pa.Array:
@@ -239,11 +249,9 @@ def read_native(directory: str | Path, mmap: bool | None = None, *,
     user_triples = np.zeros((0, 3), dtype=np.int64)
     if counts.user_triples:
         table = _read_parquet(directory / "user_triples.parquet",
-                              dict.fromkeys(("user", "relation", "entity"),
-                                            lambda t: t == pa.int64()),
+                              dict.fromkeys(USER_TRIPLE_COLUMNS, lambda t: t == pa.int64()),
                               counts.user_triples, mmap)
-        user_triples = np.column_stack([_column(table, c) for c in ("user", "relation", "entity")]
-                                       ).astype(np.int64).reshape(-1, 3)  # [n, 3]
+        user_triples = _int64_rows(table, USER_TRIPLE_COLUMNS)  # [n, 3]
 
     dataset = MMKG(
         name=m.name, users=users, items=items, entities=entities, relations=relations,
@@ -288,11 +296,9 @@ def _read_arrays(directory: Path, m: Manifest, memory_map: bool) -> dict[str, np
     if ("timestamp" in table.column_names) != m.has_timestamps:
         raise DataFormatError(path, "timestamp column disagrees with dataset.json")
     arrays = {f"interactions.{c}": _column(table, c) for c in table.column_names}
-    table = _read_parquet(directory / "triples.parquet",
-                          {"head": is_int64, "relation": is_int64, "tail": is_int64},
+    table = _read_parquet(directory / "triples.parquet", dict.fromkeys(TRIPLE_COLUMNS, is_int64),
                           counts.triples, memory_map)
-    arrays["triples"] = np.column_stack([_column(table, c) for c in ("head", "relation", "tail")]
-                                        ).astype(np.int64, copy=False).reshape(-1, 3)
+    arrays["triples"] = _int64_rows(table, TRIPLE_COLUMNS)  # [n_triples, 3]
     for k, dim in enumerate(m.modalities.values()):
         path = directory / f"modality_{k}.parquet"
         want = {"present": pa.types.is_boolean}
