@@ -34,7 +34,7 @@ def test_knn_graph_has_k_neighbours_per_item_with_the_modality_and_none_for_mask
     model = build(ds, sp, knn_k=k)
     for m, name in enumerate(model.modality_names):
         present = ds.modality_masks[name]
-        rows, cols = getattr(model, f"initial_index_{m}").numpy()
+        rows, cols = getattr(model.latent, f"initial_index_{m}").numpy()
         out_degree = np.bincount(rows, minlength=ds.n_items)
         assert (out_degree[present] == k).all() and (out_degree[~present] == 0).all(), name
         assert present[cols].all()  # no edge into a masked item either
@@ -42,7 +42,7 @@ def test_knn_graph_has_k_neighbours_per_item_with_the_modality_and_none_for_mask
         assert len(set(zip(rows.tolist(), cols.tolist()))) == len(rows)  # no repeats
         # the learned graph obeys the same rules
         with torch.no_grad():
-            projected = model.projections[m](getattr(model, f"features_{m}"))
+            projected = model.latent.projections[m](getattr(model, f"features_{m}"))
         lrows, lcols = (t.numpy() for t in knn_neighbors(projected, torch.as_tensor(present), k))
         learned_degree = np.bincount(lrows, minlength=ds.n_items)
         assert (learned_degree[present] == k).all() and (learned_degree[~present] == 0).all()
@@ -77,7 +77,7 @@ def test_knn_neighbours_are_the_cosine_top_k_and_blocks_do_not_matter(monkeypatc
 def test_initial_graph_is_row_sum_normalised_cosine_knn(tiny_topk):
     ds, sp = tiny_topk
     model = build(ds, sp, knn_k=3)
-    index, value = model.initial_index_0, model.initial_value_0
+    index, value = model.latent.initial_index_0, model.latent.initial_value_0
     features = model.features_0
     normed = F.normalize(features, dim=1)
     s = torch.zeros(ds.n_items, ds.n_items)
@@ -100,14 +100,14 @@ def test_item_graph_mixes_initial_and_learned_with_lambda_and_modality_weights(t
         return torch.zeros(n, n).index_put(tuple(index), values, accumulate=True)
 
     with torch.no_grad():
-        model.modal_weight.copy_(torch.tensor([0.0, 1.0, -1.0, 0.5]))
+        model.latent.modal_weight.copy_(torch.tensor([0.0, 1.0, -1.0, 0.5]))
         got = dense(model.learned_graph()[:2], model.learned_graph()[2])  # [I, I]
-        alpha = torch.softmax(model.modal_weight, 0)
+        alpha = torch.softmax(model.latent.modal_weight, 0)
         initial, learned = torch.zeros(n, n), torch.zeros(n, n)
         for m in range(4):
-            initial += alpha[m] * dense(getattr(model, f"initial_index_{m}"),
-                                        getattr(model, f"initial_value_{m}"))
-            projected = F.normalize(model.projections[m](getattr(model, f"features_{m}")), dim=1)
+            initial += alpha[m] * dense(getattr(model.latent, f"initial_index_{m}"),
+                                        getattr(model.latent, f"initial_value_{m}"))
+            projected = F.normalize(model.latent.projections[m](getattr(model, f"features_{m}")), dim=1)
             rows, cols = knn_neighbors(projected, getattr(model, f"present_{m}"), 3)
             learned += alpha[m] * dense((rows, cols),
                                         (projected[rows] * projected[cols]).sum(1).clamp_min(0))
@@ -132,21 +132,21 @@ def test_learned_graph_carries_gradient_on_each_epochs_first_step(tiny_topk):
     logits = model(users, items)  # the epoch's first step: the learned graph carries gradient
     assert logits.shape == (4,)
     (logits.sum() + model.regularization(users, items)).backward()
-    assert all(p.weight.grad.abs().sum() > 0 for p in model.projections)
-    assert model.modal_weight.grad.abs().sum() > 0
+    assert all(p.weight.grad.abs().sum() > 0 for p in model.latent.projections)
+    assert model.latent.modal_weight.grad.abs().sum() > 0
     model.zero_grad()
     model(users, items).sum().backward()  # later steps reuse the epoch's graph, detached
-    assert all(p.weight.grad is None for p in model.projections)
+    assert all(p.weight.grad is None for p in model.latent.projections)
     model.start_epoch(1, np.random.default_rng(0))
     model.zero_grad()
     model(users, items).sum().backward()  # a new epoch rebuilds it
-    assert all(p.weight.grad.abs().sum() > 0 for p in model.projections)
+    assert all(p.weight.grad.abs().sum() > 0 for p in model.latent.projections)
 
 
 def test_without_modalities_lattice_is_lightgcn(tiny_topk):
     ds, sp = tiny_topk
     model = build(bare(ds), sp, dim=8, n_layers=2).eval()
-    assert not model.modality_names and model.modal_weight is None
+    assert not model.modality_names and model.latent is None
     reference = LightGCN(ds, sp, LightGCNConfig(dim=8, n_layers=2), seed=0).eval()
     with torch.no_grad():
         torch.testing.assert_close(model.score_users(torch.arange(6)),
@@ -167,7 +167,7 @@ def test_masked_rows_change_nothing(tiny_topk):
 def test_initial_graphs_travel_with_the_weights(tiny_topk):
     ds, sp = tiny_topk
     model = build(ds, sp, dim=8, feat_dim=8, knn_k=4)
-    frozen = {f"initial_{part}_{m}" for part in ("index", "value") for m in range(4)}
+    frozen = {f"latent.initial_{part}_{m}" for part in ("index", "value") for m in range(4)}
     assert frozen <= set(model.state_dict())
 
 

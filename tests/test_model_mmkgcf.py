@@ -8,10 +8,13 @@ import dataclasses
 
 import numpy as np
 import torch
+from tests.conftest import assert_pair_scores_match_ranking
 
 from mmkgrec.models import default_config
+from mmkgrec.models.lattice import LATTICE
 from mmkgrec.models.mmkgcf import MMKGCF, MMKGCFConfig, knn_edges
 from mmkgrec.models.pop import Pop
+from mmkgrec.train.checkpoint import load_checkpoint, save_checkpoint
 from mmkgrec.train.trainer import TrainConfig, Trainer
 
 
@@ -148,3 +151,54 @@ def test_user_facts_are_user_entity_edges_of_their_weight_and_nothing_at_zero(ti
     with torch.no_grad():
         torch.testing.assert_close(off.score_users(torch.arange(6)), base.score_users(torch.arange(6)))
         assert not torch.allclose(on.score_users(torch.arange(6)), base.score_users(torch.arange(6)))
+
+
+# ---- the latent content route (LATTICE's learned item-item graph) ------------------------------
+def latent(ds, sp, seed=0, **options):
+    return MMKGCF(ds, sp, MMKGCFConfig(dim=8, feat_dim=8, knn=4, content_route="latent",
+                                       **options), seed=seed)
+
+
+def test_latent_route_without_kg_is_lattice(tiny_topk):
+    """With no KG edges and no user facts, MMKG-CF's latent route is LATTICE: the same weights
+    give the same scores."""
+    ds, sp = tiny_topk
+    ours = latent(ds, sp, kg_weight=0.0, n_layers=2, lambda_coeff=0.7, item_layers=2).eval()
+    lattice = LATTICE(ds, sp, LATTICE.Config(dim=8, feat_dim=8, knn_k=4, n_layers=2,
+                                             lambda_coeff=0.7, item_layers=2), seed=3).eval()
+    assert ours.gates is None and not ours.projections  # no gated route
+    with torch.no_grad():
+        ours.user_emb.weight.copy_(lattice.user_emb.weight)
+        ours.entity_emb.weight[:ds.n_items] = lattice.item_emb.weight
+        ours.latent.load_state_dict(lattice.latent.state_dict())
+        torch.testing.assert_close(ours.score_users(torch.arange(ds.n_users)),
+                                   lattice.score_users(torch.arange(ds.n_users)))
+
+
+def test_latent_route_pairs_equal_ranking_and_gradients_reach_the_learned_graph(tiny_topk):
+    ds, sp = tiny_topk
+    model = latent(ds, sp, kg_weight=0.5)
+    assert_pair_scores_match_ranking(model)
+    model.train()
+    users, items = torch.tensor([0, 1, 2]), torch.tensor([3, 4, 5])
+    model(users, items).sum().backward()  # an epoch's first step: the graph carries gradient
+    assert all(p.weight.grad.abs().sum() > 0 for p in model.latent.projections)
+    assert model.latent.modal_weight.grad.abs().sum() > 0
+    assert model.entity_emb.weight.grad[ds.n_items:].abs().sum() > 0  # KG entities learn
+
+
+def test_latent_route_content_changes_scores_and_checkpoint_restores_them(tiny_topk, tmp_path):
+    ds, sp = tiny_topk
+    model = latent(ds, sp).eval()
+    no_content = latent(ds, sp, modalities=[]).eval()
+    assert no_content.latent is None
+    with torch.no_grad():
+        scores = model.score_users(torch.arange(6))
+        assert not torch.allclose(scores, no_content.score_users(torch.arange(6)))
+    save_checkpoint(tmp_path, model, model_name="mmkgcf", model_config=model.config.model_dump(),
+                    train_config={}, split=sp, dataset=ds)
+    restored = latent(ds, sp, seed=1).eval()
+    load_checkpoint(tmp_path, restored, dataset=ds, split=sp)
+    with torch.no_grad():
+        assert not torch.allclose(latent(ds, sp, seed=1).eval().score_users(torch.arange(6)), scores)
+        torch.testing.assert_close(restored.score_users(torch.arange(6)), scores)

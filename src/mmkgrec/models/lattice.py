@@ -98,6 +98,83 @@ def normalized_values(rows: Tensor, cols: Tensor, values: Tensor, n: int) -> Ten
     return values * scale[rows] * scale[cols]  # [M]
 
 
+class LatentItemGraph(nn.Module):
+    """LATTICE's modality-aware item-item graph as a layer (shared with MMKG-CF's ``latent``
+    content route, models/mmkgcf.py).
+
+    Built from the owner's modality tables (``features[m]`` [I, d_m] z-scored, ``present[m]`` [I]
+    bool): the frozen initial kNN graphs ``S^_m`` (buffers ``initial_index_m`` [2, M_m],
+    ``initial_value_m`` [M_m]), the projections ``W_m x + b_m`` (``projections[m]``, width
+    ``feat_dim``) and the modality weights ``w`` (``modal_weight`` [n_modalities]).
+
+    :meth:`graph` gives ``A`` of the current parameters; :meth:`for_step` the one a forward uses
+    (rebuilt with gradient at an epoch's first training step, then reused detached, see
+    :meth:`start_epoch`); :meth:`convolve` gives ``h / ||h||`` with ``h = A^L e`` [I, d].
+    """
+
+    def __init__(self, features: list[Tensor], present: list[Tensor], n_items: int, knn_k: int,
+                 lambda_coeff: float, feat_dim: int, generator: torch.Generator,
+                 rebuild_every_step: bool = False):
+        super().__init__()
+        self.n_items, self.knn_k, self.lambda_coeff = n_items, knn_k, lambda_coeff
+        self.rebuild_every_step = rebuild_every_step
+        self.projections = nn.ModuleList()
+        for k, (table, mask) in enumerate(zip(features, present)):
+            linear = nn.Linear(table.shape[1], feat_dim)  # W_m, b_m
+            nn.init.xavier_uniform_(linear.weight, generator=generator)
+            nn.init.zeros_(linear.bias)
+            self.projections.append(linear)
+            rows, cols = knn_neighbors(table, mask, knn_k)  # [M_m] each
+            values = normalized_values(rows, cols, cosine_values(table, rows, cols), n_items)
+            # Buffers (checkpointed): the frozen initial graph S^_m, exactly as trained with.
+            self.register_buffer(f"initial_index_{k}", torch.stack([rows, cols]))  # [2, M_m]
+            self.register_buffer(f"initial_value_{k}", values)  # [M_m]
+        self.modal_weight = nn.Parameter(torch.zeros(len(features)))  # w [n_modalities]
+        self._epoch_graph: tuple[Tensor, Tensor, Tensor] | None = None  # detached (rows, cols, A)
+        self._rebuild = True  # build the graph (with gradient) at the next training step
+
+    def graph(self, features: list[Tensor], present: list[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        """``A`` of the current parameters as edge lists: (rows [M], cols [M], weights [M]);
+        repeated (row, col) pairs are summed by the convolution."""
+        alpha = torch.softmax(self.modal_weight, dim=0)  # [n_modalities]
+        lam, parts, learned = self.lambda_coeff, [], []
+        for k, projection in enumerate(self.projections):
+            index, value = getattr(self, f"initial_index_{k}"), getattr(self, f"initial_value_{k}")
+            parts.append((index[0], index[1], lam * alpha[k] * value))  # lambda alpha_m S^_m
+            projected = projection(features[k].float())  # [I, feat_dim]
+            rows, cols = knn_neighbors(projected, present[k], self.knn_k)  # no gradient here
+            learned.append((rows, cols, alpha[k] * cosine_values(projected, rows, cols)))
+        rows, cols, values = (torch.cat(t) for t in zip(*learned))  # sum_m alpha_m S~_m
+        values = (1 - lam) * normalized_values(rows, cols, values, self.n_items)
+        parts.append((rows, cols, values))
+        return cast(tuple[Tensor, Tensor, Tensor], tuple(torch.cat(t) for t in zip(*parts)))
+
+    def for_step(self, features: list[Tensor], present: list[Tensor], training_step: bool
+                 ) -> tuple[Tensor, Tensor, Tensor]:
+        """The graph this forward uses: in a training step, the epoch's (rebuilt with gradient
+        at its first step, then detached); otherwise rebuilt from the current parameters."""
+        if not training_step:
+            return self.graph(features, present)
+        if self._rebuild or self.rebuild_every_step or self._epoch_graph is None:
+            graph = self.graph(features, present)
+            self._epoch_graph = cast(tuple[Tensor, Tensor, Tensor], tuple(t.detach() for t in graph))
+            self._rebuild = False
+            return graph
+        return self._epoch_graph
+
+    def start_epoch(self) -> None:
+        self._rebuild = True
+
+    def convolve(self, graph: tuple[Tensor, Tensor, Tensor], ego: Tensor, layers: int) -> Tensor:
+        """[I, d] item ego embeddings -> ``h / ||h||``, ``h = A^layers ego`` (rows without edges
+        stay 0)."""
+        rows, cols, weights = graph
+        h = ego
+        for _ in range(layers):
+            h = neighbor_sum(rows, cols, weights, h, self.n_items)  # [I, d]
+        return F.normalize(h, dim=1)
+
+
 class LATTICEConfig(LightGCNConfig):
     dim: int = Field(64, ge=1)
     n_layers: int = Field(2, ge=0)  # LightGCN layers on the user-item graph
@@ -119,70 +196,36 @@ class LATTICE(LightGCN):
     def __init__(self, dataset: MMKG, split: Split, config: LATTICEConfig, seed: int = 0):
         super().__init__(dataset, split, config, seed)  # user_emb, item_emb, adjacency
         register_modalities(self, dataset, split, config.modalities)  # features_k, present_k
-        names = self.modality_names
-        generator = torch.Generator().manual_seed(seed + 1)
-        self.projections = nn.ModuleList()
-        for k in range(len(names)):
-            features, present = getattr(self, f"features_{k}"), getattr(self, f"present_{k}")
-            linear = nn.Linear(features.shape[1], config.feat_dim)  # W_m, b_m
-            nn.init.xavier_uniform_(linear.weight, generator=generator)
-            nn.init.zeros_(linear.bias)
-            self.projections.append(linear)
-            rows, cols = knn_neighbors(features, present, config.knn_k)  # [M_m] each
-            values = normalized_values(rows, cols, cosine_values(features, rows, cols),
-                                       self.n_items)
-            # Buffers (checkpointed): the frozen initial graph S^_m, exactly as trained with.
-            self.register_buffer(f"initial_index_{k}", torch.stack([rows, cols]))  # [2, M_m]
-            self.register_buffer(f"initial_value_{k}", values)  # [M_m]
-        self.modal_weight = nn.Parameter(torch.zeros(len(names))) if names else None  # w [M]
-        self._epoch_graph: tuple[Tensor, Tensor, Tensor] | None = None  # detached (rows, cols, A)
-        self._rebuild = True  # build the learned graph (with gradient) at the next train step
+        self.latent = LatentItemGraph(
+            self.modality_features(), self.modality_present(), self.n_items, config.knn_k,
+            config.lambda_coeff, config.feat_dim, torch.Generator().manual_seed(seed + 1),
+            config.rebuild_every_step) if self.modality_names else None
 
-    # ---- the item-item graph -------------------------------------------------------------------
+    def modality_features(self) -> list[Tensor]:
+        return [getattr(self, f"features_{k}") for k in range(len(self.modality_names))]
+
+    def modality_present(self) -> list[Tensor]:
+        return [getattr(self, f"present_{k}") for k in range(len(self.modality_names))]
+
     def learned_graph(self) -> tuple[Tensor, Tensor, Tensor]:
-        """``A`` of the current parameters as edge lists: (rows [M], cols [M], weights [M]);
-        repeated (row, col) pairs are summed by the convolution."""
-        assert self.modal_weight is not None  # only called with modalities (see propagate)
-        alpha = torch.softmax(self.modal_weight, dim=0)  # [n_modalities]
-        lam, parts, learned = self.config.lambda_coeff, [], []
-        for k, projection in enumerate(self.projections):
-            index, value = getattr(self, f"initial_index_{k}"), getattr(self, f"initial_value_{k}")
-            parts.append((index[0], index[1], lam * alpha[k] * value))  # lambda alpha_m S^_m
-            projected = projection(getattr(self, f"features_{k}").float())  # [I, feat_dim]
-            rows, cols = knn_neighbors(projected, getattr(self, f"present_{k}"),
-                                       self.config.knn_k)  # no gradient through the choice
-            learned.append((rows, cols, alpha[k] * cosine_values(projected, rows, cols)))
-        rows, cols, values = (torch.cat(t) for t in zip(*learned))  # sum_m alpha_m S~_m
-        values = (1 - lam) * normalized_values(rows, cols, values, self.n_items)
-        parts.append((rows, cols, values))
-        return cast(tuple[Tensor, Tensor, Tensor], tuple(torch.cat(t) for t in zip(*parts)))
-
-    def item_graph(self) -> tuple[Tensor, Tensor, Tensor]:
-        """The graph this forward uses: in a training step, the epoch's (rebuilt with gradient
-        at its first step, then detached); otherwise rebuilt from the current parameters."""
-        if not (self.training and torch.is_grad_enabled()):
-            return self.learned_graph()
-        if self._rebuild or self.config.rebuild_every_step or self._epoch_graph is None:
-            graph = self.learned_graph()
-            self._epoch_graph = cast(tuple[Tensor, Tensor, Tensor], tuple(t.detach() for t in graph))
-            self._rebuild = False
-            return graph
-        return self._epoch_graph
+        """``A`` of the current parameters (see :meth:`LatentItemGraph.graph`)."""
+        assert self.latent is not None  # only with modalities
+        return self.latent.graph(self.modality_features(), self.modality_present())
 
     def start_epoch(self, epoch, rng) -> None:
-        self._rebuild = True
+        if self.latent is not None:
+            self.latent.start_epoch()
 
     # ---- representations -----------------------------------------------------------------------
     def propagate(self) -> tuple[Tensor, Tensor]:
         """(users [U, d], items [I, d]): LightGCN's layer means, items + normalised h."""
         users, items = super().propagate()
-        if not self.modality_names:
+        if self.latent is None:
             return users, items
-        rows, cols, weights = self.item_graph()  # [M] each
-        h = self.item_emb.weight  # [I, d] ego
-        for _ in range(self.config.item_layers):
-            h = neighbor_sum(rows, cols, weights, h, self.n_items)  # [I, d]
-        return users, items + F.normalize(h, dim=1)  # items without edges: + 0
+        graph = self.latent.for_step(self.modality_features(), self.modality_present(),
+                                     self.training and torch.is_grad_enabled())
+        h = self.latent.convolve(graph, self.item_emb.weight, self.config.item_layers)  # [I, d]
+        return users, items + h  # items without edges: + 0
 
     def final_embeddings(self) -> tuple[Tensor, Tensor]:
         """Propagated afresh with autograd on; otherwise cached until a parameter changes."""

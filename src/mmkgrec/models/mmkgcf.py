@@ -21,6 +21,12 @@ the KG and the content in where validation says they help:
   scalar gate ``g_m`` initialised at ``gate_init`` (0: closed, so content starts with no effect
   and is only let in if training opens the gate):
   ``v_i = e_i + sum_m g_m ((S_m E^0_items)_i + W_m x_{m,i})``.
+- **Latent content** (``content_route = "latent"``, in place of the gates): LATTICE's learned
+  modality-aware item-item graph ``A`` (:class:`~mmkgrec.models.lattice.LatentItemGraph`: frozen
+  kNN graphs mixed with kNN graphs of learned projections, ``lambda_coeff``), convolved
+  ``item_layers`` times over the item ego embeddings and added normalised, as LATTICE does:
+  ``v_i = e_i + h_i / ||h_i||``, ``h = A^L E^0_items``. Not gated: validation decides it by the
+  route, and an ablation measures it (docs/results.md).
 - **Users** are their propagated ID embedding. A new listener (no ID) is the mean of the final
   vectors of the items they like (:meth:`MMKGCF.score_histories`), as one propagation step would
   make them up to the degree normalisation.
@@ -33,6 +39,7 @@ block (the LightGCN cost).
 from __future__ import annotations
 
 import warnings
+from typing import Literal
 
 import numpy as np
 import torch
@@ -43,6 +50,7 @@ from mmkgrec.data.dataset import MMKG
 from mmkgrec.data.split import Split
 from mmkgrec.models.base import ModelConfig, Recommender
 from mmkgrec.models.bprmf import embedding_l2, xavier_embedding
+from mmkgrec.models.lattice import LatentItemGraph
 from mmkgrec.models.layers import register_modalities
 
 KNN_BLOCK = 1024  # rows of one [block, n_items] similarity block when building kNN graphs
@@ -57,6 +65,10 @@ class MMKGCFConfig(ModelConfig):
     knn: int = Field(10, ge=0)  # neighbours of the modality item-item graphs (0: none)
     gate_init: float = 0.0  # initial value of each modality gate (0: closed)
     learn_gates: bool = True  # False: gates stay at gate_init (gate_init 0: content is off)
+    content_route: Literal["gated", "latent"] = "gated"  # how content enters (module docstring)
+    item_layers: int = Field(1, ge=1)  # latent route: convolutions on the item-item graph
+    lambda_coeff: float = Field(0.9, ge=0, le=1)  # latent route: weight of the frozen kNN graph
+    feat_dim: int = Field(64, ge=1)  # latent route: width of the learned modality projections
 
 
 def symmetric_normalised(rows: np.ndarray, cols: np.ndarray, weights: np.ndarray, size: int
@@ -135,22 +147,30 @@ class MMKGCF(Recommender):
         register_modalities(self, dataset, split, config.modalities)
         self.item_graphs: list[Tensor] = []
         self.projections = nn.ModuleList()
-        for k, _ in enumerate(self.modality_names):
-            features, present = getattr(self, f"features_{k}"), getattr(self, f"present_{k}")
-            r, c = knn_edges(features, present, config.knn) if config.knn else (
-                np.zeros(0, dtype=np.int64),) * 2
-            self.item_graphs.append(symmetric_normalised(r, c, np.ones(len(r)), self.n_items))
-            projection = nn.Linear(features.shape[1], config.dim, bias=False)
-            nn.init.xavier_uniform_(projection.weight, generator=generator)
-            self.projections.append(projection)
-        self.gates = nn.Parameter(torch.full((len(self.modality_names),), config.gate_init),
-                                  requires_grad=config.learn_gates)  # [M]
+        self.gates: nn.Parameter | None = None
+        self.latent: LatentItemGraph | None = None
+        if config.content_route == "latent":
+            if self.modality_names:
+                self.latent = LatentItemGraph(
+                    self.modality_tables(), self.modality_present(), self.n_items, config.knn,
+                    config.lambda_coeff, config.feat_dim, generator)
+        else:
+            for k, _ in enumerate(self.modality_names):
+                features, present = getattr(self, f"features_{k}"), getattr(self, f"present_{k}")
+                r, c = knn_edges(features, present, config.knn) if config.knn else (
+                    np.zeros(0, dtype=np.int64),) * 2
+                self.item_graphs.append(symmetric_normalised(r, c, np.ones(len(r)), self.n_items))
+                projection = nn.Linear(features.shape[1], config.dim, bias=False)
+                nn.init.xavier_uniform_(projection.weight, generator=generator)
+                self.projections.append(projection)
+            self.gates = nn.Parameter(torch.full((len(self.modality_names),), config.gate_init),
+                                      requires_grad=config.learn_gates)  # [M]
         self._cache: tuple[tuple, Tensor, Tensor] | None = None
 
     # ---- vectors -------------------------------------------------------------------------------
     def propagate(self) -> tuple[Tensor, Tensor]:
-        """(users [U, d], items [I, d]): layer means over the collaborative KG, plus the gated
-        content terms for items."""
+        """(users [U, d], items [I, d]): layer means over the collaborative KG, plus the
+        content term for items (:meth:`content`)."""
         ego = torch.cat([self.user_emb.weight, self.entity_emb.weight])  # [U + E, d]
         if self.adjacency.device != ego.device:
             self.adjacency = self.adjacency.to(ego.device)
@@ -163,9 +183,26 @@ class MMKGCF(Recommender):
         users, items = final[:self.n_users], final[self.n_users:self.n_users + self.n_items]
         return users, items + self.content(self.entity_emb.weight[:self.n_items])
 
+    def modality_tables(self) -> list[Tensor]:
+        return [getattr(self, f"features_{k}") for k in range(len(self.modality_names))]
+
+    def modality_present(self) -> list[Tensor]:
+        return [getattr(self, f"present_{k}") for k in range(len(self.modality_names))]
+
+    def start_epoch(self, epoch, rng) -> None:
+        if self.latent is not None:
+            self.latent.start_epoch()  # the latent graph is rebuilt at the epoch's first step
+
     def content(self, item_ego: Tensor) -> Tensor:
-        """[I, d]: sum_m g_m ((S_m E^0)_i + W_m x_{m,i}); zeros without modalities."""
+        """[I, d]: the content term of the item vectors; zeros without modalities. Gated:
+        sum_m g_m ((S_m E^0)_i + W_m x_{m,i}); latent: h_i / ||h_i||."""
+        if self.latent is not None:
+            latent_graph = self.latent.for_step(self.modality_tables(), self.modality_present(),
+                                                self.training and torch.is_grad_enabled())
+            return self.latent.convolve(latent_graph, item_ego, self.config.item_layers)
         total = torch.zeros_like(item_ego)
+        if self.gates is None:
+            return total
         for k, (graph, projection) in enumerate(zip(self.item_graphs, self.projections)):
             features = getattr(self, f"features_{k}").float()  # [I, d_k], absent rows zero
             term = torch.sparse.mm(graph, item_ego) + projection(features)  # [I, d]
@@ -176,7 +213,7 @@ class MMKGCF(Recommender):
         """Propagated afresh under autograd (training), else cached until a parameter changes."""
         if torch.is_grad_enabled():
             return self.propagate()
-        key = tuple((p._version, p.data_ptr(), p.device) for p in self.parameters())
+        key = (self.training, *((p._version, p.data_ptr(), p.device) for p in self.parameters()))
         if self._cache is None or self._cache[0] != key:
             self._cache = (key, *self.propagate())
         return self._cache[1], self._cache[2]
