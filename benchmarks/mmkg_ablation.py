@@ -10,8 +10,8 @@ change, trained on the same fixed split with the same seeds, tested once:
 - with user-side KG facts (lastfm-kgcn-content: "the user tagged the artist"): ``no user facts``
   (``user_kg_weight=0``), or ``+ user facts`` (``user_kg_weight=1``) when the tuned weight is 0;
 - with modalities (lastfm-kgcn-content): ``KG only`` (``modalities=[]``), ``+ text``,
-  ``+ sentiment`` and ``+ text + sentiment``, the content gates learned (``learn_gates=true``,
-  opening from closed).
+  ``+ sentiment`` and ``+ text + sentiment``; in the gated route the content gates are learned
+  (``learn_gates=true``, opening from closed).
 
 A variant equal to the tuned configuration is not re-run: the campaign's cell is used. Each
 variant is a `mmkgrec benchmark` folder under ``CAMPAIGN/ablation/<variant>`` (reruns resume).
@@ -22,7 +22,10 @@ against tuned LightGCN. Usage::
     OMP_NUM_THREADS=1 python benchmarks/mmkg_ablation.py --campaign benchmarks/results/mmkg-tuned \\
         --dataset music-d --presplit-root ../shared/data/recbole-splits --seeds 3
 
-``--content-scope`` must be the campaign's (``no-eval`` for a ``--content-scope no-eval`` one).
+``--content-scope`` must be the campaign's (``no-eval`` for a ``--content-scope no-eval`` one);
+``--reference FOLDER`` takes the tuned LightGCN cells from another campaign of the same split and
+scope. In MMKG-CF's latent content route (``content_route = "latent"``) the content rows only
+choose the modalities: that route has no gates.
 """
 
 from __future__ import annotations
@@ -57,13 +60,14 @@ def variants(tuned: dict, modalities: list[str], user_facts: bool = False
     elif user_facts:
         out["+ user facts"] = ["mmkgcf.user_kg_weight=1"]
     if modalities:
+        # the gated route opens its gates for a content row; the latent route has none
+        gates = [] if model.get("content_route") == "latent" else ["mmkgcf.learn_gates=true"]
         out["KG only"] = ["mmkgcf.modalities=[]"]
         for name in modalities:
-            out[f"+ {name}"] = [f'mmkgcf.modalities=["{name}"]', "mmkgcf.learn_gates=true"]
+            out[f"+ {name}"] = [f'mmkgcf.modalities=["{name}"]', *gates]
         if len(modalities) > 1:
             both = ", ".join(f'"{m}"' for m in modalities)
-            out["+ " + " + ".join(modalities)] = [f"mmkgcf.modalities=[{both}]",
-                                                  "mmkgcf.learn_gates=true"]
+            out["+ " + " + ".join(modalities)] = [f"mmkgcf.modalities=[{both}]", *gates]
     return out
 
 
@@ -94,7 +98,7 @@ def pooled(folder: Path, dataset: str, model: str, seeds: int) -> dict[str, np.n
 
 
 def run(campaign: Path, dataset: str, presplit_root: str, seeds: int, only: list[str],
-        content_scope: str = "train") -> Path:
+        content_scope: str = "train", reference: Path | None = None) -> Path:
     tuned_path = campaign / "tuned" / file_slug(dataset) / "mmkgcf.toml"
     model_options, _ = read_config_file(tuned_path)
     tuned = {"model": model_options}
@@ -103,7 +107,7 @@ def run(campaign: Path, dataset: str, presplit_root: str, seeds: int, only: list
     loaded = load(dataset)
     modalities = sorted(loaded.modalities)
     table = variants(tuned, modalities, user_facts=len(loaded.user_triples) > 0)
-    folders = {TUNED: campaign, LIGHTGCN: campaign}
+    folders = {TUNED: campaign, LIGHTGCN: reference or campaign}
     for name, overrides in table.items():
         if is_tuned(overrides, tuned, modalities):
             folders[name] = campaign
@@ -176,9 +180,11 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--only", default="", help="comma-separated variant names to run")
     parser.add_argument("--content-scope", default="train", choices=["train", "no-eval", "all"])
+    parser.add_argument("--reference", type=Path, default=None,
+                        help="folder of the tuned LightGCN cells (default: the campaign)")
     args = parser.parse_args()
     run(args.campaign, args.dataset, args.presplit_root, args.seeds,
-        [v for v in args.only.split(",") if v], args.content_scope)
+        [v for v in args.only.split(",") if v], args.content_scope, args.reference)
 
 
 if __name__ == "__main__":

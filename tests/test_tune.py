@@ -15,6 +15,7 @@ from mmkgrec.experiments.tune import (
     LOSS_SPACE,
     TuneSpec,
     _import_optuna,
+    conditional,
     parse_space,
     search_space,
     to_toml,
@@ -53,10 +54,22 @@ def test_declared_and_generic_spaces():
     ({"optim.lr": {"low": 1e-3, "high": 1e-2}}, "prefix"),
     ({"lr": {"low": 1e-3}}, "must be"),
     ({"lr": 0.01}, "must be"),
+    ({"lr": {"low": 1e-3, "high": 1e-2, "when": "lr"}}, "when must be"),
+    ({"lr": {"low": 1e-3, "high": 1e-2, "when": "colour=red"}}, "when must be"),
 ])
 def test_bad_search_tables_are_config_errors(declared, fragment):
     with pytest.raises(ConfigError, match=fragment):
         parse_space("bprmf", declared, "bprmf.toml [search]")
+
+
+def test_conditional_entries_follow_the_fixed_options():
+    space = search_space("mmkgcf")  # learn_gates: gated route only; lambda_coeff: latent only
+    gated = conditional(dict(space), "mmkgcf", {}, {})  # the default route is "gated"
+    latent = conditional(search_space("mmkgcf"), "mmkgcf", {"content_route": "latent"}, {})
+    assert "learn_gates" in gated and "lambda_coeff" not in gated and "item_layers" not in gated
+    assert "learn_gates" not in latent and {"lambda_coeff", "item_layers"} <= set(latent)
+    assert all("when" not in dist for _, dist in [*gated.values(), *latent.values()])
+    assert gated["lr"] == latent["lr"]  # unconditional entries are shared
 
 
 def test_toml_writer_round_trips():

@@ -7,6 +7,7 @@ a name that is both)::
     [search]
     lr = {low = 1e-4, high = 1e-1, log = true}    # float (int when low and high are integers)
     dim = {choices = [16, 32, 64]}                 # categorical
+    knn = {choices = [5, 10], when = "content_route=latent"}  # only when that option holds
 
 A model without one gets :data:`GENERIC_SPACE` (lr, l2, dim; only the options it has). A loss
 fixed for the search adds its own options (:data:`LOSS_SPACE`: ``--set loss=softmax`` searches
@@ -107,8 +108,38 @@ def parse_space(model: str, declared: dict, where: str = "[search]") -> dict[str
         if not isinstance(dist, dict) or not ("choices" in dist or {"low", "high"} <= set(dist)):
             raise ConfigError(f"{where}: {key!r} must be {{low=.., high=.., log=..}} or "
                               f"{{choices=[..]}}, got {dist!r}")
+        condition = dist.get("when")
+        if condition is not None:
+            option, equals, _ = str(condition).partition("=")
+            if not equals or option not in model_fields | train_fields:
+                raise ConfigError(f"{where}: {key!r}: when must be 'OPTION=VALUE' with an option "
+                                  f"of {model} or of training, got {condition!r}")
         space[name] = (scope, dict(dist))
     return space
+
+
+def conditional(space: dict[str, tuple[str, dict]], model: str, fixed_model: dict,
+                fixed_train: dict) -> dict[str, tuple[str, dict]]:
+    """``space`` without the entries whose ``when = "OPTION=VALUE"`` does not hold for the
+    options fixed for the search (``--set``, else the option's default); ``when`` is dropped
+    from the entries kept, so an unconditional space is unchanged."""
+    model_fields, kept = model_class(model).Config.model_fields, {}
+    for name, (scope, dist) in space.items():
+        condition = dist.pop("when", None)
+        if condition is not None:
+            option, _, wanted = str(condition).partition("=")
+            if option in model_fields:
+                value = fixed_model.get(option, model_fields[option].default)
+            else:
+                value = fixed_train.get(option, TrainConfig.model_fields[option].default)
+            try:
+                expected = json.loads(wanted)
+            except json.JSONDecodeError:
+                expected = wanted  # a bare string: when = "content_route=latent"
+            if value != expected:
+                continue
+        kept[name] = (scope, dist)
+    return kept
 
 
 def suggest(trial, space: dict[str, tuple[str, dict]]) -> tuple[dict, dict]:
@@ -150,6 +181,7 @@ def tune(spec: TuneSpec, out_dir: str | Path, *, progress: bool = False) -> dict
     declared = {**search_space(spec.model), **{
         name: ("train", dict(dist))
         for name, dist in LOSS_SPACE.get(str(fixed_train.get("loss")), {}).items()}}
+    declared = conditional(declared, spec.model, fixed_model, fixed_train)
     space = {name: entry for name, entry in declared.items()
              if name not in (fixed_model if entry[0] == "model" else fixed_train)}
     base = RunSpec(model=spec.model, dataset=spec.dataset, source=spec.source,

@@ -48,7 +48,7 @@ from torch import Tensor, nn
 from mmkgrec.data.dataset import MMKG
 from mmkgrec.data.split import Split
 from mmkgrec.models.kgat import neighbor_sum
-from mmkgrec.models.layers import register_modalities
+from mmkgrec.models.layers import modality_buffers, register_modalities
 from mmkgrec.models.lightgcn import LightGCN, LightGCNConfig
 
 SIMILARITY_CELLS = 1 << 24  # entries of one [block, P] similarity block of the kNN search
@@ -197,20 +197,14 @@ class LATTICE(LightGCN):
         super().__init__(dataset, split, config, seed)  # user_emb, item_emb, adjacency
         register_modalities(self, dataset, split, config.modalities)  # features_k, present_k
         self.latent = LatentItemGraph(
-            self.modality_features(), self.modality_present(), self.n_items, config.knn_k,
+            *modality_buffers(self), self.n_items, config.knn_k,
             config.lambda_coeff, config.feat_dim, torch.Generator().manual_seed(seed + 1),
             config.rebuild_every_step) if self.modality_names else None
-
-    def modality_features(self) -> list[Tensor]:
-        return [getattr(self, f"features_{k}") for k in range(len(self.modality_names))]
-
-    def modality_present(self) -> list[Tensor]:
-        return [getattr(self, f"present_{k}") for k in range(len(self.modality_names))]
 
     def learned_graph(self) -> tuple[Tensor, Tensor, Tensor]:
         """``A`` of the current parameters (see :meth:`LatentItemGraph.graph`)."""
         assert self.latent is not None  # only with modalities
-        return self.latent.graph(self.modality_features(), self.modality_present())
+        return self.latent.graph(*modality_buffers(self))
 
     def start_epoch(self, epoch, rng) -> None:
         if self.latent is not None:
@@ -222,7 +216,7 @@ class LATTICE(LightGCN):
         users, items = super().propagate()
         if self.latent is None:
             return users, items
-        graph = self.latent.for_step(self.modality_features(), self.modality_present(),
+        graph = self.latent.for_step(*modality_buffers(self),
                                      self.training and torch.is_grad_enabled())
         h = self.latent.convolve(graph, self.item_emb.weight, self.config.item_layers)  # [I, d]
         return users, items + h  # items without edges: + 0

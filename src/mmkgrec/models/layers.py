@@ -238,6 +238,16 @@ def register_modalities(module: nn.Module, dataset, split, names: list[str] | No
     return train_items
 
 
+
+def modality_buffers(module: nn.Module) -> tuple[list[Tensor], list[Tensor]]:
+    """The buffers :func:`register_modalities` set on ``module``, in ``modality_names`` order:
+    (features ``[I, d_k]`` per modality, present masks ``[I]`` per modality)."""
+    names: list[str] = getattr(module, "modality_names")  # noqa: B009 (a plain attribute)
+    count = range(len(names))
+    return ([getattr(module, f"features_{k}") for k in count],
+            [getattr(module, f"present_{k}") for k in count])
+
+
 Fusion = Literal["sum", "mean", "max", "concat", "residual"]
 
 

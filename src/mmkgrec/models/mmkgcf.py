@@ -51,7 +51,7 @@ from mmkgrec.data.split import Split
 from mmkgrec.models.base import ModelConfig, Recommender
 from mmkgrec.models.bprmf import embedding_l2, xavier_embedding
 from mmkgrec.models.lattice import LatentItemGraph
-from mmkgrec.models.layers import register_modalities
+from mmkgrec.models.layers import modality_buffers, register_modalities
 
 KNN_BLOCK = 1024  # rows of one [block, n_items] similarity block when building kNN graphs
 
@@ -152,7 +152,7 @@ class MMKGCF(Recommender):
         if config.content_route == "latent":
             if self.modality_names:
                 self.latent = LatentItemGraph(
-                    self.modality_tables(), self.modality_present(), self.n_items, config.knn,
+                    *modality_buffers(self), self.n_items, config.knn,
                     config.lambda_coeff, config.feat_dim, generator)
         else:
             for k, _ in enumerate(self.modality_names):
@@ -183,12 +183,6 @@ class MMKGCF(Recommender):
         users, items = final[:self.n_users], final[self.n_users:self.n_users + self.n_items]
         return users, items + self.content(self.entity_emb.weight[:self.n_items])
 
-    def modality_tables(self) -> list[Tensor]:
-        return [getattr(self, f"features_{k}") for k in range(len(self.modality_names))]
-
-    def modality_present(self) -> list[Tensor]:
-        return [getattr(self, f"present_{k}") for k in range(len(self.modality_names))]
-
     def start_epoch(self, epoch, rng) -> None:
         if self.latent is not None:
             self.latent.start_epoch()  # the latent graph is rebuilt at the epoch's first step
@@ -197,7 +191,7 @@ class MMKGCF(Recommender):
         """[I, d]: the content term of the item vectors; zeros without modalities. Gated:
         sum_m g_m ((S_m E^0)_i + W_m x_{m,i}); latent: h_i / ||h_i||."""
         if self.latent is not None:
-            latent_graph = self.latent.for_step(self.modality_tables(), self.modality_present(),
+            latent_graph = self.latent.for_step(*modality_buffers(self),
                                                 self.training and torch.is_grad_enabled())
             return self.latent.convolve(latent_graph, item_ego, self.config.item_layers)
         total = torch.zeros_like(item_ego)
