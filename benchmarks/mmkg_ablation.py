@@ -16,8 +16,9 @@ change, trained on the same fixed split with the same seeds, tested once:
 A variant equal to the tuned configuration is not re-run: the campaign's cell is used. Each
 variant is a `mmkgrec benchmark` folder under ``CAMPAIGN/ablation/<variant>`` (reruns resume).
 Then one table: mean ± std over seeds of Recall@20 / NDCG@20, and per-user paired Wilcoxon tests
-(users x seeds pooled, Holm-corrected over the table) of every row against tuned MMKG-CF and
-against tuned LightGCN. Usage::
+(users x seeds pooled, or with ``--average-seeds`` each user averaged over the seeds first, the
+stricter test of the benchmark tables; Holm-corrected over the table, each comparison once) of
+every row against tuned MMKG-CF and against tuned LightGCN. Usage::
 
     OMP_NUM_THREADS=1 python benchmarks/mmkg_ablation.py --campaign benchmarks/results/mmkg-tuned \\
         --dataset music-d --presplit-root ../shared/data/recbole-splits --seeds 3
@@ -88,17 +89,22 @@ def is_tuned(overrides: list[str], tuned: dict, modalities: list[str]) -> bool:
     return True
 
 
-def pooled(folder: Path, dataset: str, model: str, seeds: int) -> dict[str, np.ndarray] | None:
-    """Per-user test metrics of one cell, seeds concatenated ([users x seeds]); None if missing."""
+def pooled(folder: Path, dataset: str, model: str, seeds: int, average: bool = False
+           ) -> dict[str, np.ndarray] | None:
+    """Per-user test metrics of one cell, seeds concatenated ([users x seeds]) or averaged
+    ([users]); None if missing."""
     files = [per_user_path(folder, dataset, model, s) for s in range(seeds)]
     if not all(f.is_file() for f in files):
         return None
     loaded = [np.load(f) for f in files]
+    if average:
+        return {m: np.mean([z[m] for z in loaded], axis=0) for m in METRICS}
     return {m: np.concatenate([z[m] for z in loaded]) for m in METRICS}
 
 
 def run(campaign: Path, dataset: str, presplit_root: str, seeds: int, only: list[str],
-        content_scope: str = "train", reference: Path | None = None) -> Path:
+        content_scope: str = "train", reference: Path | None = None,
+        average_seeds: bool = False) -> Path:
     tuned_path = campaign / "tuned" / file_slug(dataset) / "mmkgcf.toml"
     model_options, _ = read_config_file(tuned_path)
     tuned = {"model": model_options}
@@ -122,15 +128,15 @@ def run(campaign: Path, dataset: str, presplit_root: str, seeds: int, only: list
                                    content_scope=content_scope)
         print(f"== {dataset} · {name}: {' '.join(overrides)}", flush=True)
         run_benchmark(spec, folder, progress=False)
-    return summarise(campaign, dataset, seeds, folders, table)
+    return summarise(campaign, dataset, seeds, folders, table, average_seeds)
 
 
 def summarise(campaign: Path, dataset: str, seeds: int, folders: dict[str, Path],
-              table: dict[str, list[str]]) -> Path:
+              table: dict[str, list[str]], average_seeds: bool = False) -> Path:
     per_user, rows = {}, []
     for name, folder in folders.items():
         model = "lightgcn" if name == LIGHTGCN else "mmkgcf"
-        values = pooled(folder, dataset, model, seeds)
+        values = pooled(folder, dataset, model, seeds, average_seeds)
         if values is None:
             continue
         per_user[name] = values
@@ -144,9 +150,11 @@ def summarise(campaign: Path, dataset: str, seeds: int, folders: dict[str, Path]
             row[metric] = f"{column.mean():.4f} ± {spread:.4f}"
         rows.append(row)
     tests, labels = [], []
+    # each comparison once: no row that is the tuned cell again, LightGCN only as a reference
+    duplicates = {n for n, f in folders.items() if f == campaign and n != TUNED}
     for reference in (TUNED, LIGHTGCN):
         for name, values in per_user.items():
-            if name == reference or reference not in per_user:
+            if name in (reference, LIGHTGCN) or name in duplicates or reference not in per_user:
                 continue
             for metric in METRICS:
                 tests.append(paired_tests(values[metric], per_user[reference][metric]))
@@ -163,8 +171,9 @@ def summarise(campaign: Path, dataset: str, seeds: int, folders: dict[str, Path]
     frame.to_csv(out.with_suffix(".csv"), index=False)
     lines = [f"# MMKG-CF ablations on {dataset} (topk, test, {seeds} seeds, tuned configuration "
              f"of {campaign / 'tuned'})", "",
-             "Per-user paired Wilcoxon tests, users x seeds pooled, Holm over every test of the "
-             "table; a difference is test minus reference.", "",
+             "Per-user paired Wilcoxon tests, "
+             + ("each user averaged over the seeds" if average_seeds else "users x seeds pooled")
+             + ", Holm over every test of the table; a difference is test minus reference.", "",
              "| " + " | ".join(frame.columns) + " |", "|" + "---|" * len(frame.columns)]
     lines += ["| " + " | ".join(str(v) for v in r) + " |" for r in frame.itertuples(index=False)]
     out.write_text("\n".join(lines) + "\n")
@@ -182,9 +191,12 @@ def main() -> None:
     parser.add_argument("--content-scope", default="train", choices=["train", "no-eval", "all"])
     parser.add_argument("--reference", type=Path, default=None,
                         help="folder of the tuned LightGCN cells (default: the campaign)")
+    parser.add_argument("--average-seeds", action="store_true",
+                        help="test users averaged over the seeds (default: users x seeds pooled)")
     args = parser.parse_args()
     run(args.campaign, args.dataset, args.presplit_root, args.seeds,
-        [v for v in args.only.split(",") if v], args.content_scope, args.reference)
+        [v for v in args.only.split(",") if v], args.content_scope, args.reference,
+        args.average_seeds)
 
 
 if __name__ == "__main__":
