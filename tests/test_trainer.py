@@ -153,6 +153,22 @@ def test_early_stopping_and_single_test_with_best_weights(data):
     assert not torch.equal(calls[-1][1], calls[3][1])
 
 
+def test_min_epochs_holds_early_stopping_back(data):
+    """A dip after a lucky first evaluation (a slow start, not a peak) does not end the run
+    before ``min_epochs``; after it, patience applies as before."""
+    ds, sp = data
+    model = MF(ds, sp)
+    trainer = Trainer(model, sp, {**RESUME_CONFIG, "epochs": 10, "patience": 2, "min_epochs": 6},
+                      progress=False)
+    script = iter([0.3, 0.1, 0.2, 0.25, 0.4, 0.35, 0.3, 0.2, 0.1, 0.1])
+    real_evaluate = trainer._evaluate
+    trainer._evaluate = lambda stage: (({"ndcg@20": next(script)}, 0.0) if stage == "valid"
+                                       else real_evaluate(stage))
+    results = trainer.fit()
+    assert results["best_epoch"] == 5 and results["valid"] == {"ndcg@20": 0.4}  # patience 2 alone: epoch 1
+    assert results["stop_reason"] == "early stopping" and results["epochs_run"] == 7
+
+
 def test_ctr_protocol_monitors_auc_with_fixed_negatives():
     ds, sp = tiny_data("ctr")
     results = fit(ds, sp, loss="bce", negatives="fixed", epochs=3, lr=0.05)

@@ -15,6 +15,7 @@ from mmkgrec.experiments.tune import (
     LOSS_SPACE,
     TuneSpec,
     _import_optuna,
+    applicable,
     conditional,
     parse_space,
     search_space,
@@ -56,6 +57,7 @@ def test_declared_and_generic_spaces():
     ({"lr": 0.01}, "must be"),
     ({"lr": {"low": 1e-3, "high": 1e-2, "when": "lr"}}, "when must be"),
     ({"lr": {"low": 1e-3, "high": 1e-2, "when": "colour=red"}}, "when must be"),
+    ({"lr": {"low": 1e-3, "high": 1e-2, "needs": "lyrics"}}, "needs must be"),
 ])
 def test_bad_search_tables_are_config_errors(declared, fragment):
     with pytest.raises(ConfigError, match=fragment):
@@ -70,6 +72,22 @@ def test_conditional_entries_follow_the_fixed_options():
     assert "learn_gates" not in latent and {"lambda_coeff", "item_layers"} <= set(latent)
     assert all("when" not in dist for _, dist in [*gated.values(), *latent.values()])
     assert gated["lr"] == latent["lr"]  # unconditional entries are shared
+
+
+def test_options_acting_on_a_missing_part_of_the_dataset_are_not_searched():
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    space = conditional(search_space("mmkgcf"), "mmkgcf", {}, {})
+    plays_and_kg = SimpleNamespace(triples=np.ones((5, 3)), user_triples=np.zeros((0, 3)),
+                                   modalities={})  # music-d: a KG, no user facts, no content
+    assert set(applicable(space, plays_and_kg)) == {"lr", "l2", "n_layers", "kg_weight"}
+    everything = SimpleNamespace(triples=np.ones((5, 3)), user_triples=np.ones((2, 3)),
+                                 modalities={"text": object()})
+    kept = applicable(space, everything)
+    assert set(kept) == set(space) and all("needs" not in dist for _, dist in kept.values())
+    assert "needs" in space["kg_weight"][1]  # the space passed in is left as it was
 
 
 def test_toml_writer_round_trips():

@@ -114,8 +114,30 @@ def parse_space(model: str, declared: dict, where: str = "[search]") -> dict[str
             if not equals or option not in model_fields | train_fields:
                 raise ConfigError(f"{where}: {key!r}: when must be 'OPTION=VALUE' with an option "
                                   f"of {model} or of training, got {condition!r}")
+        needs = dist.get("needs")
+        if needs is not None and needs not in DATASET_PARTS:
+            raise ConfigError(f"{where}: {key!r}: needs must be one of {sorted(DATASET_PARTS)} "
+                              f"(a part of the dataset the option acts on), got {needs!r}")
         space[name] = (scope, dict(dist))
     return space
+
+
+# ``needs = PART`` in a [search] entry: the option acts on this part of the dataset only.
+DATASET_PARTS = {"triples": "KG triples", "user_triples": "user-side KG facts",
+                 "modalities": "item modalities"}
+
+
+def applicable(space: dict[str, tuple[str, dict]], dataset) -> dict[str, tuple[str, dict]]:
+    """``space`` without the entries whose ``needs = PART`` is empty in ``dataset`` (e.g. the
+    weight of user-side KG facts on a dataset without any): such an option changes no score, and
+    searching it would only spend TPE's trials. ``needs`` is dropped from the entries kept."""
+    kept = {}
+    for name, (scope, entry) in space.items():
+        dist = dict(entry)
+        needs = dist.pop("needs", None)
+        if needs is None or len(getattr(dataset, needs)):
+            kept[name] = (scope, dist)
+    return kept
 
 
 def conditional(space: dict[str, tuple[str, dict]], model: str, fixed_model: dict,
@@ -189,6 +211,7 @@ def tune(spec: TuneSpec, out_dir: str | Path, *, progress: bool = False) -> dict
                    content_scope=spec.content_scope, candidates=spec.candidates,
                    threshold=spec.threshold, mmkg=spec.mmkg)
     dataset, data_split = prepare_data(base)  # the same data path as a single run
+    space = applicable(space, dataset)
     monitor = "auc" if data_split.protocol == "ctr" else "ndcg@20"
 
     def trial_spec(model_options: dict, train_options: dict) -> RunSpec:

@@ -10,8 +10,9 @@ own objective (``training_loss(users, items, third)``, e.g. MKRLN's policy gradi
 that loss. Every ``eval_every`` epochs (and after the last one) the model is validated: ctr
 split -> AUC over all valid rows; topk split -> NDCG@20 of the full ranking. The best weights
 are kept (in memory and in ``out_dir/best/``); ``patience`` evaluations without improvement
-stop training. TEST is evaluated once, at the end, with the best weights (a ctr split is then
-also ranked: full ranking of all items for its test positives, so both views come from one run).
+stop training, never before epoch ``min_epochs``. TEST is evaluated once, at the end, with the
+best weights (a ctr split is then also ranked: full ranking of all items for its test positives,
+so both views come from one run).
 
 ``out_dir`` layout::
 
@@ -109,6 +110,7 @@ class TrainConfig(BaseModel):
     alpha: float = 0.75  # ratio sampling: P(item) ∝ (train popularity + 1) ** alpha
     n_negatives: int = Field(1, ge=1)  # per train positive
     patience: int | None = Field(5, ge=1)  # evaluations without improvement; None: no early stop
+    min_epochs: int = Field(0, ge=0)  # no early stop before this epoch (a slow start is not a peak)
     eval_every: int = Field(1, ge=1)  # epochs
     seed: int = Field(0, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -334,7 +336,8 @@ class Trainer:
                                          extra={"epoch": epoch + 1})
                 else:
                     state["bad_evaluations"] += 1
-                    if cfg.patience is not None and state["bad_evaluations"] >= cfg.patience:
+                    if (cfg.patience is not None and state["bad_evaluations"] >= cfg.patience
+                            and state["epoch"] >= cfg.min_epochs):
                         state["stop_reason"] = "early stopping"
             if state["stop_reason"] is None and final:
                 state["stop_reason"] = "time limit" if out_of_time else "epochs"
