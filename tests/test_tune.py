@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import sys
+from types import SimpleNamespace
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -75,10 +77,6 @@ def test_conditional_entries_follow_the_fixed_options():
 
 
 def test_options_acting_on_a_missing_part_of_the_dataset_are_not_searched():
-    from types import SimpleNamespace
-
-    import numpy as np
-
     space = conditional(search_space("mmkgcf"), "mmkgcf", {}, {})
     plays_and_kg = SimpleNamespace(triples=np.ones((5, 3)), user_triples=np.zeros((0, 3)),
                                    modalities={})  # music-d: a KG, no user facts, no content

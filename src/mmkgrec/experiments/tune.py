@@ -91,6 +91,10 @@ def search_space(model: str) -> dict[str, tuple[str, dict]]:
     return parse_space(model, declared, f"{path} [search]")
 
 
+# ``needs = PART`` in a [search] entry: the option acts on this MMKG attribute only.
+DATASET_PARTS = ("triples", "user_triples", "modalities")
+
+
 def parse_space(model: str, declared: dict, where: str = "[search]") -> dict[str, tuple[str, dict]]:
     """Validate a ``[search]`` table of ``model`` (see :func:`search_space`); ``where`` names it
     in error messages."""
@@ -116,15 +120,10 @@ def parse_space(model: str, declared: dict, where: str = "[search]") -> dict[str
                                   f"of {model} or of training, got {condition!r}")
         needs = dist.get("needs")
         if needs is not None and needs not in DATASET_PARTS:
-            raise ConfigError(f"{where}: {key!r}: needs must be one of {sorted(DATASET_PARTS)} "
+            raise ConfigError(f"{where}: {key!r}: needs must be one of {list(DATASET_PARTS)} "
                               f"(a part of the dataset the option acts on), got {needs!r}")
         space[name] = (scope, dict(dist))
     return space
-
-
-# ``needs = PART`` in a [search] entry: the option acts on this part of the dataset only.
-DATASET_PARTS = {"triples": "KG triples", "user_triples": "user-side KG facts",
-                 "modalities": "item modalities"}
 
 
 def applicable(space: dict[str, tuple[str, dict]], dataset) -> dict[str, tuple[str, dict]]:
