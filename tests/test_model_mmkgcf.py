@@ -12,7 +12,7 @@ from tests.conftest import assert_pair_scores_match_ranking
 
 from mmkgrec.models import default_config
 from mmkgrec.models.lattice import LATTICE
-from mmkgrec.models.mmkgcf import MMKGCF, MMKGCFConfig, knn_edges
+from mmkgrec.models.mmkgcf import MMKGCF, MMKGCFConfig, kg_item_edges, knn_edges
 from mmkgrec.models.pop import Pop
 from mmkgrec.train.checkpoint import load_checkpoint, save_checkpoint
 from mmkgrec.train.trainer import TrainConfig, Trainer
@@ -202,3 +202,40 @@ def test_latent_route_content_changes_scores_and_checkpoint_restores_them(tiny_t
     with torch.no_grad():
         assert not torch.allclose(latent(ds, sp, seed=1).eval().score_users(torch.arange(6)), scores)
         torch.testing.assert_close(restored.score_users(torch.arange(6)), scores)
+
+
+def test_kg_item_graph_joins_items_by_rare_shared_entities_only():
+    """Items 0-4, entities 5-8. 0 and 1 share rare entity 5; 0-3 share entity 6; every item
+    links to entity 8 (IDF 0); item 4 has only 8 and entity 7 (no other item), so no neighbour."""
+    triples = np.array([[0, 0, 5], [5, 1, 1],  # either direction counts
+                        [0, 0, 6], [1, 0, 6], [2, 0, 6], [3, 0, 6], [4, 0, 7],
+                        *[[i, 0, 8] for i in range(5)]])
+    rows, cols = kg_item_edges(triples, n_items=5, n_entities=9, k=1)
+    neighbour = dict(zip(rows.tolist(), cols.tolist()))
+    assert neighbour[0] == 1 and neighbour[1] == 0  # the rare shared entity beats the common one
+    assert neighbour[2] == 3 and 4 not in neighbour and 4 not in cols  # 2, 3: only entity 6
+    assert (rows != cols).all()
+    rows, cols = kg_item_edges(triples, n_items=5, n_entities=9, k=10)
+    assert np.bincount(rows, minlength=5).tolist() == [3, 3, 3, 3, 0]  # similarity > 0 only
+    assert kg_item_edges(triples, 5, 9, k=0)[0].size == 0
+
+
+def test_kg_item_graph_adds_one_hop_of_item_ego_embeddings(tiny_topk):
+    """v_i = (baseline v_i) + (S_kg E^0_items)_i; pairs equal ranking; gradients reach items
+    through S_kg; kg_item_knn = 0 builds no graph."""
+    ds, sp = tiny_topk
+    options = dict(dim=8, kg_weight=0.5, modalities=[])
+    model = MMKGCF(ds, sp, MMKGCFConfig(kg_item_knn=3, **options)).eval()
+    plain = MMKGCF(ds, sp, MMKGCFConfig(**options)).eval()
+    assert plain.kg_item_graph is None and model.kg_item_graph._nnz() > 0
+    with torch.no_grad():
+        users, items = model.propagate()
+        plain_users, plain_items = plain.propagate()
+        hop = model.kg_item_graph.to_dense() @ model.entity_emb.weight[:ds.n_items]
+    torch.testing.assert_close(users, plain_users)
+    torch.testing.assert_close(items, plain_items + hop)
+    assert_pair_scores_match_ranking(model)
+    model.train()
+    model(torch.tensor([0]), torch.tensor([0])).sum().backward()
+    neighbours = model.kg_item_graph.to_dense()[0].nonzero().squeeze(1)
+    assert model.entity_emb.weight.grad[neighbours].abs().sum(1).gt(0).all()

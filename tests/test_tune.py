@@ -80,7 +80,8 @@ def test_options_acting_on_a_missing_part_of_the_dataset_are_not_searched():
     space = conditional(search_space("mmkgcf"), "mmkgcf", {}, {})
     plays_and_kg = SimpleNamespace(triples=np.ones((5, 3)), user_triples=np.zeros((0, 3)),
                                    modalities={})  # music-d: a KG, no user facts, no content
-    assert set(applicable(space, plays_and_kg)) == {"lr", "l2", "n_layers", "kg_weight"}
+    assert set(applicable(space, plays_and_kg)) == {"lr", "l2", "n_layers", "kg_weight",
+                                                       "kg_item_knn"}
     everything = SimpleNamespace(triples=np.ones((5, 3)), user_triples=np.ones((2, 3)),
                                  modalities={"text": object()})
     kept = applicable(space, everything)

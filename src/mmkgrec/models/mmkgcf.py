@@ -11,6 +11,12 @@ the KG and the content in where validation says they help:
   undirected, relation-agnostic entity-entity edges (weight ``kg_weight``; 0 = no KG). ``Â =
   D^-1/2 A D^-1/2`` with weighted degrees; ``E_{k+1} = Â E_k``; final = layer mean (LightGCN).
   Items sharing an artist / genre entity are two hops apart, so the KG adds item-item paths.
+- **KG item-item graph** (``kg_item_knn`` > 0; 0, the default: none): items that share KG
+  entities joined directly, FREEDOM-style. Each item is its TF-IDF-weighted set of KG
+  neighbours (IDF ``log(I / items linked to e)``, so a hub genre counts little); its
+  ``kg_item_knn`` most cosine-similar items (similarity > 0) are its neighbours; the graph
+  ``S_kg`` is symmetric-normalised and frozen, and its one-hop propagation of the item ego
+  embeddings is added to the item vectors: ``v_i += (S_kg E^0_items)_i``.
   User-side KG facts (``MMKG.user_triples``, e.g. "u tagged artist a") are user-entity edges of
   weight ``user_kg_weight`` (0, the default: none); they shape the vectors, they are not
   positives (no loss term, not masked at ranking).
@@ -44,6 +50,7 @@ from typing import Literal
 import numpy as np
 import torch
 from pydantic import Field
+from scipy import sparse
 from torch import Tensor, nn
 
 from mmkgrec.data.dataset import MMKG
@@ -69,6 +76,7 @@ class MMKGCFConfig(ModelConfig):
     item_layers: int = Field(1, ge=1)  # latent route: convolutions on the item-item graph
     lambda_coeff: float = Field(0.9, ge=0, le=1)  # latent route: weight of the frozen kNN graph
     feat_dim: int = Field(64, ge=1)  # latent route: width of the learned modality projections
+    kg_item_knn: int = Field(0, ge=0)  # neighbours in the KG item-item graph (0: none)
 
 
 def symmetric_normalised(rows: np.ndarray, cols: np.ndarray, weights: np.ndarray, size: int
@@ -112,6 +120,39 @@ def knn_edges(features: Tensor, present: Tensor, k: int) -> tuple[np.ndarray, np
     return torch.cat(rows).numpy(), torch.cat(cols).numpy()
 
 
+def kg_item_edges(triples: np.ndarray, n_items: int, n_entities: int, k: int
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Items' ``k`` nearest items by shared KG entities: (rows [E], cols [E]), at most ``k`` per
+    item, only neighbours of cosine similarity > 0 (self excluded). An item is the TF-IDF vector
+    of the entities it is linked to (either direction, relation-agnostic), IDF
+    ``log(n_items / df)``; entities linked to a single item carry no similarity and are dropped.
+    Blocks of rows through sparse products, no loop per item."""
+    empty = (np.zeros(0, dtype=np.int64),) * 2
+    if k < 1 or not len(triples):
+        return empty
+    ends = np.concatenate([triples[:, [0, 2]], triples[:, [2, 0]]])  # [2T, 2] (from, to)
+    links = np.unique(ends[(ends[:, 0] < n_items) & (ends[:, 0] != ends[:, 1])], axis=0)  # [L, 2]
+    df = np.bincount(links[:, 1], minlength=n_entities)  # [E] items linked to each entity
+    links = links[df[links[:, 1]] > 1]
+    if not len(links):
+        return empty
+    idf = np.log(n_items / df[links[:, 1]])  # [L]
+    incidence = sparse.csr_matrix((idf, (links[:, 0], links[:, 1])), shape=(n_items, n_entities))
+    norms = np.sqrt(np.asarray(incidence.multiply(incidence).sum(1)).ravel())  # [I]
+    unit = sparse.diags(np.where(norms > 0, 1 / np.maximum(norms, 1e-12), 0.0)) @ incidence
+    k = min(k, n_items - 1)
+    rows, cols = [], []
+    for start in range(0, n_items, KNN_BLOCK):  # blocks of items, not items
+        block = np.arange(start, min(start + KNN_BLOCK, n_items))  # [b]
+        sims = torch.from_numpy((unit[block] @ unit.T).toarray())  # [b, I] cosine
+        sims[torch.arange(len(block)), torch.from_numpy(block)] = 0.0  # no self loop
+        values, top = sims.topk(k, dim=1)  # [b, k]
+        keep = values > 0
+        rows.append(torch.from_numpy(block).unsqueeze(1).expand(-1, k)[keep])
+        cols.append(top[keep])
+    return torch.cat(rows).numpy(), torch.cat(cols).numpy()
+
+
 class MMKGCF(Recommender):
     """LightGCN over the collaborative KG plus gated modality graphs and projections."""
 
@@ -144,6 +185,11 @@ class MMKGCF(Recommender):
         self.adjacency = symmetric_normalised(np.concatenate(rows), np.concatenate(cols),
                                               np.concatenate(weights),
                                               self.n_users + self.n_entities)
+        kg_rows, kg_cols = kg_item_edges(dataset.triples, self.n_items, self.n_entities,
+                                         config.kg_item_knn)
+        self.kg_item_graph = (symmetric_normalised(kg_rows, kg_cols, np.ones(len(kg_rows)),
+                                                   self.n_items)
+                              if config.kg_item_knn else None)  # [I, I] or None
         register_modalities(self, dataset, split, config.modalities)
         self.item_graphs: list[Tensor] = []
         self.projections = nn.ModuleList()
@@ -170,18 +216,23 @@ class MMKGCF(Recommender):
     # ---- vectors -------------------------------------------------------------------------------
     def propagate(self) -> tuple[Tensor, Tensor]:
         """(users [U, d], items [I, d]): layer means over the collaborative KG, plus the
-        content term for items (:meth:`content`)."""
+        KG item-item term and the content term for items (:meth:`content`)."""
         ego = torch.cat([self.user_emb.weight, self.entity_emb.weight])  # [U + E, d]
         if self.adjacency.device != ego.device:
             self.adjacency = self.adjacency.to(ego.device)
             self.item_graphs = [g.to(ego.device) for g in self.item_graphs]
+            if self.kg_item_graph is not None:
+                self.kg_item_graph = self.kg_item_graph.to(ego.device)
         layer, total = ego, ego
         for _ in range(self.config.n_layers):
             layer = torch.sparse.mm(self.adjacency, layer)  # [U + E, d]
             total = total + layer
         final = total / (self.config.n_layers + 1)
         users, items = final[:self.n_users], final[self.n_users:self.n_users + self.n_items]
-        return users, items + self.content(self.entity_emb.weight[:self.n_items])
+        item_ego = self.entity_emb.weight[:self.n_items]  # [I, d]
+        if self.kg_item_graph is not None:
+            items = items + torch.sparse.mm(self.kg_item_graph, item_ego)  # [I, d]
+        return users, items + self.content(item_ego)
 
     def start_epoch(self, epoch, rng) -> None:
         if self.latent is not None:
