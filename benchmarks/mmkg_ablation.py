@@ -5,8 +5,10 @@ CAMPAIGN``, docs/results.md section 8), whose ``mmkgcf`` and ``lightgcn`` cells 
 Every variant is MMKG-CF at the campaign's tuned configuration (``CAMPAIGN/tuned``) with one
 change, trained on the same fixed split with the same seeds, tested once:
 
-- ``no KG``: ``kg_weight=0`` (the joint graph keeps users and songs only);
-- ``KG``: ``kg_weight=1`` (only when the tuned weight is 0, so that both sides exist);
+- ``no KG``: ``kg_weight=0`` and ``kg_item_knn=0`` (the joint graph keeps users and songs only,
+  no KG item-item graph); with both KG routes tuned on, also ``no KG item graph``
+  (``kg_item_knn=0``) and ``no KG edges`` (``kg_weight=0``);
+- ``KG``: ``kg_weight=1`` (only when the tuned model has no KG route, so that both sides exist);
 - with user-side KG facts (lastfm-kgcn-content: "the user tagged the artist"): ``no user facts``
   (``user_kg_weight=0``), or ``+ user facts`` (``user_kg_weight=1``) when the tuned weight is 0;
 - with modalities (lastfm-kgcn-content): ``KG only`` (``modalities=[]``), ``+ text``,
@@ -42,6 +44,7 @@ from mmkgrec.config import file_slug
 from mmkgrec.experiments.benchmark import BenchmarkSpec, run_benchmark
 from mmkgrec.experiments.results import per_user_path
 from mmkgrec.experiments.significance import holm, paired_tests
+from mmkgrec.models import default_config
 from mmkgrec.train.run import read_config_file
 
 METRICS = ("recall@20", "ndcg@20")
@@ -52,13 +55,17 @@ LIGHTGCN = "LightGCN, tuned"
 def variants(tuned: dict, modalities: list[str], user_facts: bool = False
              ) -> dict[str, list[str]]:
     """Variant name -> ``--set`` overrides of mmkgcf's tuned configuration."""
-    model = tuned.get("model", {})
-    out = {"no KG": ["mmkgcf.kg_weight=0"]}
-    if float(model.get("kg_weight", 1.0)) == 0.0:
+    model = {**default_config("mmkgcf")["model"], **tuned.get("model", {})}
+    edges, item_graph = float(model.get("kg_weight", 1.0)), int(model.get("kg_item_knn", 0))
+    out = {"no KG": ["mmkgcf.kg_weight=0", "mmkgcf.kg_item_knn=0"]}
+    if edges == 0.0 and item_graph == 0:
         out = {"KG": ["mmkgcf.kg_weight=1"]}
-    if float(model.get("user_kg_weight", 0.0)) > 0.0:
+    elif edges > 0.0 and item_graph > 0:  # each of the KG's two routes on its own
+        out["no KG item graph"] = ["mmkgcf.kg_item_knn=0"]
+        out["no KG edges"] = ["mmkgcf.kg_weight=0"]
+    if user_facts and float(model.get("user_kg_weight", 0.0)) > 0.0:
         out["no user facts"] = ["mmkgcf.user_kg_weight=0"]
-    elif user_facts:
+    elif user_facts:  # (a dataset without user facts has no such row)
         out["+ user facts"] = ["mmkgcf.user_kg_weight=1"]
     if modalities:
         # the gated route opens its gates for a content row; the latent route has none
@@ -74,7 +81,7 @@ def variants(tuned: dict, modalities: list[str], user_facts: bool = False
 
 def is_tuned(overrides: list[str], tuned: dict, modalities: list[str]) -> bool:
     """Whether a variant's overrides leave the tuned configuration unchanged."""
-    model = tuned.get("model", {})
+    model = {**default_config("mmkgcf")["model"], **tuned.get("model", {})}
     for pair in overrides:
         key, value = pair.removeprefix("mmkgcf.").split("=", 1)
         if key == "modalities":

@@ -1,0 +1,34 @@
+"""benchmarks/mmkg_ablation.py: which MMKG-CF variants an ablation table runs."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "mmkg_ablation.py"
+spec = importlib.util.spec_from_file_location("mmkg_ablation", SCRIPT)
+ablation = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(ablation)
+
+
+def test_kg_rows_remove_each_kg_route_and_both():
+    tuned = {"model": {"kg_weight": 2.0, "kg_item_knn": 10, "user_kg_weight": 1.0}}
+    rows = ablation.variants(tuned, [], user_facts=False)
+    assert rows == {"no KG": ["mmkgcf.kg_weight=0", "mmkgcf.kg_item_knn=0"],
+                    "no KG item graph": ["mmkgcf.kg_item_knn=0"],
+                    "no KG edges": ["mmkgcf.kg_weight=0"]}  # no user-fact row without facts
+    assert not any(ablation.is_tuned(change, tuned, []) for change in rows.values())
+
+
+def test_a_config_without_the_item_graph_gets_one_kg_row_and_a_kg_free_one_gets_kg_back():
+    older = {"model": {"kg_weight": 2.0}}  # written before kg_item_knn: its default, 0
+    assert set(ablation.variants(older, [])) == {"no KG"}
+    assert ablation.is_tuned(["mmkgcf.kg_item_knn=0"], older, [])
+    assert ablation.variants({"model": {"kg_weight": 0.0}}, []) == {"KG": ["mmkgcf.kg_weight=1"]}
+
+
+def test_user_fact_and_content_rows_follow_the_dataset():
+    tuned = {"model": {"kg_weight": 1.0, "user_kg_weight": 0.0}}
+    rows = ablation.variants(tuned, ["text", "sentiment"], user_facts=True)
+    assert rows["+ user facts"] == ["mmkgcf.user_kg_weight=1"]
+    assert {"KG only", "+ text", "+ sentiment", "+ text + sentiment"} <= set(rows)
