@@ -13,7 +13,10 @@ change, trained on the same fixed split with the same seeds, tested once:
   (``user_kg_weight=0``), or ``+ user facts`` (``user_kg_weight=1``) when the tuned weight is 0;
 - with modalities (lastfm-kgcn-content): ``KG only`` (``modalities=[]``), ``+ text``,
   ``+ sentiment`` and ``+ text + sentiment``; in the gated route the content gates are learned
-  (``learn_gates=true``, opening from closed).
+  (``learn_gates=true``, opening from closed). The tag item-item graph (``tag_item_knn``) is
+  content too: with it tuned on, ``KG only`` and the modality rows drop it
+  (``tag_item_knn=0``) and ``+ tags`` keeps it alone (``modalities=[]``); the tuned cell is then
+  "all".
 
 A variant equal to the tuned configuration is not re-run: the campaign's cell is used. Each
 variant is a `mmkgrec benchmark` folder under ``CAMPAIGN/ablation/<variant>`` (reruns resume).
@@ -70,12 +73,16 @@ def variants(tuned: dict, modalities: list[str], user_facts: bool = False
     if modalities:
         # the gated route opens its gates for a content row; the latent route has none
         gates = [] if model.get("content_route") == "latent" else ["mmkgcf.learn_gates=true"]
-        out["KG only"] = ["mmkgcf.modalities=[]"]
+        tags = int(model.get("tag_item_knn", 0)) > 0
+        no_tags = ["mmkgcf.tag_item_knn=0"] if tags else []
+        out["KG only"] = ["mmkgcf.modalities=[]", *no_tags]
+        if tags:
+            out["+ tags"] = ["mmkgcf.modalities=[]"]
         for name in modalities:
-            out[f"+ {name}"] = [f'mmkgcf.modalities=["{name}"]', *gates]
+            out[f"+ {name}"] = [f'mmkgcf.modalities=["{name}"]', *gates, *no_tags]
         if len(modalities) > 1:
             both = ", ".join(f'"{m}"' for m in modalities)
-            out["+ " + " + ".join(modalities)] = [f"mmkgcf.modalities=[{both}]", *gates]
+            out["+ " + " + ".join(modalities)] = [f"mmkgcf.modalities=[{both}]", *gates, *no_tags]
     return out
 
 

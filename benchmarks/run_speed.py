@@ -59,7 +59,7 @@ def main() -> None:
         metrics = run.metrics or {}
         options = {k: v for k, v in run.model.config.model_dump().items()
                    if k in ("dim", "n_layers", "n_hops", "n_neighbors", "kg_weight", "knn",
-                             "kg_item_knn")}
+                             "kg_item_knn", "tag_item_knn")}
         rows.append({"run": str(path), "model": run.spec.model, "settings": options,
                      "users": int(users.size), "items": candidates,
                      "rank_s_median": statistics.median(seconds), "rank_s_all": seconds,

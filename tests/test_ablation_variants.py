@@ -32,3 +32,15 @@ def test_user_fact_and_content_rows_follow_the_dataset():
     rows = ablation.variants(tuned, ["text", "sentiment"], user_facts=True)
     assert rows["+ user facts"] == ["mmkgcf.user_kg_weight=1"]
     assert {"KG only", "+ text", "+ sentiment", "+ text + sentiment"} <= set(rows)
+
+
+def test_a_tuned_tag_graph_counts_as_content():
+    tuned = {"model": {"kg_weight": 0.5, "tag_item_knn": 20, "content_route": "latent"}}
+    rows = ablation.variants(tuned, ["text", "sentiment"])
+    assert rows["KG only"] == ["mmkgcf.modalities=[]", "mmkgcf.tag_item_knn=0"]
+    assert rows["+ tags"] == ["mmkgcf.modalities=[]"]
+    assert rows["+ text"] == ['mmkgcf.modalities=["text"]', "mmkgcf.tag_item_knn=0"]
+    assert rows["+ text + sentiment"][-1] == "mmkgcf.tag_item_knn=0"
+    assert not any(ablation.is_tuned(change, tuned, ["text", "sentiment"])
+                   for change in rows.values())
+    assert "+ tags" not in ablation.variants({"model": {"kg_weight": 0.5}}, ["text"])

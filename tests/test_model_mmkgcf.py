@@ -7,12 +7,20 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import pandas as pd
 import torch
 from tests.conftest import assert_pair_scores_match_ranking
 
 from mmkgrec.models import default_config
 from mmkgrec.models.lattice import LATTICE
-from mmkgrec.models.mmkgcf import MMKGCF, MMKGCFConfig, kg_item_edges, knn_edges
+from mmkgrec.models.mmkgcf import (
+    MMKGCF,
+    MMKGCFConfig,
+    item_tag_links,
+    kg_item_edges,
+    knn_edges,
+    shared_link_edges,
+)
 from mmkgrec.models.pop import Pop
 from mmkgrec.train.checkpoint import load_checkpoint, save_checkpoint
 from mmkgrec.train.trainer import TrainConfig, Trainer
@@ -239,3 +247,29 @@ def test_kg_item_graph_adds_one_hop_of_item_ego_embeddings(tiny_topk):
     model(torch.tensor([0]), torch.tensor([0])).sum().backward()
     neighbours = model.kg_item_graph.to_dense()[0].nonzero().squeeze(1)
     assert model.entity_emb.weight.grad[neighbours].abs().sum(1).gt(0).all()
+
+
+def test_tag_item_graph_joins_items_by_shared_tags_and_adds_their_one_hop(tiny_topk):
+    """Tags from item_attrs["tags"] ('; '-separated): items 0 and 1 share a rare tag, 2 and 3
+    another; the others share only the common 'rock'; item 5 has no tags, so no neighbour.
+    v_i gains (S_tag E^0)_i."""
+    ds, sp = tiny_topk
+    tags = ["rock; shoegaze", "shoegaze ;rock", "rock; jazz", "jazz; rock", "rock", ""]
+    tags += ["rock"] * (ds.n_items - len(tags))
+    tagged = dataclasses.replace(ds, item_attrs=pd.DataFrame({"tags": tags}))
+    links, n_tags = item_tag_links(tagged)
+    assert n_tags == 3 and len(links) == 2 * 4 + (ds.n_items - 6) + 1
+    rows, cols = shared_link_edges(links, ds.n_items, n_tags, k=1)
+    neighbour = dict(zip(rows.tolist(), cols.tolist()))
+    assert [neighbour[i] for i in range(4)] == [1, 0, 3, 2]  # the rare tag beats 'rock'
+    assert 5 not in neighbour and 5 not in cols and (rows != cols).all()
+    options = dict(dim=8, kg_weight=0.5, modalities=[])
+    model = MMKGCF(tagged, sp, MMKGCFConfig(tag_item_knn=1, **options)).eval()
+    plain = MMKGCF(tagged, sp, MMKGCFConfig(**options)).eval()
+    assert plain.tag_item_graph is None and model.tag_item_graph._nnz() > 0
+    untagged = dataclasses.replace(ds, item_attrs=None)
+    assert MMKGCF(untagged, sp, MMKGCFConfig(tag_item_knn=1, **options)).tag_item_graph._nnz() == 0
+    with torch.no_grad():
+        hop = model.tag_item_graph.to_dense() @ model.entity_emb.weight[:ds.n_items]
+        torch.testing.assert_close(model.propagate()[1], plain.propagate()[1] + hop)
+    assert_pair_scores_match_ranking(model)

@@ -17,6 +17,9 @@ the KG and the content in where validation says they help:
   ``kg_item_knn`` most cosine-similar items (similarity > 0) are its neighbours; the graph
   ``S_kg`` is symmetric-normalised and frozen, and its one-hop propagation of the item ego
   embeddings is added to the item vectors: ``v_i += (S_kg E^0_items)_i``.
+  The **tag item-item graph** (``tag_item_knn`` > 0; 0, the default: none) is built the same
+  way from the items' tag sets (``item_attrs["tags"]``, e.g. an artist's most given Last.FM
+  tags, scoped like the content) and added the same way: ``v_i += (S_tag E^0_items)_i``.
   User-side KG facts (``MMKG.user_triples``, e.g. "u tagged artist a") are user-entity edges of
   weight ``user_kg_weight`` (0, the default: none); they shape the vectors, they are not
   positives (no loss term, not masked at ranking).
@@ -48,6 +51,7 @@ import warnings
 from typing import Literal
 
 import numpy as np
+import pandas as pd
 import torch
 from pydantic import Field
 from scipy import sparse
@@ -77,6 +81,7 @@ class MMKGCFConfig(ModelConfig):
     lambda_coeff: float = Field(0.9, ge=0, le=1)  # latent route: weight of the frozen kNN graph
     feat_dim: int = Field(64, ge=1)  # latent route: width of the learned modality projections
     kg_item_knn: int = Field(0, ge=0)  # neighbours in the KG item-item graph (0: none)
+    tag_item_knn: int = Field(0, ge=0)  # neighbours in the tag item-item graph (0: none)
 
 
 def symmetric_normalised(rows: np.ndarray, cols: np.ndarray, weights: np.ndarray, size: int
@@ -122,22 +127,47 @@ def knn_edges(features: Tensor, present: Tensor, k: int) -> tuple[np.ndarray, np
 
 def kg_item_edges(triples: np.ndarray, n_items: int, n_entities: int, k: int
                   ) -> tuple[np.ndarray, np.ndarray]:
-    """Items' ``k`` nearest items by shared KG entities: (rows [E], cols [E]), at most ``k`` per
-    item, only neighbours of cosine similarity > 0 (self excluded). An item is the TF-IDF vector
-    of the entities it is linked to (either direction, relation-agnostic), IDF
-    ``log(n_items / df)``; entities linked to a single item carry no similarity and are dropped.
-    Blocks of rows through sparse products, no loop per item."""
-    empty = (np.zeros(0, dtype=np.int64),) * 2
+    """Items' ``k`` nearest items by shared KG entities (:func:`shared_link_edges` over the
+    item-entity links of the triples, either direction, relation-agnostic)."""
     if k < 1 or not len(triples):
-        return empty
+        return (np.zeros(0, dtype=np.int64),) * 2
     ends = np.concatenate([triples[:, [0, 2]], triples[:, [2, 0]]])  # [2T, 2] (from, to)
-    links = np.unique(ends[(ends[:, 0] < n_items) & (ends[:, 0] != ends[:, 1])], axis=0)  # [L, 2]
-    df = np.bincount(links[:, 1], minlength=n_entities)  # [E] items linked to each entity
+    links = ends[(ends[:, 0] < n_items) & (ends[:, 0] != ends[:, 1])]  # [L, 2] (item, entity)
+    return shared_link_edges(links, n_items, n_entities, k)
+
+
+def item_tag_links(dataset: MMKG) -> tuple[np.ndarray, int]:
+    """((item, tag id) pairs [L, 2], number of tags) from ``item_attrs["tags"]`` ('; '-separated
+    tag values, e.g. an artist's most given tags); no pairs without that column."""
+    if dataset.item_attrs is None or "tags" not in dataset.item_attrs.columns:
+        return np.zeros((0, 2), dtype=np.int64), 0
+    tags = dataset.item_attrs["tags"].fillna("").astype(str).str.split(";").explode().str.strip()
+    tags = tags[tags != ""]  # index: item row
+    codes, vocabulary = pd.factorize(tags.to_numpy())
+    return np.stack([tags.index.to_numpy(dtype=np.int64), codes]).T, len(vocabulary)
+
+
+def shared_link_edges(links: np.ndarray, n_items: int, n_targets: int, k: int
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """Items' ``k`` nearest items by shared link targets (KG entities, tags): (rows [E],
+    cols [E]), at most ``k`` per item, only neighbours of cosine similarity > 0 (self
+    excluded). An item is the TF-IDF vector of its distinct targets, IDF ``log(n_items / df)``;
+    targets linked to a single item carry no similarity and are dropped. Blocks of rows through
+    sparse products, no loop per item.
+
+    Args:
+        links: [L, 2] int (item < n_items, target < n_targets); duplicates count once.
+    """
+    empty = (np.zeros(0, dtype=np.int64),) * 2
+    if k < 1 or not len(links):
+        return empty
+    links = np.unique(links, axis=0)  # [L, 2]
+    df = np.bincount(links[:, 1], minlength=n_targets)  # [n_targets] items linked to each
     links = links[df[links[:, 1]] > 1]
     if not len(links):
         return empty
     idf = np.log(n_items / df[links[:, 1]])  # [L]
-    incidence = sparse.csr_matrix((idf, (links[:, 0], links[:, 1])), shape=(n_items, n_entities))
+    incidence = sparse.csr_matrix((idf, (links[:, 0], links[:, 1])), shape=(n_items, n_targets))
     norms = np.sqrt(np.asarray(incidence.multiply(incidence).sum(1)).ravel())  # [I]
     unit = sparse.diags(np.where(norms > 0, 1 / np.maximum(norms, 1e-12), 0.0)) @ incidence
     k = min(k, n_items - 1)
@@ -190,6 +220,12 @@ class MMKGCF(Recommender):
         self.kg_item_graph = (symmetric_normalised(kg_rows, kg_cols, np.ones(len(kg_rows)),
                                                    self.n_items)
                               if config.kg_item_knn else None)  # [I, I] or None
+        tag_links, n_tags = item_tag_links(dataset)
+        tag_rows, tag_cols = shared_link_edges(tag_links, self.n_items, n_tags,
+                                               config.tag_item_knn)
+        self.tag_item_graph = (symmetric_normalised(tag_rows, tag_cols, np.ones(len(tag_rows)),
+                                                    self.n_items)
+                               if config.tag_item_knn else None)  # [I, I] or None
         register_modalities(self, dataset, split, config.modalities)
         self.item_graphs: list[Tensor] = []
         self.projections = nn.ModuleList()
@@ -223,6 +259,8 @@ class MMKGCF(Recommender):
             self.item_graphs = [g.to(ego.device) for g in self.item_graphs]
             if self.kg_item_graph is not None:
                 self.kg_item_graph = self.kg_item_graph.to(ego.device)
+            if self.tag_item_graph is not None:
+                self.tag_item_graph = self.tag_item_graph.to(ego.device)
         layer, total = ego, ego
         for _ in range(self.config.n_layers):
             layer = torch.sparse.mm(self.adjacency, layer)  # [U + E, d]
@@ -232,6 +270,8 @@ class MMKGCF(Recommender):
         item_ego = self.entity_emb.weight[:self.n_items]  # [I, d]
         if self.kg_item_graph is not None:
             items = items + torch.sparse.mm(self.kg_item_graph, item_ego)  # [I, d]
+        if self.tag_item_graph is not None:
+            items = items + torch.sparse.mm(self.tag_item_graph, item_ego)  # [I, d]
         return users, items + self.content(item_ego)
 
     def start_epoch(self, epoch, rng) -> None:
