@@ -16,7 +16,6 @@ from mmkgrec.models.lattice import LATTICE
 from mmkgrec.models.mmkgcf import (
     MMKGCF,
     MMKGCFConfig,
-    item_tag_links,
     kg_item_edges,
     knn_edges,
     shared_link_edges,
@@ -257,7 +256,8 @@ def test_tag_item_graph_joins_items_by_shared_tags_and_adds_their_one_hop(tiny_t
     tags = ["rock; shoegaze", "shoegaze ;rock", "rock; jazz", "jazz; rock", "rock", ""]
     tags += ["rock"] * (ds.n_items - len(tags))
     tagged = dataclasses.replace(ds, item_attrs=pd.DataFrame({"tags": tags}))
-    links, n_tags = item_tag_links(tagged)
+    links = tagged.item_tag_links
+    n_tags = int(links[:, 1].max()) + 1
     assert n_tags == 3 and len(links) == 2 * 4 + (ds.n_items - 6) + 1
     rows, cols = shared_link_edges(links, ds.n_items, n_tags, k=1)
     neighbour = dict(zip(rows.tolist(), cols.tolist()))

@@ -89,6 +89,18 @@ class MMKG:
         return {name: int(matrix.shape[1]) for name, matrix in self.modalities.items()}
 
     # ---- modalities ----------------------------------------------------------------------------
+    @property
+    def item_tag_links(self) -> np.ndarray:
+        """[L, 2] int64 (item, tag id): the tag sets of ``item_attrs["tags"]`` ('; '-separated
+        values, e.g. an artist's most given tags); tag ids are dense, ``0 .. n_tags - 1``.
+        Empty without that column."""
+        if self.item_attrs is None or "tags" not in self.item_attrs.columns:
+            return np.zeros((0, 2), dtype=np.int64)
+        tags = self.item_attrs["tags"].fillna("").astype(str).str.split(";").explode().str.strip()
+        tags = tags[tags != ""]  # index: item row
+        codes, _ = pd.factorize(tags.to_numpy())
+        return np.stack([tags.index.to_numpy(dtype=np.int64), codes.astype(np.int64)], axis=1)
+
     def add_modality(self, name: str, matrix: np.ndarray, mask: np.ndarray | None = None) -> None:
         """Attach modality ``name``: ``matrix`` [n_items, d] float, ``mask`` [n_items] bool.
 

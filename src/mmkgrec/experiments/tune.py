@@ -91,18 +91,8 @@ def search_space(model: str) -> dict[str, tuple[str, dict]]:
     return parse_space(model, declared, f"{path} [search]")
 
 
-# ``needs = PART`` in a [search] entry: the option acts on this part of the MMKG only (an
-# attribute's length, or for ``item_tags`` the non-empty ``item_attrs["tags"]`` entries).
-DATASET_PARTS = ("triples", "user_triples", "modalities", "item_tags")
-
-
-def part_size(dataset, part: str) -> int:
-    if part == "item_tags":
-        attrs = dataset.item_attrs
-        if attrs is None or "tags" not in attrs.columns:
-            return 0
-        return int(attrs["tags"].fillna("").astype(str).str.strip().ne("").sum())
-    return len(getattr(dataset, part))
+# ``needs = PART`` in a [search] entry: the option acts on this MMKG attribute only.
+DATASET_PARTS = ("triples", "user_triples", "modalities", "item_tag_links")
 
 
 def parse_space(model: str, declared: dict, where: str = "[search]") -> dict[str, tuple[str, dict]]:
@@ -144,7 +134,7 @@ def applicable(space: dict[str, tuple[str, dict]], dataset) -> dict[str, tuple[s
     for name, (scope, entry) in space.items():
         dist = dict(entry)
         needs = dist.pop("needs", None)
-        if needs is None or part_size(dataset, needs):
+        if needs is None or len(getattr(dataset, needs)):
             kept[name] = (scope, dist)
     return kept
 

@@ -51,7 +51,6 @@ import warnings
 from typing import Literal
 
 import numpy as np
-import pandas as pd
 import torch
 from pydantic import Field
 from scipy import sparse
@@ -136,17 +135,6 @@ def kg_item_edges(triples: np.ndarray, n_items: int, n_entities: int, k: int
     return shared_link_edges(links, n_items, n_entities, k)
 
 
-def item_tag_links(dataset: MMKG) -> tuple[np.ndarray, int]:
-    """((item, tag id) pairs [L, 2], number of tags) from ``item_attrs["tags"]`` ('; '-separated
-    tag values, e.g. an artist's most given tags); no pairs without that column."""
-    if dataset.item_attrs is None or "tags" not in dataset.item_attrs.columns:
-        return np.zeros((0, 2), dtype=np.int64), 0
-    tags = dataset.item_attrs["tags"].fillna("").astype(str).str.split(";").explode().str.strip()
-    tags = tags[tags != ""]  # index: item row
-    codes, vocabulary = pd.factorize(tags.to_numpy())
-    return np.stack([tags.index.to_numpy(dtype=np.int64), codes]).T, len(vocabulary)
-
-
 def shared_link_edges(links: np.ndarray, n_items: int, n_targets: int, k: int
                       ) -> tuple[np.ndarray, np.ndarray]:
     """Items' ``k`` nearest items by shared link targets (KG entities, tags): (rows [E],
@@ -220,12 +208,14 @@ class MMKGCF(Recommender):
         self.kg_item_graph = (symmetric_normalised(kg_rows, kg_cols, np.ones(len(kg_rows)),
                                                    self.n_items)
                               if config.kg_item_knn else None)  # [I, I] or None
-        tag_links, n_tags = item_tag_links(dataset)
-        tag_rows, tag_cols = shared_link_edges(tag_links, self.n_items, n_tags,
-                                               config.tag_item_knn)
-        self.tag_item_graph = (symmetric_normalised(tag_rows, tag_cols, np.ones(len(tag_rows)),
-                                                    self.n_items)
-                               if config.tag_item_knn else None)  # [I, I] or None
+        self.tag_item_graph: Tensor | None = None  # [I, I]
+        if config.tag_item_knn:
+            tag_links = dataset.item_tag_links  # [L, 2] (item, tag id), ids dense
+            n_tags = int(tag_links[:, 1].max()) + 1 if len(tag_links) else 0
+            tag_rows, tag_cols = shared_link_edges(tag_links, self.n_items, n_tags,
+                                                   config.tag_item_knn)
+            self.tag_item_graph = symmetric_normalised(tag_rows, tag_cols,
+                                                       np.ones(len(tag_rows)), self.n_items)
         register_modalities(self, dataset, split, config.modalities)
         self.item_graphs: list[Tensor] = []
         self.projections = nn.ModuleList()
