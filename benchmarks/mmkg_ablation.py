@@ -11,6 +11,8 @@ change, trained on the same fixed split with the same seeds, tested once:
 - ``KG``: ``kg_weight=1`` (only when the tuned model has no KG route, so that both sides exist);
 - with user-side KG facts (lastfm-kgcn-content: "the user tagged the artist"): ``no user facts``
   (``user_kg_weight=0``), or ``+ user facts`` (``user_kg_weight=1``) when the tuned weight is 0;
+  likewise with user-user links (HetRec friendships): ``no friendships`` (``social_weight=0``)
+  or ``+ friendships`` (``social_weight=1``);
 - with modalities (lastfm-kgcn-content): ``KG only`` (``modalities=[]``), ``+ text``,
   ``+ sentiment`` and ``+ text + sentiment``; in the gated route the content gates are learned
   (``learn_gates=true``, opening from closed). The tag item-item graph (``tag_item_knn``) is
@@ -55,8 +57,8 @@ TUNED = "MMKG-CF, tuned"
 LIGHTGCN = "LightGCN, tuned"
 
 
-def variants(tuned: dict, modalities: list[str], user_facts: bool = False
-             ) -> dict[str, list[str]]:
+def variants(tuned: dict, modalities: list[str], user_facts: bool = False,
+             user_links: bool = False) -> dict[str, list[str]]:
     """Variant name -> ``--set`` overrides of mmkgcf's tuned configuration."""
     model = {**default_config("mmkgcf")["model"], **tuned.get("model", {})}
     edges, item_graph = float(model.get("kg_weight", 1.0)), int(model.get("kg_item_knn", 0))
@@ -70,6 +72,10 @@ def variants(tuned: dict, modalities: list[str], user_facts: bool = False
         out["no user facts"] = ["mmkgcf.user_kg_weight=0"]
     elif user_facts:  # (a dataset without user facts has no such row)
         out["+ user facts"] = ["mmkgcf.user_kg_weight=1"]
+    if user_links and float(model.get("social_weight", 0.0)) > 0.0:
+        out["no friendships"] = ["mmkgcf.social_weight=0"]
+    elif user_links:  # (a dataset without user-user links has no such row)
+        out["+ friendships"] = ["mmkgcf.social_weight=1"]
     if modalities:
         # the gated route opens its gates for a content row; the latent route has none
         gates = [] if model.get("content_route") == "latent" else ["mmkgcf.learn_gates=true"]
@@ -126,7 +132,8 @@ def run(campaign: Path, dataset: str, presplit_root: str, seeds: int, only: list
 
     loaded = load(dataset)
     modalities = sorted(loaded.modalities)
-    table = variants(tuned, modalities, user_facts=len(loaded.user_triples) > 0)
+    table = variants(tuned, modalities, user_facts=len(loaded.user_triples) > 0,
+                     user_links=len(loaded.user_links) > 0)
     folders = {TUNED: campaign, LIGHTGCN: reference or campaign}
     for name, overrides in table.items():
         if is_tuned(overrides, tuned, modalities):

@@ -44,3 +44,13 @@ def test_a_tuned_tag_graph_counts_as_content():
     assert not any(ablation.is_tuned(change, tuned, ["text", "sentiment"])
                    for change in rows.values())
     assert "+ tags" not in ablation.variants({"model": {"kg_weight": 0.5}}, ["text"])
+
+
+def test_friendship_rows_follow_the_dataset_and_the_tuned_weight():
+    on = {"model": {"kg_weight": 0.5, "social_weight": 1.0}}
+    rows = ablation.variants(on, [], user_links=True)
+    assert rows["no friendships"] == ["mmkgcf.social_weight=0"]
+    assert not ablation.is_tuned(rows["no friendships"], on, [])
+    off = ablation.variants({"model": {"kg_weight": 0.5}}, [], user_links=True)
+    assert off["+ friendships"] == ["mmkgcf.social_weight=1"] and "no friendships" not in off
+    assert not {"+ friendships", "no friendships"} & set(ablation.variants(on, []))  # no links

@@ -261,6 +261,25 @@ def test_user_side_facts_round_trip_in_native_and_are_refused_by_recbole(tmp_pat
             ds.validate()
 
 
+def test_user_links_round_trip_in_native_and_are_refused_by_recbole(tmp_path):
+    ds = small_mmkg()
+    plain = ds.fingerprint()
+    ds.user_links = MMKG.undirected_links(np.array([[2, 0], [0, 2], [1, 3], [3, 3]]))  # [2, 2]
+    assert ds.user_links.tolist() == [[0, 2], [1, 3]]
+    ds.validate()
+    assert ds.fingerprint() != plain and ds.summary()["user-user links"] == 2
+    back = read_native(write_native(ds, tmp_path / "n"))
+    assert_identical(ds, back)
+    np.testing.assert_array_equal(back.user_links, ds.user_links)
+    with pytest.raises(MMKGRecError, match="2 user-user links have no place"):
+        write_recbole(ds, tmp_path / "r")  # never dropped silently
+    for bad, what in (([[0, 4]], "user out of range"), ([[2, 1]], "u < v"), ([[1, 1]], "u < v"),
+                      ([[0, 1], [0, 1]], "duplicate user_links")):
+        ds.user_links = np.array(bad, dtype=np.int64)
+        with pytest.raises(MMKGRecError, match=what):
+            ds.validate()
+
+
 def test_native_count_and_schema_checks(tmp_path):
     directory = write_native(small_mmkg(), tmp_path / "n")
     manifest = json.loads((directory / "dataset.json").read_text())

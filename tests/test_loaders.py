@@ -5,12 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import requires_data
-from mmkgrec.data.formats.hetrec import attach_hetrec_text, read_hetrec
+from mmkgrec.data.formats.hetrec import attach_friendships, attach_hetrec_text, read_hetrec
 from mmkgrec.data.formats.kgcn import read_kgcn
 from mmkgrec.data.formats.mkgcn import read_mkgcn, read_modality_file
 from mmkgrec.data.textio import Column, read_table
@@ -181,6 +182,7 @@ def test_hetrec_counts(real_root):
     assert (s["hetrec tags"], s["hetrec tag-assignment rows"]) == (11946, 186478)
     assert ds.item_attrs.loc[0, "name"] == "MALICE MIZER"
     assert any("1538 of 186478 tag assignments" in n for n in ds.notes)
+    assert s["user-user links"] == 25434 // 2  # the file lists each friendship both ways
 
 
 @requires_data("lastfm-kgcn", "hetrec-lastfm-2k")
@@ -191,3 +193,40 @@ def test_lastfm_joined_with_hetrec_text(lastfm, real_root):
     row = int(np.flatnonzero(ds.items == "2")[0])
     assert ds.item_attrs.loc[row, "name"] == "Diary of Dreams"
     assert "darkwave" in ds.item_attrs.loc[row, "tags"]
+
+
+@requires_data("lastfm-kgcn", "hetrec-lastfm-2k")
+def test_lastfm_gets_hetrec_friendships_as_user_links(lastfm, real_root):
+    """User ids are HetRec's: each friendship between two lastfm-kgcn users (1,872 of HetRec's
+    1,892) becomes one (u, v) link, u < v; the file lists it in both directions."""
+    folder = real_root / "hetrec-lastfm-2k"
+    ds = attach_friendships(read_kgcn(real_root / "lastfm-kgcn"), folder)
+    ds.validate()
+    rows = pd.read_csv(folder / "user_friends.dat", sep="\t", dtype=str)
+    known = rows["userID"].isin(ds.users) & rows["friendID"].isin(ds.users)
+    file_pairs = {frozenset(p) for p in zip(rows["userID"][known], rows["friendID"][known])}
+    links = {frozenset(p) for p in zip(ds.users[ds.user_links[:, 0]], ds.users[ds.user_links[:, 1]])}
+    assert links == file_pairs and len(ds.user_links) == 12532
+    assert f"{int((~known).sum())} rows name a user outside the dataset" in ds.notes[-1]
+    assert ds.fingerprint() != lastfm.fingerprint()  # links are part of the data's identity
+
+
+def test_friendships_keep_each_pair_once_and_count_what_they_drop(tmp_path):
+    """Both directions, a repeat, a self link and an unknown user: two links, the rest noted."""
+    (tmp_path / "user_friends.dat").write_text(
+        "userID\tfriendID\n10\t11\n11\t10\n10\t11\n12\t12\n12\t10\n10\t99\n")
+    ds = small_mmkg_with_users(["10", "11", "12"])
+    attach_friendships(ds, tmp_path)
+    ds.validate()
+    assert ds.user_links.tolist() == [[0, 1], [0, 2]]
+    assert "6 rows -> 2 user-user links; 1 rows name a user outside the dataset" in ds.notes[-1]
+    assert ds.provenance[-1]["role"] == "hetrec friendships user_friends.dat"
+
+
+def small_mmkg_with_users(users):
+    from dataclasses import replace
+
+    from test_formats_roundtrip import small_mmkg
+
+    ds = small_mmkg()
+    return replace(ds, users=np.array(users + [f"x{k}" for k in range(ds.n_users - len(users))]))

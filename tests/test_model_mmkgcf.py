@@ -11,6 +11,7 @@ import pandas as pd
 import torch
 from tests.conftest import assert_pair_scores_match_ranking
 
+from mmkgrec.data.dataset import MMKG
 from mmkgrec.models import default_config
 from mmkgrec.models.lattice import LATTICE
 from mmkgrec.models.mmkgcf import (
@@ -120,9 +121,10 @@ def test_short_training_beats_popularity(small_topk):
 
 
 
-def expected_adjacency(ds, sp, kg_weight, user_facts=(), user_kg_weight=0.0):
+def expected_adjacency(ds, sp, kg_weight, user_facts=(), user_kg_weight=0.0, user_links=(),
+                       social_weight=0.0):
     """Dense Â: users x entities, train positives 1, KG pairs kg_weight, user facts
-    user_kg_weight, symmetric-normalised by weighted degree."""
+    user_kg_weight, user-user links social_weight, symmetric-normalised by weighted degree."""
     n = ds.n_users + ds.n_entities
     a = np.zeros((n, n))
     train = sp.train_positives()
@@ -132,6 +134,8 @@ def expected_adjacency(ds, sp, kg_weight, user_facts=(), user_kg_weight=0.0):
             a[ds.n_users + h, ds.n_users + t] = a[ds.n_users + t, ds.n_users + h] = kg_weight
     for u, _, e in user_facts:
         a[u, ds.n_users + e] = user_kg_weight
+    for u, v in user_links:
+        a[u, v] = social_weight
     a = np.maximum(a, a.T)
     degree = a.sum(1)
     scale = np.where(degree > 0, 1 / np.sqrt(np.maximum(degree, 1e-12)), 0)
@@ -158,6 +162,31 @@ def test_user_facts_are_user_entity_edges_of_their_weight_and_nothing_at_zero(ti
     with torch.no_grad():
         torch.testing.assert_close(off.score_users(torch.arange(6)), base.score_users(torch.arange(6)))
         assert not torch.allclose(on.score_users(torch.arange(6)), base.score_users(torch.arange(6)))
+
+
+def test_user_links_are_user_user_edges_of_their_weight_and_nothing_at_zero(tiny_topk):
+    """Friendships enter Â as user-user edges of weight social_weight (both directions from one
+    stored link); at weight 0 (the default) they change nothing; on, friends' vectors mix."""
+    ds, sp = tiny_topk
+    links = MMKG.undirected_links(np.array([(u, (u * 3 + 1) % ds.n_users)
+                                            for u in range(ds.n_users)]))  # [S, 2]
+    with_links = dataclasses.replace(ds, user_links=links)
+    config = MMKGCFConfig(dim=8, kg_weight=0.5, modalities=[])
+    base = MMKGCF(ds, sp, config, seed=0).eval()
+    off = MMKGCF(with_links, sp, config, seed=0).eval()
+    on = MMKGCF(with_links, sp, config.model_copy(update={"social_weight": 2.0}), seed=0).eval()
+    np.testing.assert_allclose(on.adjacency.to_dense().numpy(),
+                               expected_adjacency(ds, sp, 0.5, user_links=links,
+                                                  social_weight=2.0), atol=1e-6)
+    users = torch.arange(ds.n_users)
+    with torch.no_grad():
+        torch.testing.assert_close(off.score_users(users), base.score_users(users))
+        assert not torch.allclose(on.score_users(users), base.score_users(users))
+        def friend_cosine(model):  # mean cosine of linked users' final vectors
+            u, _ = model.final_embeddings()
+            a, b = torch.from_numpy(links).T
+            return torch.nn.functional.cosine_similarity(u[a], u[b]).mean()
+        assert friend_cosine(on) > friend_cosine(base) + 0.05
 
 
 # ---- the latent content route (LATTICE's learned item-item graph) ------------------------------

@@ -80,15 +80,16 @@ def test_conditional_entries_follow_the_fixed_options():
 def test_options_acting_on_a_missing_part_of_the_dataset_are_not_searched():
     space = conditional(search_space("mmkgcf"), "mmkgcf", {}, {})
     plays_and_kg = SimpleNamespace(triples=np.ones((5, 3)), user_triples=np.zeros((0, 3)),
-                                   modalities={}, item_tag_links=np.zeros((0, 2)))  # music-d
+                                   user_links=np.zeros((0, 2)), modalities={},
+                                   item_tag_links=np.zeros((0, 2)))  # music-d
     assert set(applicable(space, plays_and_kg)) == {"lr", "l2", "n_layers", "kg_weight",
                                                        "kg_item_knn"}
     untagged = pd.DataFrame({"tags": ["", " ", None]})  # tag column, no tags in it
     assert "tag_item_knn" not in applicable(space, SimpleNamespace(
-        triples=np.ones((5, 3)), user_triples=np.ones((2, 3)), modalities={},
-        item_tag_links=MMKG.item_tag_links.fget(SimpleNamespace(item_attrs=untagged))))
+        triples=np.ones((5, 3)), user_triples=np.ones((2, 3)), user_links=np.ones((2, 2)),
+        modalities={}, item_tag_links=MMKG.item_tag_links.fget(SimpleNamespace(item_attrs=untagged))))
     everything = SimpleNamespace(triples=np.ones((5, 3)), user_triples=np.ones((2, 3)),
-                                 modalities={"text": object()},
+                                 user_links=np.ones((2, 2)), modalities={"text": object()},
                                  item_tag_links=np.ones((2, 2)))
     kept = applicable(space, everything)
     assert set(kept) == set(space) and all("needs" not in dist for _, dist in kept.values())

@@ -11,6 +11,8 @@ Conventions (see docs/architecture.md):
 - User-side KG facts (optional) are (user, user relation, entity) rows, e.g. "user u tagged
   artist a" (entity ``a`` is the item): context a model may propagate over, never positives and
   never evaluated. Their relation names are their own (``user_relations``), not ``relations``.
+- User-user links (optional) are undirected pairs, e.g. friendships: stored once as ``(u, v)``
+  with ``u < v``; context like the user-side facts, never positives.
 - Modality ``m`` is a float32 matrix ``[n_items, d_m]`` plus a bool mask ``[n_items]``; rows where
   the mask is False are zeros and must never be used as features.
 
@@ -53,6 +55,8 @@ class MMKG:
     user_relations: np.ndarray = field(default_factory=lambda: np.array([], dtype=str))  # names
     user_triples: np.ndarray = field(  # [n, 3] int64 (user, user relation, entity), unique rows
         default_factory=lambda: np.zeros((0, 3), dtype=np.int64))
+    user_links: np.ndarray = field(  # [n, 2] int64 undirected (user, user), u < v, unique rows
+        default_factory=lambda: np.zeros((0, 2), dtype=np.int64))
 
     # ---- sizes -------------------------------------------------------------------------------
     @property
@@ -89,6 +93,13 @@ class MMKG:
         return {name: int(matrix.shape[1]) for name, matrix in self.modalities.items()}
 
     # ---- modalities ----------------------------------------------------------------------------
+    @staticmethod
+    def undirected_links(pairs: np.ndarray) -> np.ndarray:
+        """[n, 2] int64 ``(u, v)`` with ``u < v``, each pair once, from any [m, 2] pairs (either
+        direction, repeats and self pairs allowed): the stored form of ``user_links``."""
+        pairs = np.sort(np.asarray(pairs, dtype=np.int64).reshape(-1, 2), axis=1)  # [m, 2]
+        return np.unique(pairs[pairs[:, 0] != pairs[:, 1]], axis=0).reshape(-1, 2)
+
     @property
     def item_tag_links(self) -> np.ndarray:
         """[L, 2] int64 (item, tag id): the tag sets of ``item_attrs["tags"]`` ('; '-separated
@@ -158,6 +169,14 @@ class MMKG:
             need(f[:, 2].min() >= 0 and f[:, 2].max() < self.n_entities,
                  "user_triples entity out of range")
             need(len(np.unique(f, axis=0)) == len(f), "duplicate user_triples")
+        links = self.user_links
+        need(links.ndim == 2 and links.shape[1] == 2 and links.dtype == np.int64,
+             "user_links must be int64 [n, 2]")
+        if len(links):
+            need(links.min() >= 0 and links.max() < self.n_users, "user_links user out of range")
+            need(bool((links[:, 0] < links[:, 1]).all()),
+                 "user_links must be stored once per pair as (u, v) with u < v (no self links)")
+            need(len(np.unique(links, axis=0)) == len(links), "duplicate user_links")
         need(set(self.modalities) == set(self.modality_masks), "modalities and masks differ")
         for name, matrix in self.modalities.items():
             mask = self.modality_masks[name]
@@ -170,8 +189,8 @@ class MMKG:
             need(len(self.item_attrs) == self.n_items, "item_attrs must have one row per item")
 
     def fingerprint(self) -> str:
-        """sha256 over ids, interactions, triples, modalities and user-side facts (when there are
-        any): identifies the exact data."""
+        """sha256 over ids, interactions, triples, modalities, user-side facts and user-user links
+        (when there are any): identifies the exact data."""
         digest = hashlib.sha256()
         for ids in (self.users, self.items, self.entities, self.relations):
             digest.update("\x1f".join(map(str, ids)).encode())
@@ -188,6 +207,9 @@ class MMKG:
         if len(self.user_relations) or len(self.user_triples):  # absent: the digest as before
             digest.update(b"user-side\x1e" + "\x1f".join(map(str, self.user_relations)).encode())
             digest.update(np.ascontiguousarray(self.user_triples, dtype=np.int64).tobytes())
+        if len(self.user_links):  # absent: the digest as before
+            digest.update(b"user-links\x1e")
+            digest.update(np.ascontiguousarray(self.user_links, dtype=np.int64).tobytes())
         return digest.hexdigest()
 
     def equals(self, other: MMKG) -> bool:
@@ -220,6 +242,8 @@ class MMKG:
             "items with a positive": int(positives["item"].nunique()),
             "density of positives": len(positives) / max(1, self.n_users * self.n_items),
         }
+        if len(self.user_links):
+            out["user-user links"] = len(self.user_links)
         out.update(self.meta)
         for name, matrix in self.modalities.items():
             mask = self.modality_masks[name]

@@ -92,7 +92,7 @@ def search_space(model: str) -> dict[str, tuple[str, dict]]:
 
 
 # ``needs = PART`` in a [search] entry: the option acts on this MMKG attribute only.
-DATASET_PARTS = ("triples", "user_triples", "modalities", "item_tag_links")
+DATASET_PARTS = ("triples", "user_triples", "user_links", "modalities", "item_tag_links")
 
 
 def parse_space(model: str, declared: dict, where: str = "[search]") -> dict[str, tuple[str, dict]]:

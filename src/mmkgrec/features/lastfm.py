@@ -36,7 +36,7 @@ import pandas as pd
 
 from mmkgrec import paths
 from mmkgrec.data.dataset import MMKG, file_provenance
-from mmkgrec.data.formats.hetrec import _read, attach_hetrec_text
+from mmkgrec.data.formats.hetrec import _read, attach_friendships, attach_hetrec_text
 from mmkgrec.data.formats.kgcn import read_kgcn
 from mmkgrec.data.registry import DatasetSpec
 from mmkgrec.errors import MMKGRecError
@@ -231,9 +231,10 @@ def _set_modalities(dataset: MMKG, built: dict[str, tuple[np.ndarray, np.ndarray
 
 
 def _build_content_dataset(folders: list[Path]) -> MMKG:
-    """lastfm-kgcn joined with HetRec names / tags, then the text and sentiment modalities."""
-    dataset = attach_lastfm_content(attach_hetrec_text(read_kgcn(folders[0]), folders[1]),
-                                    folders[1])
+    """lastfm-kgcn joined with HetRec names / tags / friendships, then the text and sentiment
+    modalities."""
+    dataset = attach_hetrec_text(read_kgcn(folders[0]), folders[1])
+    dataset = attach_lastfm_content(attach_friendships(dataset, folders[1]), folders[1])
     dataset.name = "lastfm-kgcn-content"
     return dataset
 

@@ -22,7 +22,9 @@ the KG and the content in where validation says they help:
   tags, scoped like the content) and added the same way: ``v_i += (S_tag E^0_items)_i``.
   User-side KG facts (``MMKG.user_triples``, e.g. "u tagged artist a") are user-entity edges of
   weight ``user_kg_weight`` (0, the default: none); they shape the vectors, they are not
-  positives (no loss term, not masked at ranking).
+  positives (no loss term, not masked at ranking). User-user links (``MMKG.user_links``, e.g.
+  friendships) are user-user edges of weight ``social_weight`` (0, the default: none), likewise
+  context only: a user's vector then also mixes in their friends' (SocialLGN-like, on one graph).
 - **Gated content.** Per modality ``m`` (z-scored with train-item statistics, masked where
   absent): a frozen cosine kNN item-item graph ``S_m`` (FREEDOM-style, ``knn`` neighbours among
   the items that have ``m``, symmetric-normalised) propagates the item ego embeddings, and a
@@ -71,6 +73,7 @@ class MMKGCFConfig(ModelConfig):
     n_layers: int = Field(3, ge=0)  # propagation layers over the collaborative KG
     kg_weight: float = Field(1.0, ge=0.0)  # weight of a KG edge against a play (0: no KG)
     user_kg_weight: float = Field(0.0, ge=0.0)  # weight of a user-side KG fact (0: none)
+    social_weight: float = Field(0.0, ge=0.0)  # weight of a user-user link (0: none)
     modalities: list[str] | None = None  # None: every modality of the dataset; []: none
     knn: int = Field(10, ge=0)  # neighbours of the modality item-item graphs (0: none)
     gate_init: float = 0.0  # initial value of each modality gate (0: closed)
@@ -199,6 +202,10 @@ class MMKGCF(Recommender):
             rows.append(facts[:, 0])
             cols.append(self.n_users + facts[:, 1])
             weights.append(np.full(len(facts), config.user_kg_weight))
+        if config.social_weight > 0 and len(dataset.user_links):
+            rows.append(dataset.user_links[:, 0])  # [S] each link once; made undirected below
+            cols.append(dataset.user_links[:, 1])
+            weights.append(np.full(len(dataset.user_links), config.social_weight))
         # Not buffers: derived from the split and the KG; safetensors cannot store sparse tensors.
         self.adjacency = symmetric_normalised(np.concatenate(rows), np.concatenate(cols),
                                               np.concatenate(weights),

@@ -8,13 +8,15 @@ and CRLF line ends.
 As an MMKG it is entity-based: each tag becomes an entity ``tag:<tagID>`` linked to the artists
 users tagged with it (relation ``has_tag``), and every artist carries its name and its most used
 tags as text attributes. Artist ids are the same as lastfm-kgcn's, so :func:`attach_hetrec_text`
-gives the KGCN artists their names and tag texts.
+gives the KGCN artists their names and tag texts. User ids are HetRec's too, so
+:func:`attach_friendships` gives a Last.FM dataset HetRec's friendships as ``user_links``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from mmkgrec.data.dataset import MMKG, build_mmkg, file_provenance
@@ -40,9 +42,13 @@ def _read(directory: Path) -> dict[str, pd.DataFrame]:
         "tagged": read_table(d / "user_taggedartists.dat",
                              [Column("userID"), Column("artistID"), Column("tagID"), Column("day", "int"),
                               Column("month", "int"), Column("year", "int")], header="required"),
-        "friends": read_table(d / "user_friends.dat", [Column("userID"), Column("friendID")],
-                              header="required"),
+        "friends": _read_friends(d),
     }
+
+
+def _read_friends(directory: Path) -> pd.DataFrame:
+    return read_table(directory / "user_friends.dat", [Column("userID"), Column("friendID")],
+                      header="required")
 
 
 def artist_text(artists: pd.DataFrame, tags: pd.DataFrame, tagged: pd.DataFrame) -> pd.DataFrame:
@@ -77,10 +83,10 @@ def read_hetrec(directory: str | Path, name: str = "hetrec-lastfm-2k") -> MMKG:
     dataset.notes.append(
         f"{int((~known_artist).sum())} of {len(tagged)} tag assignments name an artist missing from "
         f"artists.dat and {int((~known_tag).sum())} name an unknown tag; they are not in the KG")
-    dataset.notes.append(f"user_friends.dat ({len(t['friends'])} rows) is read but not part of the MMKG")
+    attach_friendships(dataset, directory, t["friends"])
     dataset.meta.update({
         "hetrec tags": len(tags), "hetrec tag-assignment rows": len(tagged),
-        "hetrec user-artist rows": len(plays), "hetrec friendship rows": len(t["friends"]),
+        "hetrec user-artist rows": len(plays),
     })
     return dataset
 
@@ -102,4 +108,29 @@ def attach_hetrec_text(dataset: MMKG, directory: str | Path) -> MMKG:
         f"{tagged}/{dataset.n_items} with tags")
     for f in ("artists.dat", "tags.dat", "user_taggedartists.dat"):
         dataset.provenance.append(file_provenance(directory / f, f"hetrec text {f}"))
+    return dataset
+
+
+def attach_friendships(dataset: MMKG, directory: str | Path,
+                       friends: pd.DataFrame | None = None) -> MMKG:
+    """Set ``dataset.user_links`` from HetRec's ``user_friends.dat`` (users matched by id).
+
+    The file lists each friendship in both directions; a link is kept once. Rows naming a user
+    the dataset does not have, and self links, are dropped and counted in ``notes``.
+    """
+    directory = Path(directory)
+    if friends is None:
+        friends = _read_friends(directory)
+    users = pd.Index(dataset.users)
+    ends = np.stack([users.get_indexer(friends["userID"]),
+                     users.get_indexer(friends["friendID"])], axis=1)  # [rows, 2], -1: unknown
+    known = (ends >= 0).all(axis=1)
+    dataset.user_links = MMKG.undirected_links(ends[known])  # [links, 2]
+    dataset.meta["hetrec friendship rows"] = len(friends)
+    dataset.notes.append(
+        f"user_friends.dat: {len(friends)} rows -> {len(dataset.user_links)} user-user links; "
+        f"{int((~known).sum())} rows name a user outside the dataset")
+    path = directory / "user_friends.dat"
+    if all(record["file"] != str(path) for record in dataset.provenance):  # read_hetrec has it
+        dataset.provenance.append(file_provenance(path, "hetrec friendships user_friends.dat"))
     return dataset

@@ -10,6 +10,7 @@ in id order):
 - ``triples.parquet``: ``head``, ``relation``, ``tail`` int64.
 - ``user_triples.parquet`` (only with user-side facts): ``user``, ``relation``, ``entity`` int64;
   the relation names are the manifest's ``user_relations``.
+- ``user_links.parquet`` (only with user-user links): ``user``, ``other`` int64, ``user < other``.
 - ``item_attrs.parquet`` (only with item attributes): one string column per attribute.
 - ``modality_<k>.parquet`` for the k-th modality of the manifest: ``vector``
   fixed_size_list<float32>[d] (left out when d = 0) and ``present`` bool.
@@ -55,6 +56,7 @@ MMAP_DIR = ".mmap"  # the .npy cache of memory-mapped loading, inside the datase
 MMAP_STAMP = "cache.json"
 TRIPLE_COLUMNS = ("head", "relation", "tail")
 USER_TRIPLE_COLUMNS = ("user", "relation", "entity")
+USER_LINK_COLUMNS = ("user", "other")
 
 
 class Counts(BaseModel):
@@ -66,6 +68,7 @@ class Counts(BaseModel):
     interactions: NonNegativeInt
     triples: NonNegativeInt
     user_triples: NonNegativeInt = 0  # absent in manifests written before user-side facts
+    user_links: NonNegativeInt = 0  # absent in manifests written before user-user links
 
 
 class Manifest(BaseModel):
@@ -115,6 +118,8 @@ def write_native(dataset: MMKG, directory: str | Path) -> Path:
     }
     if len(dataset.user_triples):
         tables["user_triples.parquet"] = _int64_table(dataset.user_triples, USER_TRIPLE_COLUMNS)
+    if len(dataset.user_links):
+        tables["user_links.parquet"] = _int64_table(dataset.user_links, USER_LINK_COLUMNS)
     attrs = dataset.item_attrs
     if attrs is not None and len(attrs.columns):
         if not all(isinstance(c, str) for c in attrs.columns):
@@ -173,7 +178,8 @@ def _json_scalar(value: object) -> object:
 def _counts(dataset: MMKG) -> dict[str, int]:
     return {"users": dataset.n_users, "items": dataset.n_items, "entities": dataset.n_entities,
             "relations": dataset.n_relations, "interactions": len(dataset.interactions),
-            "triples": len(dataset.triples), "user_triples": len(dataset.user_triples)}
+            "triples": len(dataset.triples), "user_triples": len(dataset.user_triples),
+            "user_links": len(dataset.user_links)}
 
 
 # ---- reading ---------------------------------------------------------------------------------
@@ -246,19 +252,23 @@ def read_native(directory: str | Path, mmap: bool | None = None, *,
                 item_attrs[column] = table.column(column).to_numpy(zero_copy_only=False)
             item_attrs = item_attrs.astype(str)
 
-    user_triples = np.zeros((0, 3), dtype=np.int64)
-    if counts.user_triples:
-        table = _read_parquet(directory / "user_triples.parquet",
-                              dict.fromkeys(USER_TRIPLE_COLUMNS, lambda t: t == pa.int64()),
-                              counts.user_triples, mmap)
-        user_triples = _int64_rows(table, USER_TRIPLE_COLUMNS)  # [n, 3]
+    def optional_rows(file: str, columns: tuple[str, ...], count: int) -> np.ndarray:
+        """[count, len(columns)] int64 from ``file``, which only exists when count > 0."""
+        if not count:
+            return np.zeros((0, len(columns)), dtype=np.int64)
+        table = _read_parquet(directory / file, dict.fromkeys(columns, lambda t: t == pa.int64()),
+                              count, mmap)
+        return _int64_rows(table, columns)
+
+    user_triples = optional_rows("user_triples.parquet", USER_TRIPLE_COLUMNS, counts.user_triples)
+    user_links = optional_rows("user_links.parquet", USER_LINK_COLUMNS, counts.user_links)
 
     dataset = MMKG(
         name=m.name, users=users, items=items, entities=entities, relations=relations,
         interactions=interactions, threshold=m.threshold, triples=triples, modalities=modalities,
         modality_masks=masks, item_attrs=item_attrs, provenance=m.provenance, notes=m.notes,
         meta=m.meta, user_relations=np.array(m.user_relations, dtype=str),
-        user_triples=user_triples,
+        user_triples=user_triples, user_links=user_links,
     )
     try:
         dataset.validate()

@@ -525,11 +525,15 @@ def _check_text(values: np.ndarray, what: str, labels: np.ndarray, allow_empty: 
 
 def _check_representable(dataset: MMKG) -> None:
     """The id orders read_recbole rebuilds (first appearance) must be those of ``dataset``, and
-    RecBole's files have no place for user-side KG facts."""
+    RecBole's files have no place for user-side KG facts or user-user links."""
     if len(dataset.user_triples) or len(dataset.user_relations):
         raise MMKGRecError(
             f"dataset {dataset.name!r}: {len(dataset.user_triples)} user-side KG facts have no "
             f"place in RecBole's atomic files (write the native format)")
+    if len(dataset.user_links):
+        raise MMKGRecError(
+            f"dataset {dataset.name!r}: {len(dataset.user_links)} user-user links have no place in "
+            f"RecBole's atomic files (write the native format)")
     users_seen = pd.unique(dataset.interactions["user"].to_numpy())
     if not np.array_equal(users_seen, np.arange(dataset.n_users)):
         raise MMKGRecError(
