@@ -133,6 +133,33 @@ def test_same_seed_same_metrics_other_seed_differs(data, straight):
     assert other["test"] != again["test"]
 
 
+class IndexedMF(MF):
+    """MF that reads its tables by advanced indexing, whose backward (index_put_ accumulate)
+    sums repeated rows in a thread-dependent order unless deterministic kernels are on."""
+
+    def forward(self, users, items):
+        return (self.user.weight[users] * self.item.weight[items]).sum(-1)
+
+
+def test_same_seed_gives_bitwise_equal_weights_with_two_threads(data):
+    """Without TrainConfig.deterministic this differed from run to run (4 of 4 runs distinct):
+    large batches repeat each user many times, and two threads add their gradients unordered."""
+    ds, sp = data
+    options = dict(RESUME_CONFIG, epochs=3, batch_size=4096, lr=0.05, n_negatives=4)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        runs = []
+        for _ in range(3):
+            model = IndexedMF(ds, sp, seed=0)
+            Trainer(model, sp, options, progress=False).fit()
+            runs.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(runs[0], other) for other in runs[1:])
+    assert not torch.are_deterministic_algorithms_enabled()  # the caller's setting is restored
+
+
 def test_early_stopping_and_single_test_with_best_weights(data):
     ds, sp = data
     model = MF(ds, sp)

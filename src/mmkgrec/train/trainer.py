@@ -51,6 +51,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -118,6 +119,9 @@ class TrainConfig(BaseModel):
     ks: list[int] = Field(default_factory=lambda: [5, 10, 20, 50])
     max_train_seconds: float | None = Field(None, gt=0)  # checked after each epoch
     sparse_embeddings: bool = False  # SparseAdam on the large ID tables (module docstring)
+    # torch.use_deterministic_algorithms during fit: with several CPU threads, the backward of
+    # x[index] (index_put_ accumulate) otherwise sums duplicates in a varying order (docs/architecture.md)
+    deterministic: bool = True
 
     @field_validator("ks")
     @classmethod
@@ -144,6 +148,21 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+@contextmanager
+def deterministic_kernels(enabled: bool):
+    """Deterministic torch kernels inside the block (``enabled``), the caller's setting after.
+    ``warn_only``: an op without a deterministic kernel (some on CUDA) warns instead of failing;
+    bitwise cuBLAS also needs ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` set before CUDA starts."""
+    before = (torch.are_deterministic_algorithms_enabled(),
+              torch.is_deterministic_algorithms_warn_only_enabled())
+    if enabled:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
 
 
 def resolve_device(device: str) -> torch.device:
@@ -212,7 +231,8 @@ class Trainer:
             raise ConfigError("resume=True needs the out_dir of the interrupted run")
         context = setup_distributed(self.config.device)  # None in a single process
         try:
-            return self._fit(context, resume, on_batch, evaluate_test)
+            with deterministic_kernels(self.config.deterministic):
+                return self._fit(context, resume, on_batch, evaluate_test)
         finally:
             if context is not None:
                 gc.collect()  # free the DDP wrapper (its reducer) while the group still exists
