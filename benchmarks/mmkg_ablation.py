@@ -74,6 +74,10 @@ def variants(tuned: dict, modalities: list[str], user_facts: bool = False,
         out["+ user facts"] = ["mmkgcf.user_kg_weight=1"]
     if user_links and float(model.get("social_weight", 0.0)) > 0.0:
         out["no friendships"] = ["mmkgcf.social_weight=0"]
+        # LightGCN plus the friendships, at the tuned settings: what the social links alone give
+        out["friendships only (no KG or content)"] = [
+            "mmkgcf.kg_weight=0", "mmkgcf.kg_item_knn=0", "mmkgcf.user_kg_weight=0",
+            *(["mmkgcf.modalities=[]"] if modalities else []), "mmkgcf.tag_item_knn=0"]
     elif user_links:  # (a dataset without user-user links has no such row)
         out["+ friendships"] = ["mmkgcf.social_weight=1"]
     if modalities:

@@ -51,6 +51,9 @@ def test_friendship_rows_follow_the_dataset_and_the_tuned_weight():
     rows = ablation.variants(on, [], user_links=True)
     assert rows["no friendships"] == ["mmkgcf.social_weight=0"]
     assert not ablation.is_tuned(rows["no friendships"], on, [])
+    alone = ablation.variants(on, ["text"], user_links=True)["friendships only (no KG or content)"]
+    assert {"mmkgcf.kg_weight=0", "mmkgcf.user_kg_weight=0", "mmkgcf.modalities=[]",
+            "mmkgcf.tag_item_knn=0"} <= set(alone) and "mmkgcf.social_weight=0" not in alone
     off = ablation.variants({"model": {"kg_weight": 0.5}}, [], user_links=True)
     assert off["+ friendships"] == ["mmkgcf.social_weight=1"] and "no friendships" not in off
     assert not {"+ friendships", "no friendships"} & set(ablation.variants(on, []))  # no links

@@ -137,3 +137,29 @@ def test_user_side_facts_travel_with_the_run(tmp_path, monkeypatch, capsys):
     dense = run.model.adjacency.to_dense()
     assert (dense[facts[:, 0], ds.n_users + facts[:, 2]] > 0).all()
     assert list(recommend(run, user="u3", k=6)["item_id"]) == list(before["item_id"])
+
+
+def test_user_links_travel_with_the_run(tmp_path, monkeypatch, capsys):
+    """A dataset with user-user links: MMKG-CF trained with social_weight > 0 reloads, from its
+    snapshot alone, with the same user-user edges and the same recommendations."""
+    import numpy as np
+
+    from mmkgrec.data.dataset import MMKG
+
+    ds = load("synthetic-tiny")
+    links = MMKG.undirected_links(np.array([(u, (u * 7 + 3) % ds.n_users)
+                                            for u in range(ds.n_users)], dtype=np.int64))
+    ds = dataclasses.replace(ds, user_links=links)
+    work = tmp_path / "work"
+    write_native(ds, work / "data" / "mine")
+    monkeypatch.chdir(work)
+    code, _, err = run_cli(capsys, "train", "--model", "mmkgcf", "--dataset", "data/mine",
+                           "--out", "runs/m", "--set", "social_weight=1", *TRAIN)
+    assert code == 0, err
+    before = recommend(load_run("runs/m"), user="u3", k=6)
+    shutil.rmtree(work / "data")
+    run = load_run("runs/m")
+    np.testing.assert_array_equal(run.dataset.user_links, links)
+    dense = run.model.adjacency.to_dense()
+    assert (dense[links[:, 0], links[:, 1]] > 0).all() and (dense[links[:, 1], links[:, 0]] > 0).all()
+    assert list(recommend(run, user="u3", k=6)["item_id"]) == list(before["item_id"])
