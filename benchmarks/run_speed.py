@@ -59,7 +59,8 @@ def main() -> None:
         metrics = run.metrics or {}
         options = {k: v for k, v in run.model.config.model_dump().items()
                    if k in ("dim", "n_layers", "n_hops", "n_neighbors", "kg_weight", "knn",
-                             "kg_item_knn", "tag_item_knn")}
+                             "kg_item_knn", "tag_item_knn", "user_kg_weight", "social_weight",
+                             "content_route", "item_layers")}
         rows.append({"run": str(path), "model": run.spec.model, "settings": options,
                      "users": int(users.size), "items": candidates,
                      "rank_s_median": statistics.median(seconds), "rank_s_all": seconds,
