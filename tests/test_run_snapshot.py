@@ -113,6 +113,19 @@ def test_a_tampered_snapshot_is_an_error_and_old_runs_still_load(tmp_path):
         load_run(tmp_path / "run")
 
 
+def _moved_mmkgcf_run(ds, option: str, work, monkeypatch, capsys):
+    """Train MMKG-CF with ``--set option`` on ``ds`` (written natively), delete the data folder,
+    reload the run from its snapshot: (the reloaded run, its u3 top 6 before the deletion)."""
+    write_native(ds, work / "data" / "mine")
+    monkeypatch.chdir(work)
+    code, _, err = run_cli(capsys, "train", "--model", "mmkgcf", "--dataset", "data/mine",
+                           "--out", "runs/m", "--set", option, *TRAIN)
+    assert code == 0, err
+    before = list(recommend(load_run("runs/m"), user="u3", k=6)["item_id"])
+    shutil.rmtree(work / "data")
+    return load_run("runs/m"), before
+
+
 def test_user_side_facts_travel_with_the_run(tmp_path, monkeypatch, capsys):
     """A dataset with user-side KG facts: MMKG-CF trained with user_kg_weight > 0 reloads, from
     its snapshot alone, with the same fact edges and the same recommendations."""
@@ -124,19 +137,11 @@ def test_user_side_facts_travel_with_the_run(tmp_path, monkeypatch, capsys):
              if (u, i) not in positives][:40]
     facts = np.array([(u, 0, i) for u, i in pairs], dtype=np.int64)  # [40, 3]
     ds = dataclasses.replace(ds, user_relations=np.array(["tagged"]), user_triples=facts)
-    work = tmp_path / "work"
-    write_native(ds, work / "data" / "mine")
-    monkeypatch.chdir(work)
-    code, _, err = run_cli(capsys, "train", "--model", "mmkgcf", "--dataset", "data/mine",
-                           "--out", "runs/m", "--set", "user_kg_weight=1", *TRAIN)
-    assert code == 0, err
-    before = recommend(load_run("runs/m"), user="u3", k=6)
-    shutil.rmtree(work / "data")
-    run = load_run("runs/m")
+    run, before = _moved_mmkgcf_run(ds, "user_kg_weight=1", tmp_path / "work", monkeypatch, capsys)
     np.testing.assert_array_equal(run.dataset.user_triples, facts)
     dense = run.model.adjacency.to_dense()
     assert (dense[facts[:, 0], ds.n_users + facts[:, 2]] > 0).all()
-    assert list(recommend(run, user="u3", k=6)["item_id"]) == list(before["item_id"])
+    assert list(recommend(run, user="u3", k=6)["item_id"]) == before
 
 
 def test_user_links_travel_with_the_run(tmp_path, monkeypatch, capsys):
@@ -150,16 +155,8 @@ def test_user_links_travel_with_the_run(tmp_path, monkeypatch, capsys):
     links = MMKG.undirected_links(np.array([(u, (u * 7 + 3) % ds.n_users)
                                             for u in range(ds.n_users)], dtype=np.int64))
     ds = dataclasses.replace(ds, user_links=links)
-    work = tmp_path / "work"
-    write_native(ds, work / "data" / "mine")
-    monkeypatch.chdir(work)
-    code, _, err = run_cli(capsys, "train", "--model", "mmkgcf", "--dataset", "data/mine",
-                           "--out", "runs/m", "--set", "social_weight=1", *TRAIN)
-    assert code == 0, err
-    before = recommend(load_run("runs/m"), user="u3", k=6)
-    shutil.rmtree(work / "data")
-    run = load_run("runs/m")
+    run, before = _moved_mmkgcf_run(ds, "social_weight=1", tmp_path / "work", monkeypatch, capsys)
     np.testing.assert_array_equal(run.dataset.user_links, links)
     dense = run.model.adjacency.to_dense()
     assert (dense[links[:, 0], links[:, 1]] > 0).all() and (dense[links[:, 1], links[:, 0]] > 0).all()
-    assert list(recommend(run, user="u3", k=6)["item_id"]) == list(before["item_id"])
+    assert list(recommend(run, user="u3", k=6)["item_id"]) == before
